@@ -1,0 +1,311 @@
+"""The archiver: file trees -> tree and data blobs -> a snapshot document.
+
+The main thread walks directories (lstat, excludes, parent-snapshot comparison) and hands
+batches of files that must be read to a small thread pool; chunking, hashing, compression and
+encryption release the GIL, so two cores are used. A directory's tree blob is written once all
+its entries are known (post-order), so a snapshot only ever refers to stored trees.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+
+from safehold.archive.entries import (
+    DIR,
+    FILE,
+    SYMLINK,
+    base_entry,
+    decode_tree,
+    encode_tree,
+    entry_type,
+    read_xattrs,
+    unchanged,
+)
+from safehold.archive.excludes import CACHEDIR_TAG, Excludes
+from safehold.archive.reader import FileChanged, FileReader
+from safehold.errors import SourceNotFound
+from safehold.repo.format import BLOB_TREE
+from safehold.repo.repository import Repository
+from safehold.repo.writer import BlobWriter
+
+BATCH_BYTES = 8 * 1024 * 1024
+BATCH_FILES = 256
+
+
+@dataclass
+class ArchiveStats:
+    files_new: int = 0
+    files_changed: int = 0
+    files_unchanged: int = 0
+    dirs: int = 0
+    other: int = 0
+    bytes_read: int = 0
+    bytes_total: int = 0
+    errors: list[dict] = field(default_factory=list)
+    warnings: list[dict] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+Progress = Callable[[str, int, int], None]  # (path, files done delta, bytes done delta)
+
+
+class Archiver:
+    """Backs up paths into tree blobs. One instance per backup run."""
+
+    def __init__(self, repository: Repository, writer: BlobWriter, *, excludes: Excludes | None = None,
+                 one_file_system: bool = False, workers: int | None = None,
+                 progress: Progress | None = None) -> None:
+        self.repository = repository
+        self.writer = writer
+        self.excludes = excludes or Excludes()
+        self.one_file_system = one_file_system
+        self.reader = FileReader(repository.cipher, writer, repository.config["chunker"])
+        self.stats = ArchiveStats()
+        self.progress = progress or (lambda path, files, size: None)
+        self._workers = workers or min(4, os.cpu_count() or 2)
+        self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix="reader")
+        self._slots = threading.BoundedSemaphore(self._workers * 2)
+        self._hardlinks: dict[tuple[int, int], tuple[dict, Future | None]] = {}
+        self._stats_lock = threading.Lock()
+        self._root_dev = 0
+
+    # ---------------------------------------------------------------- trees
+
+    def _load_tree(self, tree_id: bytes | None) -> dict[bytes, dict]:
+        if tree_id is None:
+            return {}
+        return {entry["name"]: entry for entry in decode_tree(self.repository.load_blob(tree_id))}
+
+    def _store_tree(self, entries: list[dict]) -> bytes:
+        data = encode_tree(sorted(entries, key=lambda entry: entry["name"]))
+        tree_id = self.repository.cipher.blob_id(data)
+        self.writer.add(BLOB_TREE, tree_id, data)
+        return tree_id
+
+    # ---------------------------------------------------------------- entry point
+
+    def archive(self, paths: list[str], parent_root: bytes | None) -> bytes:
+        """Back up absolute ``paths``; returns the root tree id. The tree mirrors '/'.
+
+        Raises SourceNotFound if a path does not exist.
+        """
+        layout: dict = {}
+        for path in paths:
+            absolute = os.path.abspath(path)
+            if not os.path.lexists(absolute):
+                raise SourceNotFound(path=path)
+            node = layout
+            parts = [os.fsencode(p) for p in absolute.strip("/").split("/") if p]
+            for part in parts[:-1]:
+                node = node.setdefault(part, {})
+                if node is True:
+                    break
+            else:
+                if parts:
+                    node[parts[-1]] = True
+                else:
+                    layout = True  # type: ignore[assignment]
+        try:
+            if layout is True:
+                self._root_dev = os.lstat(b"/").st_dev
+                root = self._archive_dir(b"/", os.lstat(b"/"), b"", parent_root)
+                return root["subtree"]
+            return self._archive_layout(b"", layout, parent_root)
+        finally:
+            self._pool.shutdown(wait=True)
+
+    def _archive_layout(self, prefix: bytes, layout: dict, parent_tree: bytes | None) -> bytes:
+        """Write the tree for a directory that is only on the way to the backed-up paths."""
+        previous = self._load_tree(parent_tree)
+        entries = []
+        for name, child in layout.items():
+            path = prefix + b"/" + name
+            st = os.lstat(path)
+            old = previous.get(name)
+            old_subtree = old.get("subtree") if old else None
+            if child is True:
+                entry = self._archive_top(path, name, st, old)
+            else:
+                entry = base_entry(name, st, DIR)
+                entry["subtree"] = self._archive_layout(path, child, old_subtree)
+            if entry is not None:
+                entries.append(entry)
+        return self._store_tree(entries)
+
+    def _archive_top(self, path: bytes, name: bytes, st: os.stat_result, old: dict | None) -> dict | None:
+        self._root_dev = st.st_dev
+        kind = entry_type(st.st_mode)
+        if kind == DIR:
+            return self._archive_dir(path, st, name, old.get("subtree") if old else None)
+        entries: list = []
+        batch: list = []
+        self._add_entry(entries, batch, path, name, st, {name: old} if old else {})
+        self._submit(entries, batch)
+        resolved = self._resolve(entries)
+        return resolved[0] if resolved else None
+
+    # ---------------------------------------------------------------- directories
+
+    def _archive_dir(self, path: bytes, st: os.stat_result, name: bytes, parent_tree: bytes | None) -> dict:
+        entry = base_entry(name, st, DIR)
+        xattrs = read_xattrs(path)
+        if xattrs:
+            entry["xattrs"] = xattrs
+        self.stats.dirs += 1
+        previous = self._load_tree(parent_tree)
+        try:
+            names = sorted(os.listdir(path))
+        except OSError as error:
+            self._error(path, error)
+            names = []
+        only_tag = self.excludes.is_cache_dir(path)
+        entries: list = []
+        batch: list = []
+        batch_bytes = 0
+        for child in names:
+            if only_tag and child != CACHEDIR_TAG:
+                continue
+            child_path = path + b"/" + child if path != b"/" else b"/" + child
+            if self.excludes.excluded(child_path, child):
+                continue
+            try:
+                child_st = os.lstat(child_path)
+            except OSError as error:
+                self._error(child_path, error)
+                continue
+            pending = self._add_entry(entries, batch, child_path, child, child_st, previous)
+            if pending:
+                batch_bytes += child_st.st_size
+                if batch_bytes >= BATCH_BYTES or len(batch) >= BATCH_FILES:
+                    self._submit(entries, batch)
+                    batch, batch_bytes = [], 0
+        if batch:
+            self._submit(entries, batch)
+        entry["subtree"] = self._store_tree(self._resolve(entries))
+        return entry
+
+    def _add_entry(self, entries: list, batch: list, path: bytes, name: bytes, st: os.stat_result,
+                   previous: dict[bytes, dict]) -> bool:
+        """Append the entry for one child; returns True if it joined ``batch`` to be read."""
+        kind = entry_type(st.st_mode)
+        if kind is None:
+            return False
+        if kind == DIR:
+            old = previous.get(name)
+            if self.one_file_system and self._root_dev and st.st_dev != self._root_dev:
+                entry = base_entry(name, st, DIR)
+                entry["subtree"] = self._store_tree([])
+                entries.append(entry)
+                return False
+            entries.append(self._archive_dir(path, st, name, old.get("subtree") if old else None))
+            return False
+        entry = base_entry(name, st, kind)
+        xattrs = read_xattrs(path)
+        if xattrs:
+            entry["xattrs"] = xattrs
+        if kind == SYMLINK:
+            try:
+                entry["target"] = os.readlink(path)
+            except OSError as error:
+                self._error(path, error)
+                return False
+        elif kind != FILE:
+            entry["rdev"] = st.st_rdev
+            self.stats.other += 1
+        if kind != FILE:
+            entries.append(entry)
+            return False
+        self.stats.bytes_total += st.st_size
+        if st.st_nlink > 1:
+            key = (st.st_dev, st.st_ino)
+            entry["hardlink"] = [st.st_dev, st.st_ino]
+            first = self._hardlinks.get(key)
+            if first is not None:
+                entry["_link_of"], entry["_wait"] = first
+                entries.append(entry)
+                self.stats.files_unchanged += 1
+                return False
+        old = previous.get(name)
+        if unchanged(entry, old):
+            entry["content"] = old["content"]
+            if old.get("holes"):
+                entry["holes"] = old["holes"]
+            self.stats.files_unchanged += 1
+            self.progress(path, 1, st.st_size)
+            if st.st_nlink > 1:
+                self._hardlinks[(st.st_dev, st.st_ino)] = (entry, None)
+            entries.append(entry)
+            return False
+        if old is not None:
+            self.stats.files_changed += 1
+        else:
+            self.stats.files_new += 1
+        entry["_path"] = path
+        batch.append(entry)
+        entries.append(entry)
+        if st.st_nlink > 1:
+            self._hardlinks[(st.st_dev, st.st_ino)] = (entry, None)
+        return True
+
+    # ---------------------------------------------------------------- reading
+
+    def _submit(self, entries: list, batch: list) -> None:
+        if not batch:
+            return
+        self._slots.acquire()
+        future = self._pool.submit(self._read_batch, batch)
+        future.add_done_callback(lambda _: self._slots.release())
+        for entry in batch:
+            entry["_wait"] = future
+            key = tuple(entry.get("hardlink") or ())
+            if key and self._hardlinks.get(key, (None,))[0] is entry:  # type: ignore[arg-type]
+                self._hardlinks[key] = (entry, future)  # type: ignore[index]
+
+    def _read_batch(self, batch: list[dict]) -> None:
+        for entry in batch:
+            path = entry["_path"]
+            try:
+                self.reader.read_file(path, entry)
+            except FileChanged as change:
+                with self._stats_lock:
+                    self.stats.warnings.append({"path": os.fsdecode(path), "message": str(change)})
+            except OSError as error:
+                entry["_error"] = True
+                self._error(path, error)
+                continue
+            with self._stats_lock:
+                self.stats.bytes_read += entry["size"]
+            self.progress(path, 1, entry["size"])
+
+    def _resolve(self, entries: list) -> list[dict]:
+        """Wait for the reads of a directory's files and return its finished entries."""
+        done = []
+        for entry in entries:
+            wait = entry.get("_wait")
+            if wait is not None:
+                wait.result()
+            source = entry.get("_link_of")
+            if source is not None:
+                if source.get("_error") or source.get("content") is None:
+                    continue
+                entry["content"] = source["content"]
+                entry["size"] = source["size"]
+                if source.get("holes"):
+                    entry["holes"] = source["holes"]
+            if entry.get("_error"):
+                continue
+            # Private markers stay on the original (a hardlink elsewhere may still look at it).
+            done.append({key: value for key, value in entry.items() if not key.startswith("_")})
+        return done
+
+    def _error(self, path: bytes, error: OSError) -> None:
+        with self._stats_lock:
+            self.stats.errors.append({"path": os.fsdecode(path),
+                                      "message": error.strerror or str(error)})
+

@@ -1,0 +1,54 @@
+"""Exclude rules: --exclude PATTERN, --exclude-file FILE, --exclude-caches, --one-file-system.
+
+A pattern without a slash matches a name at any depth (``*.tmp``, ``node_modules``); a pattern
+with a slash matches the absolute path from its start (``/var/lib/x/cache``, ``/home/*/tmp``);
+a trailing slash is ignored. Patterns use fnmatch syntax, ``*`` not crossing ``/``.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import re
+
+CACHEDIR_TAG = b"CACHEDIR.TAG"
+CACHEDIR_SIGNATURE = b"Signature: 8a477f597d28d172789f06886806bc55"
+
+
+def _compile(pattern: str) -> re.Pattern[bytes]:
+    translated = fnmatch.translate(pattern.rstrip("/") or "/")
+    # fnmatch's '*' crosses '/': keep it inside one path component.
+    translated = translated.replace(".*", "[^/]*")
+    return re.compile(os.fsencode(translated))
+
+
+class Excludes:
+    """Decides which paths are left out of a backup."""
+
+    def __init__(self, patterns: list[str] | None = None, *, caches: bool = False) -> None:
+        self.patterns = [p for p in (patterns or []) if p.strip() and not p.startswith("#")]
+        self.caches = caches
+        self._name_rules = [_compile(p) for p in self.patterns if "/" not in p.rstrip("/")]
+        self._path_rules = [_compile(p) for p in self.patterns if "/" in p.rstrip("/")]
+
+    @classmethod
+    def from_file(cls, path: str) -> list[str]:
+        """Read patterns from a file, one a line; blank lines and '#' comments are skipped."""
+        with open(path, encoding="utf-8") as handle:
+            return [line.strip() for line in handle if line.strip() and not line.startswith("#")]
+
+    def excluded(self, path: bytes, name: bytes) -> bool:
+        """True if the path (absolute, bytes) is to be left out."""
+        return any(rule.match(name) for rule in self._name_rules) or any(
+            rule.match(path) for rule in self._path_rules
+        )
+
+    def is_cache_dir(self, path: bytes) -> bool:
+        """True if --exclude-caches is on and ``path`` holds a valid CACHEDIR.TAG."""
+        if not self.caches:
+            return False
+        try:
+            with open(os.path.join(path, CACHEDIR_TAG), "rb") as handle:
+                return handle.read(len(CACHEDIR_SIGNATURE)) == CACHEDIR_SIGNATURE
+        except OSError:
+            return False

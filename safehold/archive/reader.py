@@ -1,0 +1,109 @@
+"""Reading one file into blobs: chunk, id, hand to the writer. Runs in worker threads."""
+
+from __future__ import annotations
+
+import errno
+import os
+import threading
+
+from pyfastcdc import FastCDC
+
+from safehold.crypto import Cipher
+from safehold.repo.format import BLOB_DATA
+from safehold.repo.writer import BlobWriter
+
+_local = threading.local()
+
+
+class FileChanged(Exception):
+    """The file changed while it was being read."""
+
+
+def find_holes(fd: int, size: int) -> list[list[int]]:
+    """Return [[offset, length], ...] of the holes of a sparse file (empty if not sparse)."""
+    holes, position = [], 0
+    while position < size:
+        try:
+            data = os.lseek(fd, position, os.SEEK_DATA)
+        except OSError as error:
+            if error.errno == errno.ENXIO:  # only a hole remains
+                holes.append([position, size - position])
+                break
+            return []  # SEEK_DATA not supported: treat as dense
+        if data > position:
+            holes.append([position, data - position])
+        position = os.lseek(fd, data, os.SEEK_HOLE)
+    os.lseek(fd, 0, os.SEEK_SET)
+    return holes
+
+
+def open_for_reading(path: bytes) -> int:
+    """Open without following links and, where permitted, without touching atime."""
+    flags = os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+    try:
+        return os.open(path, flags | getattr(os, "O_NOATIME", 0))
+    except PermissionError:
+        return os.open(path, flags)
+
+
+class FileReader:
+    """Chunks files and stores their blobs. One instance is shared by the worker threads."""
+
+    def __init__(self, cipher: Cipher, writer: BlobWriter, chunker: dict) -> None:
+        self.cipher = cipher
+        self.writer = writer
+        self.chunker = chunker
+
+    def _cdc(self) -> FastCDC:
+        # A FastCDC object must not be shared between threads.
+        cdc = getattr(_local, "cdc", None)
+        if cdc is None or getattr(_local, "cdc_owner", None) is not self:
+            cdc = _local.cdc = FastCDC(
+                self.chunker["avg_size"], min_size=self.chunker["min_size"],
+                max_size=self.chunker["max_size"], seed=self.cipher.master_key.chunker_seed,
+            )
+            _local.cdc_owner = self
+        return cdc
+
+    def _store(self, data: bytes | memoryview) -> bytes:
+        blob_id = self.cipher.blob_id(data)
+        self.writer.add(BLOB_DATA, blob_id, data)
+        return blob_id
+
+    def read_file(self, path: bytes, entry: dict) -> None:
+        """Fill entry["content"] (and "holes") from the file; raises OSError or FileChanged."""
+        fd = open_for_reading(path)
+        try:
+            before = os.fstat(fd)
+            if before.st_ino != entry["inode"]:
+                raise FileChanged("replaced between listing and reading")
+            holes = find_holes(fd, before.st_size) if before.st_blocks * 512 < before.st_size else []
+            content = []
+            size = 0
+            if before.st_size < self.chunker["min_size"]:
+                data = os.read(fd, self.chunker["min_size"])
+                if data:
+                    content.append(self._store(data))
+                size = len(data)
+            else:
+                with open(fd, "rb", buffering=0, closefd=False) as stream:
+                    for chunk in self._cdc().cut_stream(stream):
+                        content.append(self._store(chunk.data))
+                        size += chunk.length
+            after = os.fstat(fd)
+        finally:
+            os.close(fd)
+        entry["content"] = content
+        entry["size"] = size
+        if holes:
+            entry["holes"] = holes
+        if (after.st_mtime_ns, after.st_size) != (before.st_mtime_ns, before.st_size) or size != before.st_size:
+            raise FileChanged("changed while being read")
+
+    def read_stream(self, stream) -> tuple[list[bytes], int]:  # type: ignore[no-untyped-def]
+        """Chunk any binary stream (a database dump's stdout); returns (blob ids, size)."""
+        content, size = [], 0
+        for chunk in self._cdc().cut_stream(stream):
+            content.append(self._store(chunk.data))
+            size += chunk.length
+        return content, size

@@ -1,0 +1,274 @@
+"""The restorer: snapshot entries -> files on disk, bit-identical, with their metadata.
+
+Directories are created first (owner-only until the end), files are written by a small
+thread pool that verifies every blob, hard links are made once their first name exists, and
+directory metadata is applied last, deepest first, so that writing children does not disturb
+their parent's times or permissions.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from safehold.archive.entries import BLOCKDEV, CHARDEV, DIR, FIFO, FILE, SYMLINK
+from safehold.archive.excludes import Excludes
+from safehold.archive.tree import load_tree
+from safehold.errors import IntegrityError, TargetNotWritable
+from safehold.repo.repository import Repository
+
+
+@dataclass
+class RestoreStats:
+    files: int = 0
+    dirs: int = 0
+    other: int = 0
+    bytes_written: int = 0
+    skipped: list[str] = field(default_factory=list)
+    errors: list[dict] = field(default_factory=list)
+    damaged: list[dict] = field(default_factory=list)
+
+
+Progress = Callable[[str, int, int], None]
+
+
+def _data_segments(offset: int, length: int, holes: list[list[int]]) -> list[tuple[int, int]]:
+    """The parts of [offset, offset+length) that are not inside a recorded hole."""
+    segments = [(offset, offset + length)]
+    for hole_start, hole_length in holes:
+        hole_end = hole_start + hole_length
+        if hole_end <= offset or hole_start >= offset + length:
+            continue
+        next_segments = []
+        for start, end in segments:
+            if hole_end <= start or hole_start >= end:
+                next_segments.append((start, end))
+                continue
+            if start < hole_start:
+                next_segments.append((start, hole_start))
+            if hole_end < end:
+                next_segments.append((hole_end, end))
+        segments = next_segments
+    return [(start, end - start) for start, end in segments]
+
+
+class Restorer:
+    """Restores one entry (and what is below it) into a target directory."""
+
+    def __init__(self, repository: Repository, target: str, *, overwrite: bool = False,
+                 includes: list[str] | None = None, excludes: list[str] | None = None,
+                 workers: int | None = None, progress: Progress | None = None) -> None:
+        self.repository = repository
+        self.target = os.fsencode(os.path.abspath(target))
+        self.overwrite = overwrite
+        self.includes = Excludes(includes) if includes else None
+        self.excludes = Excludes(excludes) if excludes else None
+        self.progress = progress or (lambda path, files, size: None)
+        self.as_root = os.geteuid() == 0
+        self.stats = RestoreStats()
+        self._lock = threading.Lock()
+        self._workers = workers or min(4, os.cpu_count() or 2)
+        self._directories: list[tuple[bytes, dict]] = []
+        self._links: list[tuple[bytes, tuple[int, int]]] = []
+        self._first_link: dict[tuple[int, int], bytes] = {}
+
+    # ---------------------------------------------------------------- entry point
+
+    def restore(self, entry: dict, snapshot_path: str) -> RestoreStats:
+        """Restore ``entry`` (found at ``snapshot_path``): a directory's contents go straight into
+        the target, anything else into target/<name>."""
+        try:
+            os.makedirs(self.target, exist_ok=True)
+        except OSError as error:
+            raise TargetNotWritable(target=os.fsdecode(self.target), reason=error.strerror) from error
+        if not os.access(self.target, os.W_OK | os.X_OK):
+            raise TargetNotWritable(target=os.fsdecode(self.target), reason="permission denied")
+        base = os.fsencode(snapshot_path.rstrip("/"))
+        with ThreadPoolExecutor(self._workers, thread_name_prefix="restore") as pool:
+            futures = []
+            if entry["type"] == DIR:
+                self._restore_children(entry, self.target, base, False, pool, futures)
+            else:
+                self._restore_entry(entry, self.target + b"/" + entry["name"], base, False,
+                                    pool, futures)
+            for future in futures:
+                future.result()
+        self._make_links()
+        for path, directory in reversed(self._directories):
+            self._apply_metadata(path, directory)
+        return self.stats
+
+    def _selected(self, snapshot_path: bytes, name: bytes, parent_selected: bool) -> bool | None:
+        """True: restore; False: skip it but look below (includes); None: skip with descendants."""
+        if self.excludes and self.excludes.excluded(snapshot_path, name):
+            return None
+        if self.includes is None or parent_selected:
+            return True
+        return self.includes.excluded(snapshot_path, name)
+
+    def _restore_children(self, entry: dict, path: bytes, snapshot_path: bytes, selected: bool,
+                          pool: ThreadPoolExecutor, futures: list) -> None:
+        for child in load_tree(self.repository, entry["subtree"]):
+            self._restore_entry(child, path + b"/" + child["name"],
+                                snapshot_path + b"/" + child["name"], selected, pool, futures)
+
+    def _restore_entry(self, entry: dict, path: bytes, snapshot_path: bytes, parent_selected: bool,
+                       pool: ThreadPoolExecutor, futures: list) -> None:
+        selected = self._selected(snapshot_path, entry["name"], parent_selected)
+        if selected is None:
+            return
+        kind = entry["type"]
+        if kind == DIR:
+            if selected:
+                self._make_dir(path, entry)
+            self._restore_children(entry, path, snapshot_path, bool(selected), pool, futures)
+            return
+        if not selected:
+            return
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        if kind == FILE:
+            key = tuple(entry["hardlink"]) if entry.get("hardlink") else None
+            if key is not None and key in self._first_link:
+                self._links.append((path, key))  # type: ignore[arg-type]
+                return
+            if key is not None:
+                self._first_link[key] = path  # type: ignore[index]
+            futures.append(pool.submit(self._restore_file, path, entry))
+            return
+        self._restore_special(path, entry)
+
+    # ---------------------------------------------------------------- kinds
+
+    def _make_dir(self, path: bytes, entry: dict) -> None:
+        if os.path.lexists(path) and not os.path.isdir(path):
+            if not self.overwrite:
+                self._skip(path)
+                return
+            os.unlink(path)
+        try:
+            os.mkdir(path, 0o700)
+            created = True
+        except FileExistsError:
+            created = False
+        if created or self.overwrite:
+            self._directories.append((path, entry))
+        self.stats.dirs += 1
+
+    def _replaceable(self, path: bytes) -> bool:
+        """True if nothing is at ``path``, or it may be replaced (--overwrite; then it is removed)."""
+        if not os.path.lexists(path):
+            return True
+        if not self.overwrite or os.path.isdir(path) and not os.path.islink(path):
+            self._skip(path)
+            return False
+        os.unlink(path)
+        return True
+
+    def _skip(self, path: bytes) -> None:
+        with self._lock:
+            self.stats.skipped.append(os.fsdecode(path))
+
+    def _restore_special(self, path: bytes, entry: dict) -> None:
+        if not self._replaceable(path):
+            return
+        kind = entry["type"]
+        try:
+            if kind == SYMLINK:
+                os.symlink(entry["target"], path)
+            elif kind == FIFO:
+                os.mkfifo(path, 0o600)
+            elif kind in (CHARDEV, BLOCKDEV):
+                file_type = stat.S_IFCHR if kind == CHARDEV else stat.S_IFBLK
+                os.mknod(path, 0o600 | file_type, entry["rdev"])
+        except OSError as error:
+            self._error(path, error)
+            return
+        self.stats.other += 1
+        self._apply_metadata(path, entry)
+
+    def _restore_file(self, path: bytes, entry: dict) -> None:
+        if not self._replaceable(path):
+            return
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        except OSError as error:
+            self._error(path, error)
+            return
+        try:
+            written = self._write_content(fd, entry)
+            os.ftruncate(fd, entry["size"])
+        except IntegrityError as error:
+            os.close(fd)
+            os.unlink(path)
+            with self._lock:
+                self.stats.damaged.append({"path": os.fsdecode(path), "message": str(error)})
+            return
+        except OSError as error:
+            os.close(fd)
+            self._error(path, error)
+            return
+        os.close(fd)
+        with self._lock:
+            self.stats.files += 1
+            self.stats.bytes_written += written
+        self._apply_metadata(path, entry)
+        self.progress(os.fsdecode(path), 1, entry["size"])
+
+    def _write_content(self, fd: int, entry: dict) -> int:
+        holes = entry.get("holes") or []
+        offset = 0
+        for blob_id in entry.get("content") or []:
+            location = self.repository.index.lookup(blob_id)
+            if location is not None:
+                self.repository.prefetch_pack(location.pack_id)
+            data = self.repository.load_blob(blob_id)
+            if holes:
+                view = memoryview(data)
+                for start, length in _data_segments(offset, len(data), holes):
+                    os.pwrite(fd, view[start - offset : start - offset + length], start)
+            else:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+            offset += len(data)
+        if offset != entry["size"]:
+            raise IntegrityError(f"content of {entry['name']!r} has {offset} bytes, expected {entry['size']}")
+        return offset
+
+    def _make_links(self) -> None:
+        for path, key in self._links:
+            if not self._replaceable(path):
+                continue
+            try:
+                os.link(self._first_link[key], path)
+                self.stats.files += 1
+            except OSError as error:
+                self._error(path, error)
+
+    # ---------------------------------------------------------------- metadata
+
+    def _apply_metadata(self, path: bytes, entry: dict) -> None:
+        is_link = entry["type"] == SYMLINK
+        try:
+            if self.as_root:
+                os.lchown(path, entry["uid"], entry["gid"])
+            if not is_link:
+                os.chmod(path, entry["mode"])
+            for name, value in (entry.get("xattrs") or {}).items():
+                try:
+                    os.setxattr(path, name, value, follow_symlinks=False)
+                except OSError:
+                    if not is_link:
+                        raise
+            os.utime(path, ns=(entry["mtime"], entry["mtime"]),
+                     follow_symlinks=False)
+        except OSError as error:
+            self._error(path, error)
+
+    def _error(self, path: bytes, error: OSError) -> None:
+        with self._lock:
+            self.stats.errors.append({"path": os.fsdecode(path), "message": error.strerror or str(error)})

@@ -1,0 +1,129 @@
+"""The command line: parse, call the library, render. Exit codes: docs/exit-codes.md."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import traceback
+
+from safehold import __version__
+from safehold.cli import commands, keys
+from safehold.errors import EXIT_ERROR, SafeholdError
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--repo", "-r", default=None,
+                        help="repository path or file:// URL (default: $SAFEHOLD_REPO)")
+    parser.add_argument("--passphrase-file", default=None,
+                        help="read the passphrase from FILE (default: $SAFEHOLD_PASSPHRASE, "
+                             "or a prompt on a terminal)")
+    parser.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    parser.add_argument("--quiet", "-q", action="store_true", help="print only errors")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="safehold", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"safehold {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    command = sub.add_parser("init", help="create a repository")
+    _common(command)
+    command.set_defaults(run=commands.init)
+
+    command = sub.add_parser("backup", help="back up files and directories")
+    _common(command)
+    command.add_argument("paths", nargs="+", metavar="PATH")
+    command.add_argument("--tag", action="append", default=[], help="tag the snapshot (repeatable)")
+    command.add_argument("--host", default=None, help="host name to record (default: this host)")
+    command.add_argument("--exclude", "-e", action="append", default=[], metavar="PATTERN",
+                         help="leave out matching paths (repeatable)")
+    command.add_argument("--exclude-file", action="append", default=[], metavar="FILE",
+                         help="read exclude patterns from FILE")
+    command.add_argument("--exclude-caches", action="store_true",
+                         help="leave out the contents of directories holding a CACHEDIR.TAG")
+    command.add_argument("--one-file-system", "-x", action="store_true",
+                         help="do not cross file-system boundaries")
+    command.add_argument("--force", action="store_true",
+                         help="re-read every file instead of trusting the parent snapshot")
+    command.set_defaults(run=commands.backup)
+
+    command = sub.add_parser("snapshots", help="list snapshots")
+    _common(command)
+    command.add_argument("--host", default=None)
+    command.add_argument("--tag", action="append", default=[])
+    command.set_defaults(run=commands.snapshots)
+
+    command = sub.add_parser("ls", help="list files in a snapshot: SNAPSHOT[:/path]")
+    _common(command)
+    command.add_argument("target", metavar="SNAPSHOT[:PATH]")
+    command.add_argument("--recursive", "-R", action="store_true", help="list everything below")
+    command.set_defaults(run=commands.ls)
+
+    command = sub.add_parser("restore", help="restore a snapshot or a part of it")
+    _common(command)
+    command.add_argument("source", metavar="SNAPSHOT[:PATH]")
+    command.add_argument("--target", "-t", required=True, help="directory to restore into")
+    command.add_argument("--include", "-i", action="append", default=[], metavar="PATTERN")
+    command.add_argument("--exclude", "-e", action="append", default=[], metavar="PATTERN")
+    command.add_argument("--overwrite", action="store_true",
+                         help="replace files that already exist in the target")
+    command.set_defaults(run=commands.restore)
+
+    command = sub.add_parser("diff", help="show what changed between two snapshots")
+    _common(command)
+    command.add_argument("first", metavar="SNAPSHOT1")
+    command.add_argument("second", metavar="SNAPSHOT2")
+    command.set_defaults(run=commands.diff)
+
+    command = sub.add_parser("check", help="verify the repository")
+    _common(command)
+    command.add_argument("--read-data", action="store_true", help="read and authenticate all data")
+    command.add_argument("--read-data-subset", default=None, metavar="N%|n/t",
+                         help="read and authenticate a part of the data")
+    command.set_defaults(run=commands.check_repository)
+
+    key = sub.add_parser("key", help="manage passphrase keys")
+    key_sub = key.add_subparsers(dest="key_command", required=True, metavar="ACTION")
+    for name, function, text in (("list", keys.key_list, "list keys"),
+                                 ("add", keys.key_add, "add a passphrase"),
+                                 ("passwd", keys.key_passwd, "change the passphrase used"),
+                                 ("remove", keys.key_remove, "remove a key")):
+        command = key_sub.add_parser(name, help=text)
+        _common(command)
+        if name in ("add", "passwd"):
+            command.add_argument("--new-passphrase-file", default=None,
+                                 help="read the new passphrase from FILE "
+                                      "(default: $SAFEHOLD_NEW_PASSPHRASE or a prompt)")
+        if name == "remove":
+            command.add_argument("key_id", metavar="KEY_ID")
+        command.set_defaults(run=function)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.run(args) or 0)
+    except SafeholdError as error:
+        print(f"safehold: {error}", file=sys.stderr)
+        return error.exit_code
+    except KeyboardInterrupt:
+        print("safehold: interrupted; the repository is unchanged apart from unreferenced data "
+              "that the next backup reuses", file=sys.stderr)
+        return 130
+    except Exception:  # noqa: BLE001 - a bug: show everything
+        traceback.print_exc()
+        print("safehold: internal error (a bug): please report it with the trace above",
+              file=sys.stderr)
+        return EXIT_ERROR
+
+
+def entry_point() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main())

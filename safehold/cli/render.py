@@ -1,0 +1,96 @@
+"""Output helpers: sizes, times, tables, JSON, and progress bars that only show on a terminal."""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
+
+
+def size(value: float) -> str:
+    """Human-readable binary size: 1.5 GiB."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(value) < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} TiB"
+
+
+def timestamp(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def iso(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, tz=timezone.utc).isoformat()
+
+
+def print_json(value: object) -> None:
+    json.dump(value, sys.stdout, indent=2, default=_json_default)
+    sys.stdout.write("\n")
+
+
+def _json_default(value: object) -> object:
+    if isinstance(value, bytes):
+        return value.hex()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def table(headers: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(str(cell)) for cell in column) for column in zip(headers, *rows)]
+    lines = ["  ".join(str(cell).ljust(width) for cell, width in zip(headers, widths)).rstrip()]
+    lines.append("  ".join("-" * width for width in widths))
+    lines += ["  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip()
+              for row in rows]
+    return "\n".join(lines)
+
+
+def interactive() -> bool:
+    return sys.stderr.isatty()
+
+
+class ProgressBar:
+    """A rich progress bar (files, bytes, rate, ETA) on a terminal; nothing otherwise.
+
+    ``total`` may be filled in later (a scanner thread counts while work proceeds).
+    """
+
+    def __init__(self, description: str, enabled: bool) -> None:
+        self.enabled = enabled
+        self.files = 0
+        self._lock = threading.Lock()
+        if enabled:
+            from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn,
+                                       TimeRemainingColumn, TransferSpeedColumn)
+
+            self._progress = Progress(
+                TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(),
+                TransferSpeedColumn(), TextColumn("{task.fields[files]} files"),
+                TimeRemainingColumn(), transient=True,
+            )
+            self._task = self._progress.add_task(description, total=None, files=0)
+
+    def set_total(self, total_bytes: int) -> None:
+        if self.enabled:
+            self._progress.update(self._task, total=total_bytes)
+
+    def advance(self, _path: object, files: int, nbytes: int) -> None:
+        if self.enabled:
+            with self._lock:
+                self.files += files
+                self._progress.update(self._task, advance=nbytes, files=self.files)
+
+    @contextmanager
+    def running(self) -> Iterator[ProgressBar]:
+        if not self.enabled:
+            yield self
+            return
+        with self._progress:
+            yield self
+
+
+def elapsed_since(start: float) -> str:
+    return f"{time.monotonic() - start:.1f} s"

@@ -1,0 +1,178 @@
+"""Checking a repository: structure always, data on request.
+
+Structure: every index file and snapshot decrypts, every tree of every snapshot loads and
+every blob it names is indexed, every indexed pack exists and is long enough. Data
+(--read-data): each selected pack is read whole, its BLAKE3 must equal its name, its header
+must agree with the index, and every blob must decrypt and match its id.
+Packs no index lists are reported as notes, not errors (a backup may have been interrupted).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from safehold.archive.entries import DIR, decode_tree
+from safehold.crypto import AuthenticationFailed
+from safehold.errors import IntegrityError, UsageError
+from safehold.repo.index import Location
+from safehold.repo.pack import pack_id_of, read_header
+from safehold.repo.repository import Repository, pack_name
+from safehold.store import ObjectMissing
+
+
+@dataclass
+class CheckResult:
+    errors: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    snapshots: int = 0
+    trees: int = 0
+    blobs_referenced: int = 0
+    packs: int = 0
+    packs_read: int = 0
+    bytes_read: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+
+def parse_subset(text: str) -> tuple[str, float | tuple[int, int]]:
+    """Parse --read-data-subset: 'N%' -> ('percent', N); 'n/t' -> ('slice', (n, t))."""
+    try:
+        if text.endswith("%"):
+            percent = float(text[:-1])
+            if 0 < percent <= 100:
+                return "percent", percent
+        else:
+            n, t = (int(part) for part in text.split("/"))
+            if 1 <= n <= t:
+                return "slice", (n, t)
+    except ValueError:
+        pass
+    raise UsageError(f"--read-data-subset takes N% (0 < N <= 100) or n/t (1 <= n <= t), not {text!r}")
+
+
+def select_packs(packs: list[bytes], subset: str | None, rng: random.Random) -> list[bytes]:
+    """The packs to read for --read-data (all) or --read-data-subset."""
+    if subset is None:
+        return packs
+    kind, value = parse_subset(subset)
+    if kind == "slice":
+        n, t = value  # type: ignore[misc]
+        return [pack for pack in packs if int.from_bytes(pack[:4], "big") % t == n - 1]
+    count = max(1, round(len(packs) * value / 100)) if packs else 0  # type: ignore[operator]
+    return rng.sample(packs, count)
+
+
+def check(repository: Repository, *, read_data: bool = False, subset: str | None = None,
+          rng: random.Random | None = None,
+          progress: Callable[[str], None] | None = None) -> CheckResult:
+    """Check the repository; returns the findings (never raises for damage it can name)."""
+    result = CheckResult()
+    report = progress or (lambda message: None)
+    report("loading index")
+    index = _load_index(repository, result)
+    stored = dict(repository.store.list("data"))
+    indexed_packs = set(index.packs)
+    pack_ends: dict[bytes, int] = {}
+    for blob_id, location in index.entries():
+        end = location.offset + location.length
+        pack_ends[location.pack_id] = max(pack_ends.get(location.pack_id, 0), end)
+    for pack_id in indexed_packs:
+        name = pack_name(pack_id)
+        if name not in stored:
+            result.errors.append(f"pack {pack_id.hex()} is listed in the index but missing")
+        elif stored[name] < pack_ends.get(pack_id, 0):
+            result.errors.append(f"pack {pack_id.hex()} is truncated ({stored[name]} bytes)")
+    for name in stored:
+        if bytes.fromhex(name.split("/", 1)[1]) not in indexed_packs:
+            result.notes.append(f"{name} is not referenced by any index (interrupted backup?): "
+                                "harmless, prune removes it")
+    result.packs = len(stored)
+    report("checking snapshots")
+    _check_snapshots(repository, index, result)
+    if read_data or subset:
+        _read_packs(repository, index, sorted(indexed_packs & {bytes.fromhex(n[5:]) for n in stored}),
+                    subset, rng or random.Random(), result, report)
+    return result
+
+
+def _load_index(repository: Repository, result: CheckResult):  # type: ignore[no-untyped-def]
+    from safehold.repo.index import Index
+
+    index = Index()
+    for name in repository.index_names():
+        try:
+            content = repository.load_object(name)
+            index.load_file(content["packs"], content["records"])  # type: ignore[index]
+        except (IntegrityError, KeyError, TypeError, ValueError) as error:
+            result.errors.append(f"{name} is damaged and was skipped ({error}); "
+                                 "'safehold repair index' rebuilds it from the packs")
+    index.finish_loading()
+    repository._index = index  # the check's view of the index serves the tree walk below
+    return index
+
+
+def _check_snapshots(repository: Repository, index, result: CheckResult) -> None:  # type: ignore[no-untyped-def]
+    seen_trees: set[bytes] = set()
+    for name in repository.snapshot_names():
+        try:
+            snapshot = repository.load_object(name)
+        except IntegrityError as error:
+            result.errors.append(str(error.fields["message"]))
+            continue
+        result.snapshots += 1
+        stack = [snapshot["tree"]]  # type: ignore[index]
+        while stack:
+            tree_id = stack.pop()
+            if tree_id in seen_trees:
+                continue
+            seen_trees.add(tree_id)
+            try:
+                entries = decode_tree(repository.load_blob(tree_id))
+            except IntegrityError as error:
+                result.errors.append(f"{name}: tree {tree_id.hex()[:16]}: {error.fields['message']}")
+                continue
+            result.trees += 1
+            for entry in entries:
+                if entry["type"] == DIR:
+                    stack.append(entry["subtree"])
+                for blob_id in entry.get("content") or []:
+                    result.blobs_referenced += 1
+                    if index.lookup(blob_id) is None:
+                        result.errors.append(
+                            f"{name}: {entry['name']!r} needs blob {blob_id.hex()[:16]}, which is not indexed")
+
+
+def _read_packs(repository: Repository, index, packs: list[bytes], subset: str | None,  # type: ignore[no-untyped-def]
+                rng: random.Random, result: CheckResult, report: Callable[[str], None]) -> None:
+    expected: dict[bytes, list[tuple[bytes, Location]]] = {}
+    for blob_id, location in index.entries():
+        expected.setdefault(location.pack_id, []).append((blob_id, location))
+    for number, pack_id in enumerate(select_packs(packs, subset, rng), 1):
+        report(f"reading pack {number}")
+        try:
+            data = repository.store.load(pack_name(pack_id))
+        except ObjectMissing:
+            continue  # already reported as missing
+        result.packs_read += 1
+        result.bytes_read += len(data)
+        if pack_id_of(data) != pack_id:
+            result.errors.append(f"pack {pack_id.hex()} is damaged: its content does not match its name")
+        try:
+            header = {entry.blob_id: entry for entry in read_header(repository.cipher, data)}
+        except (ValueError, AuthenticationFailed) as error:
+            result.errors.append(f"pack {pack_id.hex()}: header unreadable ({error})")
+            header = {}
+        for blob_id, location in expected.get(pack_id, []):
+            listed = header.get(blob_id)
+            if header and (listed is None or listed.offset != location.offset):
+                result.errors.append(f"pack {pack_id.hex()}: header disagrees with the index "
+                                     f"for blob {blob_id.hex()[:16]}")
+            sealed = data[location.offset : location.offset + location.length]
+            try:
+                repository.open_blob(blob_id, location, sealed)
+            except IntegrityError as error:
+                result.errors.append(str(error.fields["message"]))

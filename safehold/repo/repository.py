@@ -1,0 +1,278 @@
+"""The repository: format marker, keys, config, sealed objects, blobs and snapshots."""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import socket
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+
+import msgpack
+
+from safehold.crypto import AuthenticationFailed, Cipher, MasterKey, unwrap_key, wrap_key
+from safehold.errors import (
+    IntegrityError,
+    NotARepository,
+    RepositoryNotFound,
+    UnsupportedFormat,
+    WrongPassphrase,
+)
+from safehold.repo.format import (
+    CONFIG_NAME,
+    FORMAT_VERSION,
+    MARKER_NAME,
+    MARKER_TEXT,
+    blob_aad,
+    decode_body,
+    encode_body,
+    object_aad,
+)
+from safehold.repo.index import Index, Location
+from safehold.store import ObjectMissing, Store, location_exists, open_store
+from safehold.store.locks import Lock
+
+DEFAULT_CONFIG = {
+    "chunker": {"min_size": 256 * 1024, "avg_size": 1024 * 1024, "max_size": 4 * 1024 * 1024},
+    "compression_level": 3,
+    "pack_size": 16 * 1024 * 1024,
+}
+PACK_CACHE_SIZE = 4
+
+
+def _identity() -> tuple[str, str]:
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = str(os.getuid())
+    return socket.gethostname(), user
+
+
+def pack_name(pack_id: bytes) -> str:
+    return "data/" + pack_id.hex()
+
+
+class Repository:
+    """An opened repository. Create with ``Repository.init`` or ``Repository.open``."""
+
+    def __init__(self, store: Store, cipher: Cipher, config: dict, key_name: str) -> None:
+        self.store = store
+        self.cipher = cipher
+        self.config = config
+        self.key_name = key_name
+        self._index: Index | None = None
+        self._index_lock = threading.Lock()
+        self._pack_cache: OrderedDict[bytes, bytes] = OrderedDict()
+        self._pack_cache_lock = threading.Lock()
+
+    # ---------------------------------------------------------------- opening
+
+    @classmethod
+    def init(cls, location: str, passphrase: bytes, *, kdf: dict | None = None,
+             config: dict | None = None) -> Repository:
+        """Create a new repository at ``location`` (a path or URL) and return it opened."""
+        store = open_store(location)
+        store.create()
+        store.open()
+        master_key = MasterKey.generate()
+        cipher = Cipher(master_key)
+        full_config = {**DEFAULT_CONFIG, **(config or {}), "version": FORMAT_VERSION,
+                       "id": os.urandom(16).hex()}
+        hostname, username = _identity()
+        key_name = "keys/" + os.urandom(16).hex()
+        document = wrap_key(master_key, passphrase, hostname=hostname, username=username, kdf=kdf)
+        store.save(key_name, json.dumps(document).encode())
+        repository = cls(store, cipher, full_config, key_name)
+        repository.save_object(CONFIG_NAME, full_config)
+        # The marker is written last: a half-initialised location is not taken for a repository.
+        store.save(MARKER_NAME, MARKER_TEXT)
+        return repository
+
+    @classmethod
+    def open(cls, location: str, passphrase: Callable[[], bytes] | bytes) -> Repository:
+        """Open an existing repository; ``passphrase`` is bytes or a function returning them.
+
+        Raises RepositoryNotFound, NotARepository, UnsupportedFormat or WrongPassphrase.
+        """
+        if not location_exists(location):
+            raise RepositoryNotFound(location=location)
+        store = open_store(location)
+        store.open()
+        try:
+            marker = store.load(MARKER_NAME)
+        except ObjectMissing:
+            store.close()
+            raise NotARepository(location=location) from None
+        version = _marker_version(marker)
+        if version is None:
+            raise NotARepository(location=location)
+        if version > FORMAT_VERSION:
+            raise UnsupportedFormat(found=version, supported=FORMAT_VERSION)
+        secret = passphrase() if callable(passphrase) else passphrase
+        key_names = sorted(name for name, _ in store.list("keys"))
+        for key_name in key_names:
+            try:
+                document = json.loads(store.load(key_name))
+                master_key = unwrap_key(document, secret)
+            except (AuthenticationFailed, ValueError, KeyError):
+                continue
+            repository = cls(store, Cipher(master_key), {}, key_name)
+            repository.config = repository.load_object(CONFIG_NAME)
+            if repository.config.get("version", 0) > FORMAT_VERSION:
+                raise UnsupportedFormat(found=repository.config["version"], supported=FORMAT_VERSION)
+            return repository
+        store.close()
+        raise WrongPassphrase(count=len(key_names))
+
+    def close(self) -> None:
+        self.store.close()
+
+    def __enter__(self) -> Repository:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def lock(self, *, exclusive: bool = False, wait: float = 0.0) -> Lock:
+        """Return a (not yet acquired) lock; use it as a context manager."""
+        return Lock(self.store, exclusive=exclusive, wait=wait)
+
+    # ---------------------------------------------------------------- sealed objects
+
+    def save_object(self, name: str, value: object) -> None:
+        """Seal a msgpack-able value under ``name`` (compressed, encrypted, bound to the name)."""
+        body = encode_body(msgpack.packb(value, use_bin_type=True), 3)
+        self.store.save(name, self.cipher.seal(body, object_aad(name)))
+
+    def load_object(self, name: str) -> object:
+        """Load and authenticate a sealed object; IntegrityError if it was damaged."""
+        sealed = self.store.load(name)
+        try:
+            body = self.cipher.open(sealed, object_aad(name))
+            return msgpack.unpackb(decode_body(body), raw=False, strict_map_key=False)
+        except (AuthenticationFailed, ValueError) as error:
+            raise IntegrityError(f"{name} is damaged ({error})") from error
+
+    # ---------------------------------------------------------------- keys
+
+    def key_documents(self) -> Iterator[tuple[str, dict]]:
+        for name, _size in sorted(self.store.list("keys")):
+            yield name, json.loads(self.store.load(name))
+
+    def add_key(self, passphrase: bytes, kdf: dict | None = None) -> str:
+        """Add a key file wrapping this repository's master key; returns its name."""
+        hostname, username = _identity()
+        document = wrap_key(self.cipher.master_key, passphrase, hostname=hostname,
+                            username=username, kdf=kdf)
+        name = "keys/" + os.urandom(16).hex()
+        self.store.save(name, json.dumps(document).encode())
+        return name
+
+    def remove_key(self, name: str) -> None:
+        self.store.delete(name)
+
+    # ---------------------------------------------------------------- index
+
+    @property
+    def index(self) -> Index:
+        """The blob index, loaded from all index files on first use."""
+        with self._index_lock:
+            if self._index is None:
+                index = Index()
+                for name, _size in self.store.list("index"):
+                    content = self.load_object(name)
+                    index.load_file(content["packs"], content["records"])
+                index.finish_loading()
+                self._index = index
+            return self._index
+
+    def index_names(self) -> list[str]:
+        return sorted(name for name, _ in self.store.list("index"))
+
+    # ---------------------------------------------------------------- blobs
+
+    def seal_blob(self, blob_type: int, blob_id: bytes, data: bytes | memoryview) -> bytes:
+        return self.cipher.seal(encode_body(data, self.config["compression_level"]),
+                                blob_aad(blob_type, blob_id))
+
+    def open_blob(self, blob_id: bytes, location: Location, sealed: bytes | memoryview) -> bytes:
+        """Decrypt, decompress and verify one blob; IntegrityError on any mismatch."""
+        try:
+            body = self.cipher.open(sealed, blob_aad(location.blob_type, blob_id))
+            data = decode_body(body, location.raw_length)
+        except (AuthenticationFailed, ValueError) as error:
+            raise IntegrityError(
+                f"blob {blob_id.hex()[:16]} in pack {location.pack_id.hex()[:16]} is damaged ({error})"
+            ) from error
+        if len(data) != location.raw_length or self.cipher.blob_id(data) != blob_id:
+            raise IntegrityError(f"blob {blob_id.hex()[:16]} does not match its id")
+        return data
+
+    def load_blob(self, blob_id: bytes) -> bytes:
+        """Return the verified plaintext of a blob; IntegrityError if missing or damaged."""
+        location = self.index.lookup(blob_id)
+        if location is None:
+            raise IntegrityError(f"blob {blob_id.hex()[:16]} is not in the index")
+        pack = self._cached_pack(location.pack_id)
+        if pack is not None:
+            sealed = memoryview(pack)[location.offset : location.offset + location.length]
+        else:
+            sealed = self._load_pack_range(location)
+        return self.open_blob(blob_id, location, sealed)
+
+    def _load_pack_range(self, location: Location) -> bytes:
+        try:
+            data = self.store.load(pack_name(location.pack_id), location.offset, location.length)
+        except ObjectMissing:
+            raise IntegrityError(f"pack {location.pack_id.hex()[:16]} is missing") from None
+        if len(data) != location.length:
+            raise IntegrityError(f"pack {location.pack_id.hex()[:16]} is truncated")
+        return data
+
+    def _cached_pack(self, pack_id: bytes) -> bytes | None:
+        with self._pack_cache_lock:
+            if pack_id in self._pack_cache:
+                self._pack_cache.move_to_end(pack_id)
+                return self._pack_cache[pack_id]
+        return None
+
+    def prefetch_pack(self, pack_id: bytes) -> None:
+        """Load a whole pack into the small LRU cache (restore reads packs sequentially)."""
+        if self._cached_pack(pack_id) is not None:
+            return
+        try:
+            data = self.store.load(pack_name(pack_id))
+        except ObjectMissing:
+            return  # load_blob reports the missing pack per blob
+        with self._pack_cache_lock:
+            self._pack_cache[pack_id] = data
+            while len(self._pack_cache) > PACK_CACHE_SIZE:
+                self._pack_cache.popitem(last=False)
+
+    # ---------------------------------------------------------------- snapshots
+
+    def snapshot_names(self) -> list[str]:
+        return sorted(name for name, _ in self.store.list("snapshots"))
+
+    def save_snapshot(self, snapshot: dict) -> str:
+        """Write a snapshot object (the last write of a backup); returns its hex id."""
+        snapshot_id = os.urandom(32).hex()
+        self.save_object("snapshots/" + snapshot_id, snapshot)
+        return snapshot_id
+
+    def load_snapshot(self, snapshot_id: str) -> dict:
+        snapshot = self.load_object("snapshots/" + snapshot_id)
+        assert isinstance(snapshot, dict)
+        return dict(snapshot, id=snapshot_id)
+
+
+def _marker_version(marker: bytes) -> int | None:
+    lines = marker.decode(errors="replace").splitlines()
+    if len(lines) < 2 or lines[0] != "safehold repository" or not lines[1].startswith("format "):
+        return None
+    try:
+        return int(lines[1].split()[1])
+    except (IndexError, ValueError):
+        return None

@@ -1,0 +1,105 @@
+"""Repository locks: shared (backup, restore, check) and exclusive (prune, key removal).
+
+A lock is an object ``locks/<random hex>`` holding JSON (host, pid, kind, time). Its holder
+rewrites it every ``refresh_interval`` seconds; a lock not refreshed for ``stale_after`` seconds
+is stale and ignored (and removed by the next locker), so a killed process or a lost host
+never wedges a repository. Locks hold no secrets and are the only objects written twice.
+
+Acquisition: write our lock, then list all locks; if a live conflicting lock exists, remove ours
+and retry until ``wait`` runs out. Writing before looking means two racing lockers both see each
+other and at least one backs off.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+
+from safehold.errors import RepositoryLocked
+from safehold.store import ObjectMissing, Store
+
+REFRESH_INTERVAL = 60.0
+STALE_AFTER = 300.0
+
+
+class Lock:
+    """A held or to-be-held lock. Use as a context manager."""
+
+    def __init__(self, store: Store, *, exclusive: bool, wait: float = 0.0,
+                 clock: Callable[[], float] = time.time,
+                 refresh_interval: float = REFRESH_INTERVAL, stale_after: float = STALE_AFTER) -> None:
+        self.store = store
+        self.exclusive = exclusive
+        self.wait = wait
+        self.clock = clock
+        self.refresh_interval = refresh_interval
+        self.stale_after = stale_after
+        self.name = "locks/" + os.urandom(16).hex()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _document(self) -> bytes:
+        return json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
+                           "exclusive": self.exclusive, "time": self.clock()}).encode()
+
+    def _conflicts(self) -> list[dict]:
+        conflicts = []
+        for name, _size in list(self.store.list("locks")):
+            if name == self.name:
+                continue
+            try:
+                other = json.loads(self.store.load(name))
+            except (ObjectMissing, ValueError):
+                continue
+            if self.clock() - other.get("time", 0) > self.stale_after:
+                try:
+                    self.store.delete(name)
+                except ObjectMissing:
+                    pass
+                continue
+            if self.exclusive or other.get("exclusive"):
+                conflicts.append(other)
+        return conflicts
+
+    def acquire(self) -> Lock:
+        deadline = time.monotonic() + self.wait
+        while True:
+            self.store.save(self.name, self._document())
+            conflicts = self._conflicts()
+            if not conflicts:
+                break
+            self.store.delete(self.name)
+            if time.monotonic() >= deadline:
+                holder = conflicts[0]
+                kind = "exclusively" if holder.get("exclusive") else "by a running backup or restore"
+                raise RepositoryLocked(f"{kind} (host {holder.get('host')}, pid {holder.get('pid')})")
+            time.sleep(min(1.0, max(0.05, deadline - time.monotonic())))
+        self._thread = threading.Thread(target=self._refresh, name="lock-refresh", daemon=True)
+        self._thread.start()
+        return self
+
+    def _refresh(self) -> None:
+        while not self._stop.wait(self.refresh_interval):
+            try:
+                self.store.save(self.name, self._document())
+            except Exception:  # noqa: BLE001 - a failed refresh is retried next interval
+                pass
+
+    def release(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        try:
+            self.store.delete(self.name)
+        except ObjectMissing:
+            pass
+
+    def __enter__(self) -> Lock:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
