@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Shared set-up for demo.sh and test.sh: Debian packages when missing, then a virtualenv in .venv
+# with safehold installed (editable) and pinned dependencies. Idempotent; safe to run again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+want_packages() {  # want_packages COMMAND PACKAGE ...: queue PACKAGE if COMMAND is missing
+    local command=$1; shift
+    command -v "$command" >/dev/null 2>&1 || need_apt+=("$@")
+}
+want_packages python3 python3
+python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_apt+=(python3-venv)
+for extra in "$@"; do
+    IFS=: read -r command package <<<"$extra"
+    want_packages "$command" "$package"
+done
+if ((${#need_apt[@]})); then
+    echo "installing Debian packages: ${need_apt[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -q >/dev/null
+    apt-get install -y -q --no-install-recommends "${need_apt[@]}" >/dev/null
+fi
+
+if [ ! -x .venv/bin/python ]; then
+    python3 -m venv .venv
+fi
+stamp=.venv/.safehold-installed
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+    .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
+    .venv/bin/python -m pip install -q -e '.[test]' 2>&1 | grep -v '^WARNING: Location' || true
+    .venv/bin/python -c 'import safehold, pytest' # fail loudly if the install did not work
+    touch "$stamp"
+fi
