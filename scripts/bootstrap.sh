@@ -27,8 +27,11 @@ if [ ! -x .venv/bin/python ]; then
 fi
 stamp=.venv/.safehold-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-    .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
-    .venv/bin/python -m pip install -q -e '.[test]' 2>&1 | grep -v '^WARNING: Location' || true
-    .venv/bin/python -c 'import safehold, pytest' # fail loudly if the install did not work
+    echo "installing safehold and its pinned dependencies into .venv (log: .venv/install.log)"
+    if ! .venv/bin/python -m pip install -e '.[test]' >.venv/install.log 2>&1; then
+        tail -20 .venv/install.log
+        echo "pip install failed: see .venv/install.log" >&2
+        exit 1
+    fi
     touch "$stamp"
 fi

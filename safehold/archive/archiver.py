@@ -9,6 +9,7 @@ its entries are known (post-order), so a snapshot only ever refers to stored tre
 from __future__ import annotations
 
 import os
+import stat
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -34,6 +35,19 @@ from safehold.repo.writer import BlobWriter
 
 BATCH_BYTES = 8 * 1024 * 1024
 BATCH_FILES = 256
+
+
+class Pending:
+    """A file entry whose content is being read (or is a hard link to one that is)."""
+
+    __slots__ = ("entry", "path", "future", "failed", "link_of")
+
+    def __init__(self, entry: dict, path: bytes | None = None, link_of: Pending | None = None) -> None:
+        self.entry = entry
+        self.path = path
+        self.future: Future | None = None
+        self.failed = False
+        self.link_of = link_of
 
 
 @dataclass
@@ -71,7 +85,7 @@ class Archiver:
         self._workers = workers or min(4, os.cpu_count() or 2)
         self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix="reader")
         self._slots = threading.BoundedSemaphore(self._workers * 2)
-        self._hardlinks: dict[tuple[int, int], tuple[dict, Future | None]] = {}
+        self._hardlinks: dict[tuple[int, int], Pending] = {}
         self._stats_lock = threading.Lock()
         self._root_dev = 0
 
@@ -165,6 +179,7 @@ class Archiver:
             self._error(path, error)
             names = []
         only_tag = self.excludes.is_cache_dir(path)
+        excluding = bool(self.excludes.patterns)
         entries: list = []
         batch: list = []
         batch_bytes = 0
@@ -172,7 +187,7 @@ class Archiver:
             if only_tag and child != CACHEDIR_TAG:
                 continue
             child_path = path + b"/" + child if path != b"/" else b"/" + child
-            if self.excludes.excluded(child_path, child):
+            if excluding and self.excludes.excluded(child_path, child):
                 continue
             try:
                 child_st = os.lstat(child_path)
@@ -193,11 +208,22 @@ class Archiver:
     def _add_entry(self, entries: list, batch: list, path: bytes, name: bytes, st: os.stat_result,
                    previous: dict[bytes, dict]) -> bool:
         """Append the entry for one child; returns True if it joined ``batch`` to be read."""
+        old = previous.get(name)
+        if (old is not None and st.st_nlink == 1 and old.get("content") is not None
+                and old["mtime"] == st.st_mtime_ns and old["ctime"] == st.st_ctime_ns
+                and old["size"] == st.st_size and old["inode"] == st.st_ino
+                and stat.S_ISREG(st.st_mode)):
+            # Fast path: ctime changes with any change of content, mode, owner or xattrs, so
+            # the parent's entry is still exactly right.
+            entries.append(old)
+            self.stats.files_unchanged += 1
+            self.stats.bytes_total += st.st_size
+            self.progress(path, 1, st.st_size)
+            return False
         kind = entry_type(st.st_mode)
         if kind is None:
             return False
         if kind == DIR:
-            old = previous.get(name)
             if self.one_file_system and self._root_dev and st.st_dev != self._root_dev:
                 entry = base_entry(name, st, DIR)
                 entry["subtree"] = self._store_tree([])
@@ -221,37 +247,37 @@ class Archiver:
         if kind != FILE:
             entries.append(entry)
             return False
+        return self._add_file(entries, batch, path, entry, st, old)
+
+    def _add_file(self, entries: list, batch: list, path: bytes, entry: dict, st: os.stat_result,
+                  old: dict | None) -> bool:
         self.stats.bytes_total += st.st_size
+        key = (st.st_dev, st.st_ino)
         if st.st_nlink > 1:
-            key = (st.st_dev, st.st_ino)
-            entry["hardlink"] = [st.st_dev, st.st_ino]
+            entry["hardlink"] = list(key)
             first = self._hardlinks.get(key)
             if first is not None:
-                entry["_link_of"], entry["_wait"] = first
-                entries.append(entry)
+                entries.append(Pending(entry, link_of=first))
                 self.stats.files_unchanged += 1
                 return False
-        old = previous.get(name)
         if unchanged(entry, old):
-            entry["content"] = old["content"]
-            if old.get("holes"):
-                entry["holes"] = old["holes"]
+            entry["content"] = old["content"]  # type: ignore[index]
+            if old.get("holes"):  # type: ignore[union-attr]
+                entry["holes"] = old["holes"]  # type: ignore[index]
             self.stats.files_unchanged += 1
             self.progress(path, 1, st.st_size)
-            if st.st_nlink > 1:
-                self._hardlinks[(st.st_dev, st.st_ino)] = (entry, None)
-            entries.append(entry)
-            return False
-        if old is not None:
-            self.stats.files_changed += 1
+            pending = Pending(entry)
         else:
-            self.stats.files_new += 1
-        entry["_path"] = path
-        batch.append(entry)
-        entries.append(entry)
+            if old is not None:
+                self.stats.files_changed += 1
+            else:
+                self.stats.files_new += 1
+            pending = Pending(entry, path=path)
+            batch.append(pending)
+        entries.append(pending)
         if st.st_nlink > 1:
-            self._hardlinks[(st.st_dev, st.st_ino)] = (entry, None)
-        return True
+            self._hardlinks[key] = pending
+        return pending.path is not None
 
     # ---------------------------------------------------------------- reading
 
@@ -261,47 +287,44 @@ class Archiver:
         self._slots.acquire()
         future = self._pool.submit(self._read_batch, batch)
         future.add_done_callback(lambda _: self._slots.release())
-        for entry in batch:
-            entry["_wait"] = future
-            key = tuple(entry.get("hardlink") or ())
-            if key and self._hardlinks.get(key, (None,))[0] is entry:  # type: ignore[arg-type]
-                self._hardlinks[key] = (entry, future)  # type: ignore[index]
+        for pending in batch:
+            pending.future = future
 
-    def _read_batch(self, batch: list[dict]) -> None:
-        for entry in batch:
-            path = entry["_path"]
+    def _read_batch(self, batch: list[Pending]) -> None:
+        for pending in batch:
+            path = pending.path
             try:
-                self.reader.read_file(path, entry)
+                self.reader.read_file(path, pending.entry)
             except FileChanged as change:
                 with self._stats_lock:
                     self.stats.warnings.append({"path": os.fsdecode(path), "message": str(change)})
             except OSError as error:
-                entry["_error"] = True
+                pending.failed = True
                 self._error(path, error)
                 continue
             with self._stats_lock:
-                self.stats.bytes_read += entry["size"]
-            self.progress(path, 1, entry["size"])
+                self.stats.bytes_read += pending.entry["size"]
+            self.progress(path, 1, pending.entry["size"])
 
     def _resolve(self, entries: list) -> list[dict]:
         """Wait for the reads of a directory's files and return its finished entries."""
         done = []
-        for entry in entries:
-            wait = entry.get("_wait")
-            if wait is not None:
-                wait.result()
-            source = entry.get("_link_of")
-            if source is not None:
-                if source.get("_error") or source.get("content") is None:
-                    continue
-                entry["content"] = source["content"]
-                entry["size"] = source["size"]
-                if source.get("holes"):
-                    entry["holes"] = source["holes"]
-            if entry.get("_error"):
+        for item in entries:
+            if type(item) is dict:
+                done.append(item)
                 continue
-            # Private markers stay on the original (a hardlink elsewhere may still look at it).
-            done.append({key: value for key, value in entry.items() if not key.startswith("_")})
+            source = item.link_of or item
+            if source.future is not None:
+                source.future.result()
+            if source.failed:
+                continue
+            entry = item.entry
+            if item.link_of is not None:
+                entry["content"] = source.entry["content"]
+                entry["size"] = source.entry["size"]
+                if source.entry.get("holes"):
+                    entry["holes"] = source.entry["holes"]
+            done.append(entry)
         return done
 
     def _error(self, path: bytes, error: OSError) -> None:
