@@ -12,10 +12,12 @@ import os
 import stat
 import threading
 from collections.abc import Callable
+from typing import BinaryIO
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 
 from safehold.archive.entries import (
+    synthetic_entry,
     DIR,
     FILE,
     SYMLINK,
@@ -109,6 +111,7 @@ class Archiver:
 
         Raises SourceNotFound if a path does not exist.
         """
+        self._hardlinks = {}  # links are matched within one pass only (hot+cold reads twice)
         layout: dict = {}
         for path in paths:
             absolute = os.path.abspath(path)
@@ -125,14 +128,34 @@ class Archiver:
                     node[parts[-1]] = True
                 else:
                     layout = True  # type: ignore[assignment]
-        try:
-            if layout is True:
-                self._root_dev = os.lstat(b"/").st_dev
-                root = self._archive_dir(b"/", os.lstat(b"/"), b"", parent_root)
-                return root["subtree"]
-            return self._archive_layout(b"", layout, parent_root)
-        finally:
-            self._pool.shutdown(wait=True)
+        if layout is True:
+            self._root_dev = os.lstat(b"/").st_dev
+            root = self._archive_dir(b"/", os.lstat(b"/"), b"", parent_root)
+            return root["subtree"]
+        return self._archive_layout(b"", layout, parent_root)
+
+    def archive_stream(self, name: str, stream: BinaryIO, *, mtime_ns: int | None = None) -> dict:
+        """Store a byte stream (a database dump) as a file entry named ``name``; returns it."""
+        content, size = self.reader.read_stream(stream)
+        with self._stats_lock:
+            self.stats.bytes_read += size
+            self.stats.bytes_total += size
+            self.stats.files_new += 1
+        return synthetic_entry(os.fsencode(name), FILE, mtime_ns, size=size, content=content)
+
+    def store_directory(self, name: str, entries: list[dict], *, mtime_ns: int | None = None) -> dict:
+        """Write a tree of ``entries`` and return a directory entry named ``name`` for it."""
+        return synthetic_entry(os.fsencode(name), DIR, mtime_ns, subtree=self._store_tree(entries))
+
+    def close(self) -> None:
+        """Wait for the reader threads to finish; call once after the last archive call."""
+        self._pool.shutdown(wait=True)
+
+    def __enter__(self) -> Archiver:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def _archive_layout(self, prefix: bytes, layout: dict, parent_tree: bytes | None) -> bytes:
         """Write the tree for a directory that is only on the way to the backed-up paths."""
@@ -194,6 +217,10 @@ class Archiver:
             except OSError as error:
                 self._error(child_path, error)
                 continue
+            if batch and stat.S_ISDIR(child_st.st_mode):
+                # A hard link below may refer to a file of this batch: it must be under way.
+                self._submit(entries, batch)
+                batch, batch_bytes = [], 0
             pending = self._add_entry(entries, batch, child_path, child, child_st, previous)
             if pending:
                 batch_bytes += child_st.st_size

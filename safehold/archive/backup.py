@@ -45,9 +45,9 @@ def backup_paths(repository: Repository, paths: list[str], *, tags: list[str] | 
         if parent is None and not force:
             parent = find_parent(repository, hostname, absolute)
         with BlobWriter(repository) as writer:
-            archiver = Archiver(repository, writer, excludes=excludes,
-                                one_file_system=one_file_system, progress=progress)
-            root = archiver.archive(absolute, parent["tree"] if parent else None)
+            with Archiver(repository, writer, excludes=excludes, one_file_system=one_file_system,
+                          progress=progress) as archiver:
+                root = archiver.archive(absolute, parent["tree"] if parent else None)
             writer.flush()
         finished = clock()
         stats = archiver.stats

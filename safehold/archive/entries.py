@@ -13,6 +13,7 @@ import grp
 import os
 import pwd
 import stat
+import time
 from functools import lru_cache
 
 import msgpack
@@ -86,6 +87,19 @@ def base_entry(name: bytes, st: os.stat_result, kind: str) -> dict:
         "dev": st.st_dev,
         "nlink": st.st_nlink,
         "size": st.st_size if kind in (FILE, SYMLINK) else 0,
+    }
+
+
+def synthetic_entry(name: bytes, kind: str, mtime_ns: int | None = None, **fields: object) -> dict:
+    """An entry for something that is not a file on disk here (a dump, a component folder):
+    owned by the running user, private mode, the given or current time."""
+    now = time.time_ns() if mtime_ns is None else mtime_ns
+    uid, gid = os.getuid(), os.getgid()
+    return {
+        "name": name, "type": kind, "mode": 0o700 if kind == DIR else 0o600,
+        "uid": uid, "gid": gid, "user": user_name(uid), "group": group_name(gid),
+        "mtime": now, "ctime": now, "inode": 0, "dev": 0, "nlink": 1,
+        "size": 0, **fields,
     }
 
 

@@ -78,9 +78,10 @@ class Restorer:
 
     # ---------------------------------------------------------------- entry point
 
-    def restore(self, entry: dict, snapshot_path: str) -> RestoreStats:
+    def restore(self, entry: dict, snapshot_path: str, *, root_metadata: bool = False) -> RestoreStats:
         """Restore ``entry`` (found at ``snapshot_path``): a directory's contents go straight into
-        the target, anything else into target/<name>."""
+        the target, anything else into target/<name>. With ``root_metadata``, a directory's own
+        owner, mode and times are given to the target as well."""
         try:
             os.makedirs(self.target, exist_ok=True)
         except OSError as error:
@@ -100,6 +101,8 @@ class Restorer:
         self._make_links()
         for path, directory in reversed(self._directories):
             self._apply_metadata(path, directory)
+        if root_metadata and entry["type"] == DIR:
+            self._apply_metadata(self.target, entry)
         return self.stats
 
     def _selected(self, snapshot_path: bytes, name: bytes, parent_selected: bool) -> bool | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Iterator
 
@@ -39,3 +40,25 @@ def walk(repository: Repository, entry: dict, path: bytes) -> Iterator[tuple[byt
         for child in load_tree(repository, entry["subtree"]):
             child_path = path.rstrip(b"/") + b"/" + child["name"]
             yield from walk(repository, child, child_path)
+
+
+class EntryReader(io.RawIOBase):
+    """A file entry's content as a readable binary stream, blob by blob (verified), for feeding
+    a dump to a restore command without writing it to disk first."""
+
+    def __init__(self, repository: Repository, entry: dict) -> None:
+        super().__init__()
+        self._repository = repository
+        self._blobs = list(entry.get("content") or [])
+        self._buffer = memoryview(b"")
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, target) -> int:  # type: ignore[no-untyped-def, override]
+        while not self._buffer and self._blobs:
+            self._buffer = memoryview(self._repository.load_blob(self._blobs.pop(0)))
+        count = min(len(target), len(self._buffer))
+        target[:count] = self._buffer[:count]
+        self._buffer = self._buffer[count:]
+        return count

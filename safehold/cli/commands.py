@@ -15,9 +15,9 @@ from safehold.archive.diff import diff_entries
 from safehold.archive.entries import DIR, display_name
 from safehold.archive.excludes import Excludes
 from safehold.archive.restorer import Restorer
-from safehold.cli import render
+from safehold.cli import platform_commands, render
 from safehold.cli.session import open_repository, passphrase, repository_location
-from safehold.errors import EXIT_PARTIAL, IntegrityError
+from safehold.errors import EXIT_PARTIAL, IntegrityError, UsageError
 from safehold.ops.check import check
 from safehold.repo.repository import Repository
 from safehold.repo.snapshots import list_snapshots, resolve, split_spec
@@ -52,6 +52,12 @@ def _scan_total(paths: list[str], bar: render.ProgressBar) -> None:
 
 
 def backup(args: argparse.Namespace) -> int:
+    if args.config:
+        if args.paths:
+            raise UsageError("give either PATHs or --config, not both")
+        return platform_commands.backup_platform(args)
+    if not args.paths:
+        raise UsageError("nothing to back up: give PATHs, or --config PLATFORM_FILE")
     patterns = list(args.exclude)
     for path in args.exclude_file:
         patterns += Excludes.from_file(path)
@@ -135,6 +141,13 @@ def ls(args: argparse.Namespace) -> int:
 
 
 def restore(args: argparse.Namespace) -> int:
+    if args.config:
+        return platform_commands.restore_platform(args)
+    for option in ("component", "database", "to_database"):
+        if getattr(args, option):
+            raise UsageError(f"--{option.replace('_', '-')} needs --config")
+    if not args.source or not args.target:
+        raise UsageError("restore needs SNAPSHOT[:PATH] and --target DIR (or --config)")
     spec, path = split_spec(args.source)
     started = time.monotonic()
     bar = render.ProgressBar("restore", render.interactive() and not args.quiet and not args.json)

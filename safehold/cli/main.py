@@ -8,7 +8,7 @@ import sys
 import traceback
 
 from safehold import __version__
-from safehold.cli import commands, keys
+from safehold.cli import commands, keys, platform_commands
 from safehold.errors import EXIT_ERROR, SafeholdError
 
 
@@ -31,9 +31,11 @@ def build_parser() -> argparse.ArgumentParser:
     _common(command)
     command.set_defaults(run=commands.init)
 
-    command = sub.add_parser("backup", help="back up files and directories")
+    command = sub.add_parser("backup", help="back up files and directories, or a whole platform")
     _common(command)
-    command.add_argument("paths", nargs="+", metavar="PATH")
+    command.add_argument("paths", nargs="*", metavar="PATH")
+    command.add_argument("--config", "-c", default=None, metavar="PLATFORM_FILE",
+                         help="back up the platform this file describes")
     command.add_argument("--tag", action="append", default=[], help="tag the snapshot (repeatable)")
     command.add_argument("--host", default=None, help="host name to record (default: this host)")
     command.add_argument("--exclude", "-e", action="append", default=[], metavar="PATTERN",
@@ -60,10 +62,20 @@ def build_parser() -> argparse.ArgumentParser:
     command.add_argument("--recursive", "-R", action="store_true", help="list everything below")
     command.set_defaults(run=commands.ls)
 
-    command = sub.add_parser("restore", help="restore a snapshot or a part of it")
+    command = sub.add_parser("restore", help="restore a snapshot or a part of it, or a platform")
     _common(command)
-    command.add_argument("source", metavar="SNAPSHOT[:PATH]")
-    command.add_argument("--target", "-t", required=True, help="directory to restore into")
+    command.add_argument("source", nargs="?", metavar="SNAPSHOT[:PATH]",
+                         help="default with --config: the platform's latest snapshot")
+    command.add_argument("--target", "-t", help="directory to restore into (required without "
+                                                "--config; with it, extract there instead of "
+                                                "replacing live data)")
+    command.add_argument("--config", "-c", default=None, metavar="PLATFORM_FILE",
+                         help="restore the platform this file describes, in its order")
+    command.add_argument("--component", help="with --config: only this component")
+    command.add_argument("--database", help="with --config: only this database of the component")
+    command.add_argument("--to-database", help="with --config: restore the dump into this database")
+    command.add_argument("--yes", action="store_true", help="replace live data without asking")
+    command.add_argument("--dry-run", action="store_true", help="show the steps, change nothing")
     command.add_argument("--include", "-i", action="append", default=[], metavar="PATTERN")
     command.add_argument("--exclude", "-e", action="append", default=[], metavar="PATTERN")
     command.add_argument("--overwrite", action="store_true",
@@ -82,6 +94,25 @@ def build_parser() -> argparse.ArgumentParser:
     command.add_argument("--read-data-subset", default=None, metavar="N%|n/t",
                          help="read and authenticate a part of the data")
     command.set_defaults(run=commands.check_repository)
+
+    config = sub.add_parser("config", help="platform files: validate, schema, new, docs")
+    config_sub = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
+    command = config_sub.add_parser("validate", help="check a platform file")
+    command.add_argument("file", metavar="PLATFORM_FILE")
+    command.set_defaults(run=platform_commands.config_validate)
+    command = config_sub.add_parser("schema", help="print the JSON Schema")
+    command.set_defaults(run=platform_commands.config_schema)
+    command = config_sub.add_parser("docs", help="print the Markdown reference (docs/config.md)")
+    command.set_defaults(run=platform_commands.config_docs)
+    command = config_sub.add_parser("new", help="write a commented platform file from a preset")
+    command.add_argument("--preset", required=True, choices=platform_commands.PRESETS)
+    command.add_argument("--output", "-o", default=None, help="file to write (default: stdout)")
+    command.set_defaults(run=platform_commands.config_new)
+
+    command = sub.add_parser("discover", help="propose a platform file from a docker-compose.yml")
+    command.add_argument("compose_file", metavar="COMPOSE_FILE")
+    command.add_argument("--output", "-o", default=None, help="file to write (default: stdout)")
+    command.set_defaults(run=platform_commands.discover_command)
 
     key = sub.add_parser("key", help="manage passphrase keys")
     key_sub = key.add_subparsers(dest="key_command", required=True, metavar="ACTION")

@@ -43,8 +43,8 @@ class Index:
     def __init__(self) -> None:
         self.packs: list[bytes] = []
         self._pack_numbers: dict[bytes, int] = {}
-        self._keys = np.empty(0, dtype=">u8")
-        self._records = np.empty(0, dtype=RECORD_DTYPE)
+        # (keys, records) swapped as one reference, so a lookup never sees one without the other
+        self._sorted = (np.empty(0, dtype=">u8"), np.empty(0, dtype=RECORD_DTYPE))
         self._parts: list[np.ndarray] = []
         self._pending: dict[bytes, tuple[int, int, int, int, int]] = {}
         self._lock = threading.Lock()
@@ -79,11 +79,11 @@ class Index:
         self._merge(keys, records)
 
     def _merge(self, keys: np.ndarray, records: np.ndarray) -> None:
-        all_keys = np.concatenate([self._keys, keys])
-        all_records = np.concatenate([self._records, records])
+        old_keys, old_records = self._sorted
+        all_keys = np.concatenate([old_keys, keys])
+        all_records = np.concatenate([old_records, records])
         order = np.argsort(all_keys, kind="stable")
-        self._keys = all_keys[order]
-        self._records = all_records[order]
+        self._sorted = (all_keys[order], all_records[order])
 
     def add(self, blob_id: bytes, pack_id: bytes, offset: int, length: int, raw_length: int,
             blob_type: int) -> None:
@@ -94,7 +94,9 @@ class Index:
                 self._merge_pending()
 
     def _merge_pending(self) -> None:
-        pending, self._pending = self._pending, {}
+        # Lookups read _pending first, then _sorted: the merged arrays are published before the
+        # dict is emptied, so an entry is always in at least one of them.
+        pending = self._pending
         ids = np.frombuffer(b"".join(pending), dtype="u1").reshape(-1, 32)
         keys = ids[:, :8].copy().view(">u8").ravel()
         records = np.empty(len(pending), dtype=RECORD_DTYPE)
@@ -103,6 +105,7 @@ class Index:
         for column, field in enumerate(("pack", "offset", "length", "raw", "type")):
             records[field] = values[:, column]
         self._merge(keys, records)
+        self._pending = {}
 
     def lookup(self, blob_id: bytes) -> Location | None:
         """Return where the blob is stored, or None."""
@@ -110,7 +113,7 @@ class Index:
         if pending is not None:
             number, offset, length, raw_length, blob_type = pending
             return Location(self.packs[number], offset, length, raw_length, blob_type)
-        keys, records = self._keys, self._records
+        keys, records = self._sorted
         key = int.from_bytes(blob_id[:8], "big")
         position = int(np.searchsorted(keys, key))
         rest = blob_id[8:]
@@ -126,17 +129,19 @@ class Index:
         return self.lookup(blob_id) is not None
 
     def __len__(self) -> int:
-        return len(self._keys) + len(self._pending)
+        return len(self._sorted[0]) + len(self._pending)
 
     def nbytes(self) -> int:
         """Bytes held by the persistent arrays and the pack table (excluding pending entries)."""
-        return int(self._keys.nbytes + self._records.nbytes + 32 * len(self.packs))
+        keys, records = self._sorted
+        return int(keys.nbytes + records.nbytes + 32 * len(self.packs))
 
     def entries(self) -> Iterator[tuple[bytes, Location]]:
         """Yield every (blob id, location); slow per entry, meant for check and tests."""
         with self._lock:
-            self._merge_pending() if self._pending else None
-        for key, record in zip(self._keys, self._records):
+            if self._pending:
+                self._merge_pending()
+        for key, record in zip(*self._sorted):
             blob_id = int(key).to_bytes(8, "big") + record["rest"].tobytes()
             yield blob_id, Location(self.packs[int(record["pack"])], int(record["offset"]),
                                     int(record["length"]), int(record["raw"]), int(record["type"]))

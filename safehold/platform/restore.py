@@ -1,0 +1,208 @@
+"""Restoring a platform, in its own order: stop, databases, files, start, hooks.
+
+Three modes:
+- live (default): the components go back where they came from. Databases are dropped and
+  recreated from their dumps; a files component's paths are first moved aside to
+  ``<path>.safehold-<time>`` (nothing is deleted), then restored with owners, modes, times.
+  The services the cold phase stops are stopped for the files (database services stay up:
+  dumps are restored through them) and always started again; then after_restore hooks run.
+- ``target``: everything is written below a directory (dumps as .sql files); nothing live is
+  touched.
+- ``to_database``: one database component's dump goes into another database name.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+
+from safehold.archive import tree
+from safehold.archive.entries import DIR, decode_tree
+from safehold.archive.restorer import Restorer
+from safehold.errors import SafeholdError
+from safehold.platform import sources_bridge
+from safehold.platform.config import ConfigError, Platform
+from safehold.platform.hooks import run_hooks
+from safehold.platform.services import stopped
+from safehold.repo.repository import Repository
+from safehold.sources import source_module
+
+
+@dataclass
+class RestoreOutcome:
+    restored: list[str] = field(default_factory=list)
+    moved_aside: list[tuple[str, str]] = field(default_factory=list)
+    row_mismatches: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    downtime: float = 0.0
+
+
+class PlatformRestore:
+    """Restores (parts of) one platform snapshot. ``plan()`` says what ``run()`` would do."""
+
+    def __init__(self, repository: Repository, platform: Platform, snapshot: dict, *,
+                 component: str | None = None, to_database: str | None = None,
+                 database: str | None = None, target: str | None = None,
+                 log: Callable[[str], None] = lambda text: None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.repository = repository
+        self.platform = platform
+        self.snapshot = snapshot
+        self.to_database = to_database
+        self.database = database
+        self.target = target
+        self.log = log
+        self.clock = clock
+        self.recorded = {c["name"]: c for c in snapshot.get("components", [])}
+        self.dirs = {os.fsdecode(e["name"]): e
+                     for e in decode_tree(repository.load_blob(snapshot["tree"])) if e["type"] == DIR}
+        names = [component] if component else [c.name for c in platform.components
+                                                if c.name in self.dirs]
+        for name in names:
+            platform.component(name)  # ConfigError for an unknown name
+            if name not in self.dirs:
+                raise ConfigError(f"snapshot {snapshot['id'][:8]} holds no component {name!r}",
+                                  file=platform.source)
+        order = {"postgres": 0, "mysql": 0, "sqlite": 1, "command": 2, "files": 3}
+        self.components = sorted((platform.component(n) for n in names),
+                                 key=lambda c: (order[c.type], bool(c.get("rebuildable")), not c.critical))
+        if to_database and (len(self.components) != 1 or self.components[0].type not in ("postgres", "mysql")):
+            raise ConfigError("--to-database needs --component naming one postgres or mysql component",
+                              file=platform.source)
+
+    @property
+    def live(self) -> bool:
+        return self.target is None and self.to_database is None
+
+    def plan(self) -> list[str]:
+        """Human-readable steps, in order."""
+        steps = []
+        files = [c for c in self.components if c.type == "files"]
+        services = self.platform.services if self.live and files else None
+        if self.live:
+            steps += [f"run hook: {h}" for h in self.platform.hooks.get("before_restore", [])]
+        if services:
+            steps.append(f"stop services: {', '.join(self._services_to_stop())}")
+        for component in self.components:
+            if self.target is not None:
+                steps.append(f"{component.name}: write to {os.path.join(self.target, component.name)}")
+            elif component.type == "files":
+                for path in self.recorded.get(component.name, {}).get("paths", []):
+                    steps.append(f"{component.name}: move {path} aside, restore it from the snapshot")
+            else:
+                for filename, name in self._dumps(component):
+                    into = self.to_database or name
+                    steps.append(f"{component.name}: replace {component.type} database {into} with {filename}")
+        if services:
+            steps.append(f"start services: {', '.join(reversed(self._services_to_stop()))}")
+        if self.live:
+            steps += [f"run hook: {h}" for h in self.platform.hooks.get("after_restore", [])]
+        return steps
+
+    def _services_to_stop(self) -> list[str]:
+        services = self.platform.services or {}
+        hosting = {c.get("via", {}).get("service") for c in self.components
+                   if c.type != "files" and isinstance(c.get("via"), dict)}
+        return [name for name in services.get("stop", []) if name not in hosting]
+
+    def _dumps(self, component) -> list[tuple[str, str]]:  # type: ignore[no-untyped-def]
+        entries = tree.load_tree(self.repository, self.dirs[component.name]["subtree"])
+        result = []
+        for entry in entries:
+            filename = os.fsdecode(entry["name"])
+            name = sources_bridge.dump_name_of(component, filename)
+            if name is None or (self.database and name != self.database):
+                continue
+            result.append((filename, name))
+        if self.to_database and len(result) != 1:
+            names = ", ".join(name for _, name in result)
+            raise ConfigError(f"component {component.name} holds several databases ({names}): "
+                              "choose one with --database", file=self.platform.source)
+        return result
+
+    # ---------------------------------------------------------------- running
+
+    def run(self) -> RestoreOutcome:
+        outcome = RestoreOutcome()
+        if self.target is not None:
+            for component in self.components:
+                self._extract(component, outcome)
+            return outcome
+        if self.live:
+            run_hooks(self.platform.hooks, "before_restore", log=self.log)
+        for component in [c for c in self.components if c.type != "files"]:
+            self._restore_dumps(component, outcome)
+        files = [c for c in self.components if c.type == "files"]
+        if files:
+            services = self.platform.services
+            context = (stopped({**services, "stop": self._services_to_stop()},
+                               sources_bridge.service_runner(services), log=self.log)
+                       if services else nullcontext())
+            with context as downtime:
+                for component in files:
+                    self._restore_files(component, outcome)
+            outcome.downtime = getattr(downtime, "seconds", 0.0)
+        if self.live:
+            run_hooks(self.platform.hooks, "after_restore", log=self.log)
+        return outcome
+
+    def _extract(self, component, outcome: RestoreOutcome) -> None:  # type: ignore[no-untyped-def]
+        destination = os.path.join(self.target, component.name)  # type: ignore[arg-type]
+        stats = Restorer(self.repository, destination).restore(self.dirs[component.name], "/")
+        self._collect(component.name, stats, outcome)
+
+    def _collect(self, name: str, stats, outcome: RestoreOutcome) -> None:  # type: ignore[no-untyped-def]
+        for problem in stats.damaged + stats.errors:
+            outcome.problems.append(f"{name}: {problem['path']}: {problem['message']}")
+        outcome.problems += [f"{name}: exists, not replaced: {p}" for p in stats.skipped]
+        if name not in outcome.restored:
+            outcome.restored.append(name)
+
+    def _restore_dumps(self, component, outcome: RestoreOutcome) -> None:  # type: ignore[no-untyped-def]
+        module = source_module(component.type)
+        target = sources_bridge.target_for(component, self.platform.services)
+        settings = sources_bridge.source_settings(component)
+        files = {os.fsdecode(e["name"]): e
+                 for e in tree.load_tree(self.repository, self.dirs[component.name]["subtree"])}
+        for filename, name in self._dumps(component):
+            into = self.to_database or (name if component.type != "sqlite" else None)
+            self.log(f"{component.name}: restoring {filename}" + (f" into {into}" if into else ""))
+            with tree.EntryReader(self.repository, files[filename]) as stream:
+                module.restore(settings, target, name, stream, into=into)
+            self._compare_rows(component, module, target, settings, name, into, outcome)
+        outcome.restored.append(component.name)
+
+    def _compare_rows(self, component, module, target, settings, name, into, outcome) -> None:  # type: ignore[no-untyped-def]
+        recorded = self.recorded.get(component.name, {}).get("databases", {}).get(name, {}).get("rows")
+        if recorded is None or not hasattr(module, "row_counts"):
+            return
+        actual = module.row_counts(settings, target, into or name)
+        for table, count in sorted(recorded.items()):
+            if actual.get(table) != count:
+                outcome.row_mismatches.append(
+                    f"{component.name}/{into or name}.{table}: {actual.get(table)} rows, "
+                    f"{count} recorded at backup")
+
+    def _restore_files(self, component, outcome: RestoreOutcome) -> None:  # type: ignore[no-untyped-def]
+        subtree_root = tree.root_entry(self.dirs[component.name]["subtree"])
+        stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(self.clock()))
+        for path in self.recorded.get(component.name, {}).get("paths", []):
+            entry = tree.find(self.repository, {"tree": subtree_root["subtree"],
+                                                "id": self.snapshot["id"]}, path)
+            if os.path.lexists(path):
+                aside = f"{path}.safehold-{stamp}"
+                try:
+                    os.rename(path, aside)
+                except OSError as error:
+                    raise SafeholdError(f"cannot move {path} aside to {aside} before restoring: "
+                                        f"{error.strerror}; nothing was changed") from None
+                outcome.moved_aside.append((path, aside))
+                self.log(f"{component.name}: moved {path} to {aside}")
+            if entry["type"] == DIR:
+                stats = Restorer(self.repository, path).restore(entry, path, root_metadata=True)
+            else:
+                stats = Restorer(self.repository, os.path.dirname(path)).restore(entry, path)
+            self._collect(component.name, stats, outcome)

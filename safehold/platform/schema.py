@@ -1,0 +1,156 @@
+"""The platform file's JSON Schema: the single source of truth.
+
+Validation (config.py), the reference in docs/config.md (``safehold config docs``) and
+``safehold config schema`` all come from this one dictionary. Every property has a
+description; keep them short and concrete.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+VIA = {
+    "description": "How to reach the component: where its commands run.",
+    "oneOf": [
+        {"type": "string", "description": "`local`, or `ssh://user@host[:port]`",
+         "pattern": "^(local|ssh://.+)$"},
+        {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["exec"],
+            "properties": {
+                "exec": {"type": "string", "pattern": "^(local|ssh|compose|docker|kubectl|ssh://.+)$",
+                         "description": "`local`, `ssh`, `ssh://user@host[:port]`, `compose`, "
+                                        "`docker` or `kubectl`"},
+                "host": {"type": "string", "description": "ssh: host name"},
+                "user": {"type": "string", "description": "ssh: user"},
+                "port": {"type": "integer", "description": "ssh: port (default 22)"},
+                "identity": {"type": "string", "description": "ssh: private key file"},
+                "known_hosts": {"type": "string", "description": "ssh: known_hosts file"},
+                "strict_host_key_checking": {"type": "string",
+                                             "description": "ssh: yes, accept-new or no"},
+                "service": {"type": "string", "description": "compose: service name"},
+                "project_dir": {"type": "string",
+                                "description": "compose: project directory "
+                                               "(default: services.project_dir)"},
+                "file": {"type": "string", "description": "compose: compose file"},
+                "container": {"type": "string",
+                              "description": "docker: container name; kubectl: container in the pod"},
+                "namespace": {"type": "string", "description": "kubectl: namespace"},
+                "pod": {"type": "string", "description": "kubectl: pod name"},
+                "context": {"type": "string", "description": "kubectl: context"},
+            },
+        },
+    ],
+}
+
+_DATABASE_FIELDS = {
+    "host": {"type": "string", "description": "database host as seen from the target"},
+    "port": {"type": "integer", "minimum": 1, "maximum": 65535, "description": "database port"},
+    "user": {"type": "string", "description": "database user (may be `${VAR}`)"},
+    "password": {"type": "string",
+                 "description": "password: only as `${VAR}` (from the environment); never literal"},
+    "password_file": {"type": "string", "description": "file whose first line is the password"},
+    "databases": {"type": "array", "items": {"type": "string"}, "minItems": 1,
+                  "description": "names of the databases to dump, or `[all]`"},
+}
+
+COMPONENT = {
+    "type": "object",
+    "required": ["name", "type"],
+    "additionalProperties": False,
+    "properties": {
+        "name": {"type": "string", "pattern": "^[a-z0-9][a-z0-9_.-]*$",
+                 "description": "unique name (lowercase letters, digits, `_ . -`)"},
+        "type": {"enum": ["files", "postgres", "mysql", "sqlite", "command"],
+                 "description": "what kind of state this is"},
+        "via": VIA,
+        "critical": {"type": "boolean", "default": True,
+                     "description": "a failure of this component fails the whole backup"},
+        "rebuildable": {"type": "boolean", "default": False,
+                        "description": "can be rebuilt (e.g. a search index): restored last, "
+                                       "failures are warnings"},
+        "paths": {"type": "array", "items": {"type": "string"}, "minItems": 1,
+                  "description": "files: absolute paths to back up"},
+        "exclude": {"type": "array", "items": {"type": "string"},
+                    "description": "files: exclude patterns"},
+        "one_file_system": {"type": "boolean", "description": "files: stay on one file system"},
+        **_DATABASE_FIELDS,
+        "path": {"type": "string", "description": "sqlite: the database file"},
+        "backup": {"type": "string", "description": "command: shell command whose stdout is the dump"},
+        "restore": {"type": "string",
+                    "description": "command: shell command that reads the dump on stdin"},
+        "filename": {"type": "string", "description": "command: name of the dump in the snapshot"},
+    },
+    "allOf": [
+        {"if": {"properties": {"type": {"const": "files"}}},
+         "then": {"required": ["paths"]}},
+        {"if": {"properties": {"type": {"enum": ["postgres", "mysql"]}}},
+         "then": {"required": ["databases"]}},
+        {"if": {"properties": {"type": {"const": "sqlite"}}},
+         "then": {"required": ["path"]}},
+        {"if": {"properties": {"type": {"const": "command"}}},
+         "then": {"required": ["backup"]}},
+    ],
+}
+
+SERVICES = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["control"],
+    "description": "What the cold phase stops, and how.",
+    "properties": {
+        "control": {"enum": ["compose", "kubernetes", "systemd", "command"],
+                    "description": "how services are stopped and started"},
+        "via": VIA,
+        "project_dir": {"type": "string", "description": "compose: the project directory"},
+        "file": {"type": "string", "description": "compose: compose file"},
+        "namespace": {"type": "string", "description": "kubernetes: namespace"},
+        "context": {"type": "string", "description": "kubernetes: kubectl context"},
+        "stop": {"type": "array", "items": {"type": "string"},
+                 "description": "services (compose), `deployment/x` or `statefulset/x` "
+                                "(kubernetes), units (systemd), stopped in this order and "
+                                "started in reverse"},
+        "stop_command": {"type": "string", "description": "command: shell command that stops"},
+        "start_command": {"type": "string", "description": "command: shell command that starts"},
+        "timeout": {"type": "integer", "minimum": 1, "default": 300,
+                    "description": "seconds to wait for a stop or start command"},
+    },
+}
+
+HOOKS = {
+    "type": "object",
+    "additionalProperties": False,
+    "description": "Shell commands run on this host at fixed points.",
+    "properties": {name: {"type": "array", "items": {"type": "string"},
+                          "description": f"run {name.replace('_', ' ')}"}
+                   for name in ("before_backup", "after_backup", "before_restore", "after_restore")},
+}
+
+SCHEMA: dict[str, Any] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "title": "safehold platform file",
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["components"],
+    "properties": {
+        "repository": {"type": "string",
+                       "description": "where backups go: a path or file:// URL "
+                                      "(sftp:// and s3:// follow); --repo overrides it, and "
+                                      "$SAFEHOLD_REPO is used only when this is absent"},
+        "platform": {"type": "string", "description": "free text, recorded in snapshots"},
+        "hostname": {"type": "string", "description": "host name recorded in snapshots"},
+        "env_file": {"type": "string",
+                     "description": "file of KEY=VALUE lines for `${VAR}` (e.g. the compose "
+                                    "project's .env); the environment takes precedence"},
+        "strategy": {"enum": ["hot", "cold", "hot+cold"], "default": "hot",
+                     "description": "hot: everything while running; cold: stop, copy, start; "
+                                    "hot+cold: copy while running, stop, copy the changes, start"},
+        "services": SERVICES,
+        "components": {"type": "array", "items": COMPONENT, "minItems": 1,
+                       "description": "the stateful parts of the platform"},
+        "hooks": HOOKS,
+        "tags": {"type": "array", "items": {"type": "string"},
+                 "description": "tags added to every snapshot"},
+    },
+}

@@ -1,0 +1,156 @@
+"""Stopping and starting a platform's services for the cold phase of a backup or a restore.
+
+``stopped(...)`` is a context manager: whatever happens inside it (an error, Ctrl-C, SIGTERM
+from systemd or cron), the services it stopped are started again, in reverse order, with
+retries; if they still do not start, the error says so in capitals and names the command to
+run by hand. The time between the first stop and the last start is the measured downtime.
+"""
+
+from __future__ import annotations
+
+import shlex
+import signal
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from safehold.errors import SafeholdError
+
+
+class ServiceError(SafeholdError):
+    """{message}"""
+
+    exit_code = 22
+
+
+class Runner(Protocol):
+    def run(self, argv: list[str], timeout: float | None = None) -> str: ...
+
+
+@dataclass
+class Downtime:
+    """What the cold phase did; filled in as it goes."""
+
+    stopped: list[str] = field(default_factory=list)
+    started: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def _compose_base(services: dict) -> list[str]:
+    base = ["docker", "compose"]
+    if services.get("project_dir"):
+        base += ["--project-directory", services["project_dir"]]
+    if services.get("file"):
+        base += ["-f", services["file"]]
+    return base
+
+
+def _kubectl_base(services: dict) -> list[str]:
+    base = ["kubectl"]
+    if services.get("context"):
+        base += ["--context", services["context"]]
+    return base + ["-n", services.get("namespace", "default")]
+
+
+def stop_commands(services: dict, replicas: dict[str, str] | None = None) -> list[tuple[str, list[str]]]:
+    """(what, argv) pairs that stop the services, in order."""
+    control, names = services["control"], list(services.get("stop", []))
+    if control == "compose":
+        return [(name, _compose_base(services) + ["stop", name]) for name in names]
+    if control == "systemd":
+        return [(name, ["systemctl", "stop", name]) for name in names]
+    if control == "kubernetes":
+        base = _kubectl_base(services)
+        return [(name, base + ["scale", name, "--replicas=0"]) for name in names]
+    return [("services", ["sh", "-c", services["stop_command"]])]
+
+
+def start_commands(services: dict, replicas: dict[str, str] | None = None) -> list[tuple[str, list[str]]]:
+    """(what, argv) pairs that start the services again, in reverse stop order."""
+    control, names = services["control"], list(reversed(services.get("stop", [])))
+    if control == "compose":
+        return [(name, _compose_base(services) + ["start", name]) for name in names]
+    if control == "systemd":
+        return [(name, ["systemctl", "start", name]) for name in names]
+    if control == "kubernetes":
+        base = _kubectl_base(services)
+        return [(name, base + ["scale", name, f"--replicas={(replicas or {}).get(name, '1')}"])
+                for name in names]
+    return [("services", ["sh", "-c", services["start_command"]])]
+
+
+def replica_queries(services: dict) -> list[tuple[str, list[str]]]:
+    """kubernetes: the commands that read each workload's replica count before scaling to 0."""
+    if services["control"] != "kubernetes":
+        return []
+    base = _kubectl_base(services)
+    return [(name, base + ["get", name, "-o", "jsonpath={.spec.replicas}"])
+            for name in services.get("stop", [])]
+
+
+class _Terminated(BaseException):
+    """Raised inside the cold phase when the process is asked to stop (SIGTERM, SIGHUP)."""
+
+
+@contextmanager
+def _signals_raise() -> Iterator[None]:
+    def handler(signum: int, _frame: object) -> None:
+        raise _Terminated(signal.Signals(signum).name)
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def _start_all(runner: Runner, commands: list[tuple[str, list[str]]], timeout: float,
+               downtime: Downtime, log: Callable[[str], None], sleep: Callable[[float], None]) -> None:
+    failed = []
+    for what, argv in commands:
+        for attempt in range(3):
+            try:
+                runner.run(argv, timeout=timeout)
+                downtime.started.append(what)
+                log(f"started {what}")
+                break
+            except SafeholdError as error:
+                log(f"starting {what} failed (attempt {attempt + 1} of 3): {error}")
+                sleep(2.0 * (attempt + 1))
+        else:
+            failed.append(shlex.join(argv))
+    if failed:
+        raise ServiceError("SERVICES NOT STARTED AGAIN: run by hand: " + "; ".join(failed))
+
+
+@contextmanager
+def stopped(services: dict, runner: Runner, *, log: Callable[[str], None] = lambda text: None,
+            clock: Callable[[], float] = time.monotonic,
+            sleep: Callable[[float], None] = time.sleep) -> Iterator[Downtime]:
+    """Stop the services, yield, and always start again what was stopped."""
+    timeout = float(services.get("timeout", 300))
+    downtime = Downtime()
+    replicas = {name: runner.run(argv, timeout=timeout).strip() or "1"
+                for name, argv in replica_queries(services)}
+    began = clock()
+    stop = stop_commands(services, replicas)
+    start = dict(start_commands(services, replicas))
+    try:
+        with _signals_raise():
+            for what, argv in stop:
+                downtime.stopped.append(what)  # before running: a half-done stop is undone too
+                log(f"stopping {what}")
+                runner.run(argv, timeout=timeout)
+            yield downtime
+    except _Terminated as signal_name:
+        raise ServiceError(f"terminated by {signal_name} during the cold phase; services were "
+                           "started again") from None
+    finally:
+        to_start = [(what, start[what]) for what in start if what in downtime.stopped]
+        try:
+            _start_all(runner, to_start, timeout, downtime, log, sleep)
+        finally:
+            downtime.seconds = clock() - began

@@ -1,0 +1,111 @@
+"""Between the platform model and the sources: targets, dumps into trees, service runners.
+
+A database component's snapshot directory holds one file per dump: ``<database>.sql`` for
+PostgreSQL and MySQL (plus ``_globals.sql`` for PostgreSQL roles), the database file's name
+for SQLite, and ``filename`` (default ``dump``) for a command component.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+from safehold.archive.archiver import Archiver
+from safehold.platform.config import Component
+from safehold.platform.services import ServiceError
+from safehold.sources import source_module
+from safehold.sources.targets import LocalTarget, Target, target_from_via
+
+GLOBALS_FILE = "_globals.sql"
+
+
+def target_for(component: Component, services: dict | None = None) -> Target:
+    """The execution target of a component; compose targets inherit services.project_dir."""
+    via = component.get("via")
+    if isinstance(via, dict) and via.get("exec") == "compose" and services:
+        via = {**via}
+        via.setdefault("project_dir", services.get("project_dir"))
+        if services.get("file"):
+            via.setdefault("file", services["file"])
+        via = {key: value for key, value in via.items() if value is not None}
+    return target_from_via(via)
+
+
+def source_settings(component: Component) -> dict:
+    """The dict the source modules take: the component's settings plus the resolved password."""
+    return {**component.settings, "password": component.password}
+
+
+def dump_filename(component: Component, name: str) -> str:
+    """The file name a dump is stored under in the component's snapshot directory."""
+    if component.type in ("postgres", "mysql"):
+        return f"{name}.sql"
+    if component.type == "command":
+        return component.get("filename") or "dump"
+    return os.path.basename(name) or "database"
+
+
+def dump_name_of(component: Component, filename: str) -> str | None:
+    """Inverse of dump_filename for restores: the database (or file) name, None for globals."""
+    if filename == GLOBALS_FILE:
+        return None
+    if component.type in ("postgres", "mysql"):
+        return filename.removesuffix(".sql")
+    if component.type == "sqlite":
+        return component.get("path")
+    return component.get("filename") or "dump"
+
+
+def archive_dumps(archiver: Archiver, component: Component, result, services: dict | None = None) -> dict:  # type: ignore[no-untyped-def]
+    """Stream every dump of a database/command component into the archive.
+
+    Fills ``result`` (databases: name -> file, bytes, rows; server_version) and returns the
+    component's directory entry. Raises SourceError when a dump fails.
+    """
+    module = source_module(component.type)
+    target = target_for(component, services)
+    settings = source_settings(component)
+    entries = []
+    if hasattr(module, "server_version"):
+        result.server_version = module.server_version(settings, target)
+    dump_globals = getattr(module, "dump_globals", None)
+    if dump_globals is not None:
+        with dump_globals(settings, target) as stream:
+            entries.append(archiver.archive_stream(GLOBALS_FILE, stream))
+    for name in module.dump_names(settings, target):
+        filename = dump_filename(component, name)
+        with module.dump(settings, target, name) as stream:
+            entry = archiver.archive_stream(filename, stream)
+        entries.append(entry)
+        record = {"file": filename, "bytes": entry["size"]}
+        if hasattr(module, "row_counts"):
+            record["rows"] = module.row_counts(settings, target, name)
+        result.databases[name] = record
+    return archiver.store_directory(component.name, entries)
+
+
+class ServiceRunner:
+    """Runs service-control commands on a target (local, or ssh to the compose/k8s host)."""
+
+    def __init__(self, target: Target) -> None:
+        self.target = target
+
+    def run(self, argv: list[str], timeout: float | None = None) -> str:
+        command = self.target.command(argv)
+        try:
+            completed = subprocess.run(command, capture_output=True, text=True, timeout=timeout,
+                                       check=False, stdin=subprocess.DEVNULL)
+        except FileNotFoundError:
+            raise ServiceError(f"{command[0]} is not installed: cannot run {argv[0]}") from None
+        except subprocess.TimeoutExpired:
+            raise ServiceError(f"{' '.join(argv[:3])} did not finish within {timeout:.0f} s") from None
+        if completed.returncode != 0:
+            lines = (completed.stderr or completed.stdout).strip().splitlines()
+            raise ServiceError(f"{' '.join(argv[:4])} failed (exit status {completed.returncode})"
+                               + (f": {lines[-1]}" if lines else ""))
+        return completed.stdout
+
+
+def service_runner(services: dict) -> ServiceRunner:
+    via = services.get("via")
+    return ServiceRunner(target_from_via(via) if via else LocalTarget())
