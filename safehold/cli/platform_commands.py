@@ -113,6 +113,8 @@ def restore_platform(args: argparse.Namespace) -> int:
         print(f"safehold: the previous {original} is kept at {aside}", file=sys.stderr)
     for problem in outcome.problems + outcome.row_mismatches:
         print(f"safehold: {problem}", file=sys.stderr)
+    for note in outcome.notes:
+        print(f"safehold: note: {note}", file=sys.stderr)
     if args.json:
         render.print_json({"snapshot_id": snapshot["id"], "restored": outcome.restored,
                            "moved_aside": outcome.moved_aside, "problems": outcome.problems,

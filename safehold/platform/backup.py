@@ -142,7 +142,9 @@ class PlatformBackup:
         if strategy == "hot+cold":
             for component in files:
                 self._component(archiver, component, parent_trees, "hot")
-            # The hot copy is the parent of the cold pass: only what changed since is read.
+            # The hot copy is the parent of the cold pass: only what changed since is read. Its
+            # trees must be readable, so the pack they sit in is written out first.
+            archiver.writer.flush()
             parent_trees = {**parent_trees, **{c.name: self.entries[c.name]["subtree"]
                                                for c in files if c.name in self.entries}}
         runner = sources_bridge.service_runner(services)  # type: ignore[arg-type]

@@ -36,6 +36,7 @@ class RestoreOutcome:
     restored: list[str] = field(default_factory=list)
     moved_aside: list[tuple[str, str]] = field(default_factory=list)
     row_mismatches: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     downtime: float = 0.0
 
@@ -80,8 +81,7 @@ class PlatformRestore:
     def plan(self) -> list[str]:
         """Human-readable steps, in order."""
         steps = []
-        files = [c for c in self.components if c.type == "files"]
-        services = self.platform.services if self.live and files else None
+        services = self.platform.services if self.live else None
         if self.live:
             steps += [f"run hook: {h}" for h in self.platform.hooks.get("before_restore", [])]
         if services:
@@ -133,18 +133,17 @@ class PlatformRestore:
             return outcome
         if self.live:
             run_hooks(self.platform.hooks, "before_restore", log=self.log)
-        for component in [c for c in self.components if c.type != "files"]:
-            self._restore_dumps(component, outcome)
-        files = [c for c in self.components if c.type == "files"]
-        if files:
-            services = self.platform.services
-            context = (stopped({**services, "stop": self._services_to_stop()},
-                               sources_bridge.service_runner(services), log=self.log)
-                       if services else nullcontext())
-            with context as downtime:
-                for component in files:
+        services = self.platform.services if self.live else None
+        context = (stopped({**services, "stop": self._services_to_stop()},
+                           sources_bridge.service_runner(services), log=self.log)
+                   if services else nullcontext())
+        with context as downtime:
+            for component in self.components:
+                if component.type == "files":
                     self._restore_files(component, outcome)
-            outcome.downtime = getattr(downtime, "seconds", 0.0)
+                else:
+                    self._restore_dumps(component, outcome)
+        outcome.downtime = getattr(downtime, "seconds", 0.0)
         if self.live:
             run_hooks(self.platform.hooks, "after_restore", log=self.log)
         return outcome
@@ -176,15 +175,19 @@ class PlatformRestore:
         outcome.restored.append(component.name)
 
     def _compare_rows(self, component, module, target, settings, name, into, outcome) -> None:  # type: ignore[no-untyped-def]
-        recorded = self.recorded.get(component.name, {}).get("databases", {}).get(name, {}).get("rows")
-        if recorded is None or not hasattr(module, "row_counts"):
+        record = self.recorded.get(component.name, {}).get("databases", {}).get(name, {})
+        if record.get("rows") is None or not hasattr(module, "row_counts"):
             return
         actual = module.row_counts(settings, target, into or name)
-        for table, count in sorted(recorded.items()):
+        for table, count in sorted(record["rows"].items()):
             if actual.get(table) != count:
-                outcome.row_mismatches.append(
-                    f"{component.name}/{into or name}.{table}: {actual.get(table)} rows, "
-                    f"{count} recorded at backup")
+                message = (f"{component.name}/{into or name}.{table}: {actual.get(table)} rows, "
+                           f"{count} recorded at backup")
+                if record.get("rows_exact"):
+                    outcome.row_mismatches.append(message)
+                else:
+                    outcome.notes.append(message + " (counted after the dump, so writes during "
+                                                   "the backup can explain it)")
 
     def _restore_files(self, component, outcome: RestoreOutcome) -> None:  # type: ignore[no-untyped-def]
         subtree_root = tree.root_entry(self.dirs[component.name]["subtree"])

@@ -14,6 +14,7 @@ from safehold.archive.archiver import Archiver
 from safehold.platform.config import Component
 from safehold.platform.services import ServiceError
 from safehold.sources import source_module
+from safehold.sources.counting import PostgresCopyCounter
 from safehold.sources.targets import LocalTarget, Target, target_from_via
 
 GLOBALS_FILE = "_globals.sql"
@@ -75,11 +76,15 @@ def archive_dumps(archiver: Archiver, component: Component, result, services: di
     for name in module.dump_names(settings, target):
         filename = dump_filename(component, name)
         with module.dump(settings, target, name) as stream:
-            entry = archiver.archive_stream(filename, stream)
+            counter = PostgresCopyCounter(stream) if component.type == "postgres" else None
+            entry = archiver.archive_stream(filename, counter or stream)
         entries.append(entry)
-        record = {"file": filename, "bytes": entry["size"]}
-        if hasattr(module, "row_counts"):
-            record["rows"] = module.row_counts(settings, target, name)
+        record: dict = {"file": filename, "bytes": entry["size"]}
+        if counter is not None:
+            record["rows"], record["rows_exact"] = counter.counts, True
+        elif hasattr(module, "row_counts"):
+            # Counted after the dump: writes in between make these differ from the dump.
+            record["rows"], record["rows_exact"] = module.row_counts(settings, target, name), False
         result.databases[name] = record
     return archiver.store_directory(component.name, entries)
 
