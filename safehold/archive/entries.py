@@ -126,5 +126,5 @@ def decode_tree(data: bytes) -> list[dict]:
 
 
 def display_name(name: bytes) -> str:
-    """A printable form of a raw name (invalid UTF-8 kept as surrogate escapes)."""
-    return os.fsdecode(name)
+    """A printable form of a raw name: bytes that are not UTF-8 are shown as \\xNN."""
+    return name.decode("utf-8", "backslashreplace")

@@ -128,8 +128,9 @@ def ls(args: argparse.Namespace) -> int:
         else:
             listing = [(base, start)]
     if args.json:
-        render.print_json([{"path": display_name(p), **{k: v for k, v in e.items()
-                                                          if k not in ("content", "name")}}
+        render.print_json([{"path": display_name(p),
+                            **{k: v for k, v in e.items() if k not in ("content", "name", "target")},
+                            **({"target": display_name(e["target"])} if e.get("target") else {})}
                            for p, e in listing])
         return 0
     for entry_path, entry in listing:

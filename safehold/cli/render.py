@@ -29,14 +29,20 @@ def iso(epoch: float) -> str:
 
 
 def print_json(value: object) -> None:
-    json.dump(value, sys.stdout, indent=2, default=_json_default)
+    json.dump(jsonable(value), sys.stdout, indent=2)
     sys.stdout.write("\n")
 
 
-def _json_default(value: object) -> object:
+def jsonable(value: object) -> object:
+    """Make a value JSON-ready: bytes keys become text (\\xNN for non-UTF-8), bytes values hex."""
+    if isinstance(value, dict):
+        return {(key.decode("utf-8", "backslashreplace") if isinstance(key, bytes) else key):
+                jsonable(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(item) for item in value]
     if isinstance(value, bytes):
         return value.hex()
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+    return value
 
 
 def table(headers: list[str], rows: list[list[str]]) -> str:

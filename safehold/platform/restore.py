@@ -93,6 +93,8 @@ class PlatformRestore:
                 for path in self.recorded.get(component.name, {}).get("paths", []):
                     steps.append(f"{component.name}: move {path} aside, restore it from the snapshot")
             else:
+                if self.live and component.type == "postgres":
+                    steps.append(f"{component.name}: apply roles and grants ({sources_bridge.GLOBALS_FILE})")
                 for filename, name in self._dumps(component):
                     into = self.to_database or name
                     steps.append(f"{component.name}: replace {component.type} database {into} with {filename}")
@@ -109,14 +111,13 @@ class PlatformRestore:
         return [name for name in services.get("stop", []) if name not in hosting]
 
     def _dumps(self, component) -> list[tuple[str, str]]:  # type: ignore[no-untyped-def]
-        entries = tree.load_tree(self.repository, self.dirs[component.name]["subtree"])
-        result = []
-        for entry in entries:
-            filename = os.fsdecode(entry["name"])
-            name = sources_bridge.dump_name_of(component, filename)
-            if name is None or (self.database and name != self.database):
-                continue
-            result.append((filename, name))
+        """(file in the snapshot, database name) of the dumps to restore, as the backup recorded."""
+        recorded = self.recorded.get(component.name, {}).get("databases", {})
+        result = [(record["file"], name) for name, record in recorded.items()
+                  if not self.database or name == self.database]
+        if self.database and not result:
+            raise ConfigError(f"component {component.name} holds no database {self.database!r} "
+                              f"(it has: {', '.join(recorded) or 'none'})", file=self.platform.source)
         if self.to_database and len(result) != 1:
             names = ", ".join(name for _, name in result)
             raise ConfigError(f"component {component.name} holds several databases ({names}): "
@@ -166,8 +167,13 @@ class PlatformRestore:
         settings = sources_bridge.source_settings(component)
         files = {os.fsdecode(e["name"]): e
                  for e in tree.load_tree(self.repository, self.dirs[component.name]["subtree"])}
+        restore_globals = getattr(module, "restore_globals", None)
+        if self.live and restore_globals and sources_bridge.GLOBALS_FILE in files:
+            self.log(f"{component.name}: restoring roles ({sources_bridge.GLOBALS_FILE})")
+            with tree.EntryReader(self.repository, files[sources_bridge.GLOBALS_FILE]) as stream:
+                restore_globals(settings, target, stream)
         for filename, name in self._dumps(component):
-            into = self.to_database or (name if component.type != "sqlite" else None)
+            into = self.to_database
             self.log(f"{component.name}: restoring {filename}" + (f" into {into}" if into else ""))
             with tree.EntryReader(self.repository, files[filename]) as stream:
                 module.restore(settings, target, name, stream, into=into)

@@ -46,17 +46,6 @@ def dump_filename(component: Component, name: str) -> str:
     return os.path.basename(name) or "database"
 
 
-def dump_name_of(component: Component, filename: str) -> str | None:
-    """Inverse of dump_filename for restores: the database (or file) name, None for globals."""
-    if filename == GLOBALS_FILE:
-        return None
-    if component.type in ("postgres", "mysql"):
-        return filename.removesuffix(".sql")
-    if component.type == "sqlite":
-        return component.get("path")
-    return component.get("filename") or "dump"
-
-
 def archive_dumps(archiver: Archiver, component: Component, result, services: dict | None = None) -> dict:  # type: ignore[no-untyped-def]
     """Stream every dump of a database/command component into the archive.
 

@@ -1,0 +1,47 @@
+"""Helpers shared by the source modules: checked stream copies, component lookups."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import IO, Any
+
+from safehold.sources import SourceError
+
+CHUNK = 1 << 20
+_TAIL = 4096
+
+
+def copy_checked(source: IO[bytes], sink: IO[bytes], marker: bytes | None) -> tuple[int, bool]:
+    """Given a readable source, a writable sink and the end marker of a complete dump (or None),
+    copy source to sink in chunks.
+
+    Returns (bytes copied, whether marker occurs in the last 4 KiB; True if marker is None).
+    """
+    total, tail = 0, b""
+    for chunk in iter(lambda: source.read(CHUNK), b""):
+        sink.write(chunk)
+        total += len(chunk)
+        tail = (tail + chunk)[-_TAIL:]
+    return total, marker is None or marker in tail
+
+
+def incomplete(what: str, copied: int, consequence: str) -> SourceError:
+    """Returns the error for a dump whose end marker is missing (truncated or damaged)."""
+    return SourceError(
+        f"{what} is incomplete (its end marker is missing after {copied} bytes: truncated or "
+        f"damaged); {consequence}"
+    )
+
+
+def required(component: Mapping[str, Any], key: str, kind: str) -> Any:
+    """Returns component[key]. Raises SourceError naming the component if it is missing."""
+    value = component.get(key)
+    if value in (None, "", []):
+        name = component.get("name", kind)
+        raise SourceError(f"component {name!r} ({kind}) needs {key!r}")
+    return value
+
+
+def secret_env(variable: str, password: str | None) -> dict[str, str] | None:
+    """Returns {variable: password}, or None without a password."""
+    return {variable: password} if password else None
