@@ -72,6 +72,8 @@ def _stopped_service_of(component: Component, services: dict | None) -> bool:
     """True if the component's own service is among those the cold phase stops."""
     if not services:
         return False
+    if component.get("stopped_with_services"):
+        return True
     via = component.get("via")
     names = [name.split("/")[-1] for name in services.get("stop", [])]
     if isinstance(via, dict):

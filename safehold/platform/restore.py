@@ -138,8 +138,15 @@ class PlatformRestore:
         context = (stopped({**services, "stop": self._services_to_stop()},
                            sources_bridge.service_runner(services), log=self.log)
                    if services else nullcontext())
+        # A database whose own server the services' stop command stops is restored first,
+        # while it runs; the rest inside the stop.
+        early = [c for c in self.components if c.get("stopped_with_services") and services]
+        for component in early:
+            self._restore_dumps(component, outcome)
         with context as downtime:
             for component in self.components:
+                if component in early:
+                    continue
                 if component.type == "files":
                     self._restore_files(component, outcome)
                 else:

@@ -29,6 +29,10 @@ VIA = {
                 "known_hosts": {"type": "string", "description": "ssh: known_hosts file"},
                 "strict_host_key_checking": {"type": "string",
                                              "description": "ssh: yes, accept-new or no"},
+                "connect_timeout": {"type": "integer", "minimum": 1,
+                                    "description": "ssh: seconds to wait for a connection"},
+                "options": {"type": "array", "items": {"type": "string"},
+                            "description": "ssh: extra `-o` options, e.g. `ControlPath=...`"},
                 "service": {"type": "string", "description": "compose: service name"},
                 "project_dir": {"type": "string",
                                 "description": "compose: project directory "
@@ -67,6 +71,10 @@ COMPONENT = {
         "via": VIA,
         "critical": {"type": "boolean", "default": True,
                      "description": "a failure of this component fails the whole backup"},
+        "stopped_with_services": {"type": "boolean", "default": False,
+                                  "description": "the cold phase stops this database's own "
+                                                 "server (with `command` or `systemd` control): "
+                                                 "dump it before the stop"},
         "rebuildable": {"type": "boolean", "default": False,
                         "description": "can be rebuilt (e.g. a search index): restored last, "
                                        "failures are warnings"},
@@ -76,11 +84,24 @@ COMPONENT = {
                     "description": "files: exclude patterns"},
         "one_file_system": {"type": "boolean", "description": "files: stay on one file system"},
         **_DATABASE_FIELDS,
+        "socket": {"type": "string", "description": "mysql: unix socket instead of host/port"},
+        "bin_dir": {"type": "string",
+                    "description": "postgres: directory of pg_dump/psql on the target "
+                                   "(default: found on PATH)"},
+        "maintenance_db": {"type": "string",
+                           "description": "postgres: database to connect to for DROP/CREATE "
+                                          "(default `postgres`)"},
         "path": {"type": "string", "description": "sqlite: the database file"},
+        "staging_dir": {"type": "string",
+                        "description": "sqlite: where the consistent copy is made while "
+                                       "streaming (default: the system temp dir; the copy is "
+                                       "unlinked as soon as it is open)"},
         "backup": {"type": "string", "description": "command: shell command whose stdout is the dump"},
         "restore": {"type": "string",
                     "description": "command: shell command that reads the dump on stdin"},
         "filename": {"type": "string", "description": "command: name of the dump in the snapshot"},
+        "version": {"type": "string",
+                    "description": "command: shell command printing the server version"},
     },
     "allOf": [
         {"if": {"properties": {"type": {"const": "files"}}},
