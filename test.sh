@@ -5,4 +5,5 @@ set -euo pipefail
 cd "$(dirname "$0")"
 scripts/bootstrap.sh
 .venv/bin/ruff check safehold tests benchmarks
+.venv/bin/ruff format --check safehold tests benchmarks
 exec .venv/bin/python -m pytest -q "$@"

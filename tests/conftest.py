@@ -26,7 +26,8 @@ from safehold.cli.main import main
 from safehold.repo.repository import Repository, pack_name
 from safehold.repo.snapshots import resolve
 
-pytest_plugins = ["sources_conftest"]  # real PostgreSQL, MariaDB and sshd servers (tests/servers.py)
+# Real PostgreSQL, MariaDB and sshd servers (tests/servers.py).
+pytest_plugins = ["sources_conftest"]
 
 PASSPHRASE = "correct horse battery staple"
 FAST_KDF = {"time_cost": 1, "memory_cost": 1024, "parallelism": 1}
@@ -74,7 +75,9 @@ def open_repository(path: Path, passphrase: str = PASSPHRASE) -> Repository:
 
 def repo_state(path: Path) -> dict[str, bytes]:
     """Every file below a repository directory with its bytes: compare before/after."""
-    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()
+    }
 
 
 def snapshot_entry(repo_path: Path, spec: str, path: str) -> dict:
@@ -121,18 +124,19 @@ class CliResult:
 
 def _stream() -> io.TextIOWrapper:
     # Like a real process in the C locale: undecodable names pass as surrogate escapes.
-    return io.TextIOWrapper(io.BytesIO(), encoding="utf-8", errors="surrogateescape",
-                            write_through=True)
+    return io.TextIOWrapper(
+        io.BytesIO(), encoding="utf-8", errors="surrogateescape", write_through=True
+    )
 
 
 def _text(stream: io.TextIOWrapper) -> str:
-    return stream.buffer.getvalue().decode("utf-8", errors="surrogateescape")  # type: ignore[attr-defined]
+    raw = stream.buffer.getvalue()  # type: ignore[attr-defined]
+    return raw.decode("utf-8", errors="surrogateescape")
 
 
 def run_cli(*args: object) -> CliResult:
     """Run ``safehold ARGS`` in this process; returns exit code, stdout and stderr."""
-    argv = [os.fsdecode(arg) if isinstance(arg, (bytes, os.PathLike)) else str(arg)
-            for arg in args]
+    argv = [os.fsdecode(arg) if isinstance(arg, (bytes, os.PathLike)) else str(arg) for arg in args]
     out, err = _stream(), _stream()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         try:
@@ -307,9 +311,14 @@ def user_xattrs(path: bytes) -> dict[str, bytes]:
 def describe(path: bytes) -> dict:
     """Everything compared about one entry."""
     st = os.lstat(path)
-    info: dict = {"type": stat.S_IFMT(st.st_mode), "mode": oct(stat.S_IMODE(st.st_mode)),
-                  "uid": st.st_uid, "gid": st.st_gid, "mtime_ns": st.st_mtime_ns,
-                  "xattrs": user_xattrs(path)}
+    info: dict = {
+        "type": stat.S_IFMT(st.st_mode),
+        "mode": oct(stat.S_IMODE(st.st_mode)),
+        "uid": st.st_uid,
+        "gid": st.st_gid,
+        "mtime_ns": st.st_mtime_ns,
+        "xattrs": user_xattrs(path),
+    }
     if stat.S_ISREG(st.st_mode):
         with open(path, "rb") as handle:
             info["sha256"] = hashlib.sha256(handle.read()).hexdigest()
@@ -341,26 +350,34 @@ def scan_tree(root: os.PathLike | str | bytes, *, include_root: bool = True) -> 
     return found
 
 
-def compare_trees(a: os.PathLike | str | bytes, b: os.PathLike | str | bytes, *,
-                  include_root: bool = True) -> list[str]:
+def compare_trees(
+    a: os.PathLike | str | bytes, b: os.PathLike | str | bytes, *, include_root: bool = True
+) -> list[str]:
     """Differences between two trees (empty if equal): content, type, mode, owner, mtime_ns,
     symlink targets, device numbers, user xattrs, sparse extents and hard-link structure.
 
     ``include_root=False`` ignores the metadata of the two top directories themselves.
     """
     left, right = scan_tree(a, include_root=include_root), scan_tree(b, include_root=include_root)
-    problems = [f"only in {os.fsdecode(a)}: {os.fsdecode(p)!r}" for p in sorted(left.keys() - right.keys())]
-    problems += [f"only in {os.fsdecode(b)}: {os.fsdecode(p)!r}" for p in sorted(right.keys() - left.keys())]
+    problems = [
+        f"only in {os.fsdecode(a)}: {os.fsdecode(p)!r}" for p in sorted(left.keys() - right.keys())
+    ]
+    problems += [
+        f"only in {os.fsdecode(b)}: {os.fsdecode(p)!r}" for p in sorted(right.keys() - left.keys())
+    ]
     for path in sorted(left.keys() & right.keys()):
         for key in sorted(left[path].keys() | right[path].keys()):
             if left[path].get(key) != right[path].get(key):
-                problems.append(f"{os.fsdecode(path)!r} {key}: "
-                                f"{left[path].get(key)!r} != {right[path].get(key)!r}")
+                problems.append(
+                    f"{os.fsdecode(path)!r} {key}: "
+                    f"{left[path].get(key)!r} != {right[path].get(key)!r}"
+                )
     links_a = _hardlink_groups(os.fsencode(a), _walk(os.fsencode(a)))
     links_b = _hardlink_groups(os.fsencode(b), _walk(os.fsencode(b)))
     if links_a != links_b:
-        problems.append(f"hard links differ: {sorted(map(sorted, links_a))} != "
-                        f"{sorted(map(sorted, links_b))}")
+        problems.append(
+            f"hard links differ: {sorted(map(sorted, links_a))} != {sorted(map(sorted, links_b))}"
+        )
     return problems
 
 

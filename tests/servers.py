@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 PG_PASSWORD = "pg s3cret 'quoted' $x"
-MARIADB_PASSWORD = "maria s3cret \"quoted\" $x"
+MARIADB_PASSWORD = 'maria s3cret "quoted" $x'
 START_TIMEOUT = 60.0
 
 
@@ -38,8 +38,9 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def wait_for_port(port: int, process: subprocess.Popen | None = None,
-                  log: Path | None = None) -> None:
+def wait_for_port(
+    port: int, process: subprocess.Popen | None = None, log: Path | None = None
+) -> None:
     """Waits until 127.0.0.1:port accepts connections. Raises RuntimeError (with the log's
     tail) if the process exits first or START_TIMEOUT passes."""
     deadline = time.monotonic() + START_TIMEOUT
@@ -83,13 +84,22 @@ class PostgresServer:
 
     def component(self, **extra: object) -> dict:
         """Returns a postgres component dict reaching this server over TCP with the password."""
-        return {"type": "postgres", "host": self.host, "port": self.port, "user": self.user,
-                "password": self.password, "bin_dir": self.bin_dir, **extra}
+        return {
+            "type": "postgres",
+            "host": self.host,
+            "port": self.port,
+            "user": self.user,
+            "password": self.password,
+            "bin_dir": self.bin_dir,
+            **extra,
+        }
 
 
 def _postgres_bin() -> str:
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"),
-                   key=lambda p: int(Path(p).parts[-3]) if Path(p).parts[-3].isdigit() else 0)
+    found = sorted(
+        glob.glob("/usr/lib/postgresql/*/bin/initdb"),
+        key=lambda p: int(Path(p).parts[-3]) if Path(p).parts[-3].isdigit() else 0,
+    )
     if not found:
         raise Unavailable("PostgreSQL server binaries (initdb) are not installed")
     return str(Path(found[-1]).parent)
@@ -120,19 +130,55 @@ def postgres_server(user: str = "backup", password: str = PG_PASSWORD) -> Iterat
     os.chown(pwfile, entry.pw_uid, entry.pw_gid)
     as_user = ["runuser", "-u", runas, "--"]
     data, port = directory / "data", free_port()
-    options = (f"-p {port} -k {directory} -c listen_addresses=127.0.0.1 -c fsync=off "
-               "-c shared_buffers=16MB -c max_connections=30 -c full_page_writes=off")
+    options = (
+        f"-p {port} -k {directory} -c listen_addresses=127.0.0.1 -c fsync=off "
+        "-c shared_buffers=16MB -c max_connections=30 -c full_page_writes=off"
+    )
     try:
-        _run([*as_user, f"{bin_dir}/initdb", "-D", str(data), "-U", user, f"--pwfile={pwfile}",
-              "-E", "UTF8", "--no-locale", "--auth-local=trust", "--auth-host=scram-sha-256",
-              "--no-sync"], cwd=directory)
-        _run([*as_user, f"{bin_dir}/pg_ctl", "-D", str(data), "-l", str(directory / "log"),
-              "-o", options, "-w", "-t", "60", "start"], cwd=directory)
+        _run(
+            [
+                *as_user,
+                f"{bin_dir}/initdb",
+                "-D",
+                str(data),
+                "-U",
+                user,
+                f"--pwfile={pwfile}",
+                "-E",
+                "UTF8",
+                "--no-locale",
+                "--auth-local=trust",
+                "--auth-host=scram-sha-256",
+                "--no-sync",
+            ],
+            cwd=directory,
+        )
+        _run(
+            [
+                *as_user,
+                f"{bin_dir}/pg_ctl",
+                "-D",
+                str(data),
+                "-l",
+                str(directory / "log"),
+                "-o",
+                options,
+                "-w",
+                "-t",
+                "60",
+                "start",
+            ],
+            cwd=directory,
+        )
         yield PostgresServer("127.0.0.1", port, user, password, bin_dir, directory)
     finally:
         if (data / "postmaster.pid").exists():
-            subprocess.run([*as_user, f"{bin_dir}/pg_ctl", "-D", str(data), "-m", "immediate",
-                            "-w", "stop"], check=False, capture_output=True, cwd=directory)
+            subprocess.run(
+                [*as_user, f"{bin_dir}/pg_ctl", "-D", str(data), "-m", "immediate", "-w", "stop"],
+                check=False,
+                capture_output=True,
+                cwd=directory,
+            )
         shutil.rmtree(directory, ignore_errors=True)
 
 
@@ -150,13 +196,20 @@ class MariadbServer:
 
     def component(self, **extra: object) -> dict:
         """Returns a mysql component dict reaching this server over TCP with the password."""
-        return {"type": "mysql", "host": self.host, "port": self.port, "user": self.user,
-                "password": self.password, **extra}
+        return {
+            "type": "mysql",
+            "host": self.host,
+            "port": self.port,
+            "user": self.user,
+            "password": self.password,
+            **extra,
+        }
 
 
 @contextmanager
-def mariadb_server(user: str = "backup", password: str = MARIADB_PASSWORD
-                   ) -> Iterator[MariadbServer]:
+def mariadb_server(
+    user: str = "backup", password: str = MARIADB_PASSWORD
+) -> Iterator[MariadbServer]:
     """Starts mariadbd on 127.0.0.1 with a user holding all privileges (password auth);
     yields a MariadbServer; shuts it down afterwards."""
     _need("/usr/sbin/mariadbd", "mariadb-install-db", "mariadb")
@@ -166,21 +219,46 @@ def mariadb_server(user: str = "backup", password: str = MARIADB_PASSWORD
     data, sock, log, port = directory / "data", directory / "sock", directory / "log", free_port()
     process = None
     try:
-        _run(["mariadb-install-db", "--no-defaults", f"--datadir={data}", "--user=root",
-              "--auth-root-authentication-method=normal", "--skip-test-db"], cwd=directory)
+        _run(
+            [
+                "mariadb-install-db",
+                "--no-defaults",
+                f"--datadir={data}",
+                "--user=root",
+                "--auth-root-authentication-method=normal",
+                "--skip-test-db",
+            ],
+            cwd=directory,
+        )
         process = subprocess.Popen(
-            ["/usr/sbin/mariadbd", "--no-defaults", f"--datadir={data}", f"--socket={sock}",
-             f"--port={port}", "--bind-address=127.0.0.1", "--user=root", "--skip-name-resolve",
-             f"--log-error={log}", f"--pid-file={directory / 'pid'}", "--skip-log-bin",
-             "--innodb-buffer-pool-size=32M", "--innodb-log-file-size=16M",
-             "--innodb-flush-log-at-trx-commit=0", "--performance-schema=OFF",
-             "--innodb-doublewrite=0", "--max-connections=30"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                "/usr/sbin/mariadbd",
+                "--no-defaults",
+                f"--datadir={data}",
+                f"--socket={sock}",
+                f"--port={port}",
+                "--bind-address=127.0.0.1",
+                "--user=root",
+                "--skip-name-resolve",
+                f"--log-error={log}",
+                f"--pid-file={directory / 'pid'}",
+                "--skip-log-bin",
+                "--innodb-buffer-pool-size=32M",
+                "--innodb-log-file-size=16M",
+                "--innodb-flush-log-at-trx-commit=0",
+                "--performance-schema=OFF",
+                "--innodb-doublewrite=0",
+                "--max-connections=30",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         wait_for_port(port, process, log)
         quoted = password.replace("\\", "\\\\").replace("'", "\\'")
-        sql = (f"CREATE USER '{user}'@'%' IDENTIFIED BY '{quoted}'; "
-               f"GRANT ALL PRIVILEGES ON *.* TO '{user}'@'%' WITH GRANT OPTION;")
+        sql = (
+            f"CREATE USER '{user}'@'%' IDENTIFIED BY '{quoted}'; "
+            f"GRANT ALL PRIVILEGES ON *.* TO '{user}'@'%' WITH GRANT OPTION;"
+        )
         _run(["mariadb", "--no-defaults", f"--socket={sock}", "-uroot", "-e", sql])
         yield MariadbServer("127.0.0.1", port, user, password, str(sock), directory)
     finally:
@@ -209,8 +287,12 @@ class SshServer:
     def via(self, multiplexed: bool = False) -> dict:
         """Returns the ``via`` mapping of a component that runs its commands over this sshd;
         multiplexed: through the shared connection of start_master() (much faster)."""
-        via = {"exec": f"ssh://{self.user}@{self.host}:{self.port}", "identity": self.identity,
-               "known_hosts": self.known_hosts, "strict_host_key_checking": "yes"}
+        via = {
+            "exec": f"ssh://{self.user}@{self.host}:{self.port}",
+            "identity": self.identity,
+            "known_hosts": self.known_hosts,
+            "strict_host_key_checking": "yes",
+        }
         if multiplexed:
             via["options"] = [f"ControlPath={self.directory}/master"]
         return via
@@ -222,8 +304,14 @@ class SshServer:
 
         command = target_from_via(self.via(multiplexed=True)).command(["true"])
         master = [command[0], "-M", "-N", "-f", *command[1:-3], command[-3]]
-        subprocess.run(master, check=True, stdin=subprocess.DEVNULL,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=30)
+        subprocess.run(
+            master,
+            check=True,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            timeout=30,
+        )
 
 
 _SSHD_CONFIG = """\
@@ -266,15 +354,26 @@ def ssh_server() -> Iterator[SshServer]:
         os.makedirs("/run/sshd", mode=0o755, exist_ok=True)  # privilege separation directory
         log = directory / "log"
         with open(log, "wb") as log_file:
-            process = subprocess.Popen(["/usr/sbin/sshd", "-D", "-e", "-f", str(config)],
-                                       stdout=log_file, stderr=log_file)
+            process = subprocess.Popen(
+                ["/usr/sbin/sshd", "-D", "-e", "-f", str(config)], stdout=log_file, stderr=log_file
+            )
         wait_for_port(port, process, log)
-        yield SshServer("127.0.0.1", port, pwd.getpwuid(os.geteuid()).pw_name,
-                        str(directory / "client_key"), str(directory / "known_hosts"), directory)
+        yield SshServer(
+            "127.0.0.1",
+            port,
+            pwd.getpwuid(os.geteuid()).pw_name,
+            str(directory / "client_key"),
+            str(directory / "known_hosts"),
+            directory,
+        )
     finally:
         if (directory / "master").exists():  # sshd's SIGTERM spares open sessions: end it
-            subprocess.run(["ssh", "-o", f"ControlPath={directory}/master", "-O", "exit",
-                            "127.0.0.1"], check=False, capture_output=True, timeout=30)
+            subprocess.run(
+                ["ssh", "-o", f"ControlPath={directory}/master", "-O", "exit", "127.0.0.1"],
+                check=False,
+                capture_output=True,
+                timeout=30,
+            )
         if process is not None:
             process.terminate()
             process.wait(timeout=10)

@@ -62,17 +62,26 @@ def test_volumes_databases_and_notes(compose: Path):
     found = discover(str(compose), environment={})
     base = str(compose.parent.resolve())
     components = {c["name"]: c for c in found.document["components"]}
-    assert components["kbox"]["paths"] == sorted([
-        "/srv/shared", f"{base}/storage", "/var/lib/docker/volumes/klink_cache/_data"])
+    assert components["kbox"]["paths"] == sorted(
+        ["/srv/shared", f"{base}/storage", "/var/lib/docker/volumes/klink_cache/_data"]
+    )
     assert components["engine"]["paths"] == ["/var/lib/docker/volumes/shared-solr/_data"]
     assert components["database"] == {
-        "name": "database", "type": "mysql", "via": {"exec": "compose", "service": "database"},
-        "user": "root", "password": "${DB_ROOT_PW}", "databases": ["dms"]}
+        "name": "database",
+        "type": "mysql",
+        "via": {"exec": "compose", "service": "database"},
+        "user": "root",
+        "password": "${DB_ROOT_PW}",
+        "databases": ["dms"],
+    }
     assert components["orthanc-db"]["type"] == "postgres"
     assert components["orthanc-db"]["user"] == "orthanc"
     assert "proxy" not in components and "sessions" not in components
-    assert found.document["services"] == {"control": "compose", "project_dir": base,
-                                          "stop": ["kbox", "engine"]}
+    assert found.document["services"] == {
+        "control": "compose",
+        "project_dir": base,
+        "stop": ["kbox", "engine"],
+    }
     notes = "\n".join(found.notes)
     assert "anonymous volume at /data/db" in notes
     assert "MongoDB" in notes
@@ -98,12 +107,14 @@ def test_interpolation_rules():
 
 def test_malformed_compose_files_get_a_clear_error(tmp_path: Path):
     duplicated = tmp_path / "dup.yml"
-    duplicated.write_text(textwrap.dedent("""
+    duplicated.write_text(
+        textwrap.dedent("""
         services:
           a: {image: x}
         services:
           b: {image: y}
-    """))
+    """)
+    )
     result = run_cli("discover", duplicated)
     assert result.code == 21
     assert "duplicated key 'services'" in result.err and "line" in result.err

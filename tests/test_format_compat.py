@@ -21,8 +21,20 @@ def test_format_1_repository_restores_bit_identical(tmp_path, monkeypatch, capsy
     monkeypatch.setenv("SAFEHOLD_PASSPHRASE", "format-v1")
     target = tmp_path / "restore"
 
-    assert main(["restore", "--repo", str(repository), "latest:/tmp/fx/src",
-                 "--target", str(target), "-q"]) == 0
+    assert (
+        main(
+            [
+                "restore",
+                "--repo",
+                str(repository),
+                "latest:/tmp/fx/src",
+                "--target",
+                str(target),
+                "-q",
+            ]
+        )
+        == 0
+    )
     assert main(["check", "--repo", str(repository), "--read-data", "-q"]) == 0
 
     for line in (DATA / "repo-v1.sha256").read_text().splitlines():

@@ -5,7 +5,18 @@ from pathlib import Path
 
 import safehold
 
-LAYERS = ["errors", "store", "crypto", "repo", "archive", "sources", "platform", "ops", "cli", "web"]
+LAYERS = [
+    "errors",
+    "store",
+    "crypto",
+    "repo",
+    "archive",
+    "sources",
+    "platform",
+    "ops",
+    "cli",
+    "web",
+]
 ROOT = Path(safehold.__file__).parent
 
 

@@ -41,18 +41,36 @@ def test_a_valid_file_resolves_secrets_from_the_environment():
     assert platform.strategy == "hot+cold" and platform.name == "klink"
 
 
-@pytest.mark.parametrize("change, message", [
-    (("databases: [dms]", "databases: dms"), "at components[0].databases: expected a list of names"),
-    (("type: files", "type: filez"), "at components[1].type: expected one of: files, postgres"),
-    (("    paths: [/opt/k-link/storage/data]\n", ""), "at components[1]: missing required key 'paths'"),
-    (("platform: klink", "platform: klink\ncolour: blue"), "at the top level: unknown key 'colour'"),
-    (("service: database}", "servce: database}"), "at components[0].via"),
-    (("name: storage", "name: database"), "'database' is already used by components[0]"),
-    (("password: ${DB_PW}", "password: hunter2"), "a password in the file itself is refused"),
-    (("/opt/k-link/storage/data]", "storage/data]"), "is not an absolute path"),
-    (("strategy: hot+cold\nservices: {control: compose, project_dir: /opt/k-link, stop: [kbox]}",
-      "strategy: cold"), "cold needs a `services:` section"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (
+            ("databases: [dms]", "databases: dms"),
+            "at components[0].databases: expected a list of names",
+        ),
+        (("type: files", "type: filez"), "at components[1].type: expected one of: files, postgres"),
+        (
+            ("    paths: [/opt/k-link/storage/data]\n", ""),
+            "at components[1]: missing required key 'paths'",
+        ),
+        (
+            ("platform: klink", "platform: klink\ncolour: blue"),
+            "at the top level: unknown key 'colour'",
+        ),
+        (("service: database}", "servce: database}"), "at components[0].via"),
+        (("name: storage", "name: database"), "'database' is already used by components[0]"),
+        (("password: ${DB_PW}", "password: hunter2"), "a password in the file itself is refused"),
+        (("/opt/k-link/storage/data]", "storage/data]"), "is not an absolute path"),
+        (
+            (
+                "strategy: hot+cold\n"
+                "services: {control: compose, project_dir: /opt/k-link, stop: [kbox]}",
+                "strategy: cold",
+            ),
+            "cold needs a `services:` section",
+        ),
+    ],
+)
 def test_errors_name_the_place_and_the_problem(change, message):
     assert message in _error(BASE.replace(*change))
 
@@ -110,8 +128,9 @@ def test_schema_command_prints_json_schema():
 
 
 def test_docs_config_md_is_generated_from_the_schema():
-    assert (ROOT / "docs" / "config.md").read_text() == config_reference(), \
+    assert (ROOT / "docs" / "config.md").read_text() == config_reference(), (
         "docs/config.md is stale: run `safehold config docs > docs/config.md`"
+    )
 
 
 def test_every_schema_property_is_documented():

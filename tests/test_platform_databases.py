@@ -41,8 +41,10 @@ WRITER = textwrap.dedent("""\
 
 
 def _pause_command(root: Path) -> str:
-    return (f"touch {root}/pause; i=0; while [ ! -e {root}/paused ] && [ $i -lt 500 ]; "
-            "do sleep 0.01; i=$((i+1)); done")
+    return (
+        f"touch {root}/pause; i=0; while [ ! -e {root}/paused ] && [ $i -lt 500 ]; "
+        "do sleep 0.01; i=$((i+1)); done"
+    )
 
 
 class Writer:
@@ -51,9 +53,10 @@ class Writer:
     def __init__(self, root: Path, insert: str, environment: dict[str, str]) -> None:
         self.root = root
         (root / "data").mkdir(parents=True, exist_ok=True)
-        self.process = subprocess.Popen(["sh", "-c", WRITER],
-                                        env={**os.environ, **environment, "ROOT": str(root),
-                                             "INSERT": insert})
+        self.process = subprocess.Popen(
+            ["sh", "-c", WRITER],
+            env={**os.environ, **environment, "ROOT": str(root), "INSERT": insert},
+        )
         deadline = time.monotonic() + 20
         while len(self.ids_in_log()) < 30 and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -85,13 +88,29 @@ def _compare_rows_with_files(rows: dict[int, str], root: Path) -> None:
 
 
 def _maria_cli(server, database: str = "") -> list[str]:
-    return ["mariadb", "--no-defaults", "-h", server.host, "-P", str(server.port),
-            "-u", server.user, "-N", "-B", *([database] if database else [])]
+    return [
+        "mariadb",
+        "--no-defaults",
+        "-h",
+        server.host,
+        "-P",
+        str(server.port),
+        "-u",
+        server.user,
+        "-N",
+        "-B",
+        *([database] if database else []),
+    ]
 
 
 def _maria(server, sql: str, database: str = "") -> str:
-    return subprocess.run([*_maria_cli(server, database), "-e", sql], check=True, text=True,
-                          capture_output=True, env={**os.environ, "MYSQL_PWD": server.password}).stdout
+    return subprocess.run(
+        [*_maria_cli(server, database), "-e", sql],
+        check=True,
+        text=True,
+        capture_output=True,
+        env={**os.environ, "MYSQL_PWD": server.password},
+    ).stdout
 
 
 def _maria_rows(server, database: str) -> dict[int, str]:
@@ -117,12 +136,22 @@ def test_mini_klink_hot_cold_with_a_live_writer_destroy_restore(klink, maria_ser
     root, database, writer = klink
     component = {**maria_server.component(), "password": "${KLINK_DB_PASSWORD}"}
     config = _write_config(
-        root, repo, platform="klink", strategy="hot+cold",
-        services={"control": "command", "stop_command": _pause_command(root),
-                  "start_command": f"rm -f {root}/pause", "timeout": 60},
-        components=[{"name": "database", **component, "databases": [database]},
-                    {"name": "storage", "type": "files", "paths": [str(root / "data")]}],
-        hooks={"after_restore": [f"touch {root}/reindexed"]})
+        root,
+        repo,
+        platform="klink",
+        strategy="hot+cold",
+        services={
+            "control": "command",
+            "stop_command": _pause_command(root),
+            "start_command": f"rm -f {root}/pause",
+            "timeout": 60,
+        },
+        components=[
+            {"name": "database", **component, "databases": [database]},
+            {"name": "storage", "type": "files", "paths": [str(root / "data")]},
+        ],
+        hooks={"after_restore": [f"touch {root}/reindexed"]},
+    )
     os.environ["KLINK_DB_PASSWORD"] = maria_server.password
     try:
         result = run_cli("backup", "--config", config, "--json")
@@ -130,7 +159,9 @@ def test_mini_klink_hot_cold_with_a_live_writer_destroy_restore(klink, maria_ser
         report = json.loads(result.out)
         assert report["status"] == "ok"
         assert {c["name"]: c["phase"] for c in report["components"]} == {
-            "database": "cold", "storage": "cold"}
+            "database": "cold",
+            "storage": "cold",
+        }
         assert maria_server.password not in result.out + result.err
 
         recorded = report["components"][0]["databases"][database]["rows"]["items"]
@@ -164,24 +195,44 @@ def test_database_server_stopped_and_started_by_the_cold_phase(tmp_path: Path, r
         root = tmp_path / "p"
         (root / "data").mkdir(parents=True)
         (root / "data" / "doc.txt").write_text("document")
-        stop = f"kill $(cat {server.directory}/pid); while [ -e {server.directory}/pid ]; do sleep 0.05; done"
-        start = (f"({command} >/dev/null 2>&1 &); i=0; while ! mariadb-admin --no-defaults "
-                 f"--socket={server.socket} -uroot ping >/dev/null 2>&1 && [ $i -lt 600 ]; "
-                 "do sleep 0.05; i=$((i+1)); done")
+        pid_file = server.directory / "pid"
+        stop = f"kill $(cat {pid_file}); while [ -e {pid_file} ]; do sleep 0.05; done"
+        start = (
+            f"({command} >/dev/null 2>&1 &); i=0; while ! mariadb-admin --no-defaults "
+            f"--socket={server.socket} -uroot ping >/dev/null 2>&1 && [ $i -lt 600 ]; "
+            "do sleep 0.05; i=$((i+1)); done"
+        )
         config = _write_config(
-            root, repo, platform="klink", strategy="cold",
-            services={"control": "command", "stop_command": stop, "start_command": start,
-                      "timeout": 60},
-            components=[{"name": "database", **server.component(), "databases": ["dms"],
-                         "stopped_with_services": True, "password": "${P}"},
-                        {"name": "storage", "type": "files", "paths": [str(root / "data")]}])
+            root,
+            repo,
+            platform="klink",
+            strategy="cold",
+            services={
+                "control": "command",
+                "stop_command": stop,
+                "start_command": start,
+                "timeout": 60,
+            },
+            components=[
+                {
+                    "name": "database",
+                    **server.component(),
+                    "databases": ["dms"],
+                    "stopped_with_services": True,
+                    "password": "${P}",
+                },
+                {"name": "storage", "type": "files", "paths": [str(root / "data")]},
+            ],
+        )
         os.environ["P"] = server.password
         try:
             result = run_cli("backup", "--config", config, "--json")
             assert result.code == 0, result.err
             report = json.loads(result.out)
             assert {c["name"]: c["phase"] for c in report["components"]} == {
-                "database": "hot", "storage": "cold"}
+                "database": "hot",
+                "storage": "cold",
+            }
             assert report["downtime"]["seconds"] > 0
             assert _maria_rows(server, "dms") == {1: "one", 2: "two"}, "server not started again"
             _maria(server, "drop database dms")
@@ -200,10 +251,29 @@ def test_database_server_stopped_and_started_by_the_cold_phase(tmp_path: Path, r
 
 def _psql(server, sql: str, database: str = "postgres") -> str:
     return subprocess.run(
-        [f"{server.bin_dir}/psql", "-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h", server.host,
-         "-p", str(server.port), "-U", server.user, "-d", database, "-c", sql],
-        check=True, text=True, capture_output=True,
-        env={**os.environ, "PGPASSWORD": server.password}).stdout
+        [
+            f"{server.bin_dir}/psql",
+            "-X",
+            "-A",
+            "-t",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-h",
+            server.host,
+            "-p",
+            str(server.port),
+            "-U",
+            server.user,
+            "-d",
+            database,
+            "-c",
+            sql,
+        ],
+        check=True,
+        text=True,
+        capture_output=True,
+        env={**os.environ, "PGPASSWORD": server.password},
+    ).stdout
 
 
 def _pg_rows(server, database: str) -> dict[int, str]:
@@ -217,19 +287,33 @@ def test_mini_ovena_postgres_and_dicom_files(tmp_path: Path, pg_server, sshd_ser
     _psql(pg_server, f"create database {database}")
     _psql(pg_server, "create table items (id int primary key, note text)", database)
     root = tmp_path / "ovena"
-    insert = (f"{pg_server.bin_dir}/psql -X -q -h {pg_server.host} -p {pg_server.port} "
-              f"-U {pg_server.user} -d {database} -c")
+    insert = (
+        f"{pg_server.bin_dir}/psql -X -q -h {pg_server.host} -p {pg_server.port} "
+        f"-U {pg_server.user} -d {database} -c"
+    )
     writer = Writer(root, insert, {"PGPASSWORD": pg_server.password})
-    component = {"name": "database", **pg_server.component(), "databases": [database],
-                 "password": "${OVENA_DB_PASSWORD}"}
+    component = {
+        "name": "database",
+        **pg_server.component(),
+        "databases": [database],
+        "password": "${OVENA_DB_PASSWORD}",
+    }
     if via == "ssh":
         sshd_server.start_master()
         component["via"] = sshd_server.via(multiplexed=True)
     config = _write_config(
-        root, repo, platform="ovena", strategy="hot+cold",
-        services={"control": "command", "stop_command": _pause_command(root),
-                  "start_command": f"rm -f {root}/pause", "timeout": 60},
-        components=[component, {"name": "dicom", "type": "files", "paths": [str(root / "data")]}])
+        root,
+        repo,
+        platform="ovena",
+        strategy="hot+cold",
+        services={
+            "control": "command",
+            "stop_command": _pause_command(root),
+            "start_command": f"rm -f {root}/pause",
+            "timeout": 60,
+        },
+        components=[component, {"name": "dicom", "type": "files", "paths": [str(root / "data")]}],
+    )
     os.environ["OVENA_DB_PASSWORD"] = pg_server.password
     try:
         result = run_cli("backup", "--config", config, "--json")
@@ -249,8 +333,9 @@ def test_mini_ovena_postgres_and_dicom_files(tmp_path: Path, pg_server, sshd_ser
 
         # One component into another database: live data is not touched.
         check = f"{database}_check"
-        other = run_cli("restore", "--config", config, "--component", "database",
-                        "--to-database", check)
+        other = run_cli(
+            "restore", "--config", config, "--component", "database", "--to-database", check
+        )
         assert other.code == 0, other.err
         assert _pg_rows(pg_server, check) == rows
         _psql(pg_server, f"drop database {check}")
@@ -266,10 +351,23 @@ def test_unreachable_database_is_a_failed_component_not_a_crash(tmp_path: Path, 
     (root / "data").mkdir(parents=True)
     (root / "data" / "f").write_text("x")
     config = _write_config(
-        root, repo, platform="p", strategy="hot",
-        components=[{"name": "db", "type": "postgres", "host": "127.0.0.1", "port": 9,
-                     "user": "u", "databases": ["d"], "critical": False},
-                    {"name": "files", "type": "files", "paths": [str(root / "data")]}])
+        root,
+        repo,
+        platform="p",
+        strategy="hot",
+        components=[
+            {
+                "name": "db",
+                "type": "postgres",
+                "host": "127.0.0.1",
+                "port": 9,
+                "user": "u",
+                "databases": ["d"],
+                "critical": False,
+            },
+            {"name": "files", "type": "files", "paths": [str(root / "data")]},
+        ],
+    )
     result = run_cli("backup", "--config", config, "--json")
     assert result.code == 3
     report = json.loads(result.out)

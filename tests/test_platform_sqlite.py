@@ -22,7 +22,7 @@ import pytest
 
 from tests.conftest import run_cli
 
-WRITER = textwrap.dedent('''
+WRITER = textwrap.dedent("""
     import os, sqlite3, sys, time
     root = sys.argv[1]
     db = sqlite3.connect(os.path.join(root, "db", "app.sqlite"), isolation_level=None)
@@ -43,17 +43,25 @@ WRITER = textwrap.dedent('''
         with open(os.path.join(root, "data", f"item-{n}.txt"), "w") as item:
             item.write(f"item {n}\\n" * (n % 50))
         time.sleep(0.002)
-''')
+""")
 
 
 def _platform_file(root: Path, repo: Path, strategy: str) -> Path:
     # Waits for the writer to acknowledge, but not for ever: during a restore it is not running.
-    stop = (f"touch {root}/pause; i=0; while [ ! -e {root}/paused ] && [ $i -lt 500 ]; "
-            "do sleep 0.01; i=$((i+1)); done")
+    stop = (
+        f"touch {root}/pause; i=0; while [ ! -e {root}/paused ] && [ $i -lt 500 ]; "
+        "do sleep 0.01; i=$((i+1)); done"
+    )
     config = {
-        "repository": str(repo), "platform": "mini", "strategy": strategy,
-        "services": {"control": "command", "stop_command": stop,
-                     "start_command": f"rm -f {root}/pause", "timeout": 30},
+        "repository": str(repo),
+        "platform": "mini",
+        "strategy": strategy,
+        "services": {
+            "control": "command",
+            "stop_command": stop,
+            "start_command": f"rm -f {root}/pause",
+            "timeout": 30,
+        },
         "components": [
             {"name": "db", "type": "sqlite", "path": str(root / "db" / "app.sqlite")},
             {"name": "data", "type": "files", "paths": [str(root / "data")]},
@@ -124,7 +132,9 @@ def test_backup_is_consistent_and_restores_after_destruction(mini_platform, repo
     assert db_ids == _ids_in_log(root / "data" / "log.txt"), "database and files disagree"
     assert len(db_ids) == recorded_rows["items"]
     for number in db_ids[-5:]:
-        assert (root / "data" / f"item-{number}.txt").read_text() == f"item {number}\n" * (number % 50)
+        assert (root / "data" / f"item-{number}.txt").read_text() == f"item {number}\n" * (
+            number % 50
+        )
 
 
 def test_hot_cold_downtime_covers_only_the_second_pass(mini_platform, repo):
@@ -182,13 +192,17 @@ def test_failing_component_is_reported_and_services_start_again(tmp_path, repo):
     (root / "data").mkdir(parents=True)
     (root / "data" / "a.txt").write_text("a")
     config = {
-        "repository": str(repo), "platform": "broken", "strategy": "cold",
-        "services": {"control": "command", "stop_command": f"touch {root}/stopped",
-                     "start_command": f"rm {root}/stopped && touch {root}/started"},
+        "repository": str(repo),
+        "platform": "broken",
+        "strategy": "cold",
+        "services": {
+            "control": "command",
+            "stop_command": f"touch {root}/stopped",
+            "start_command": f"rm {root}/stopped && touch {root}/started",
+        },
         "components": [
             {"name": "data", "type": "files", "paths": [str(root / "data")]},
-            {"name": "dump", "type": "command", "backup": "echo partial; exit 3",
-             "critical": True},
+            {"name": "dump", "type": "command", "backup": "echo partial; exit 3", "critical": True},
         ],
     }
     path = root / "platform.yaml"

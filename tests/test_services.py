@@ -29,21 +29,33 @@ def test_compose_commands():
         ("kbox", ["docker", "compose", "--project-directory", "/opt/k-link", "stop", "kbox"]),
         ("engine", ["docker", "compose", "--project-directory", "/opt/k-link", "stop", "engine"]),
     ]
-    assert [argv[-2:] for _, argv in start_commands(services)] == [["start", "engine"],
-                                                                   ["start", "kbox"]]
+    assert [argv[-2:] for _, argv in start_commands(services)] == [
+        ["start", "engine"],
+        ["start", "kbox"],
+    ]
 
 
 def test_kubernetes_scales_to_zero_and_back_to_the_recorded_replicas():
-    services = {"control": "kubernetes", "namespace": "services", "context": "prod",
-                "stop": ["deployment/dcm4chee", "statefulset/opensearch"]}
+    services = {
+        "control": "kubernetes",
+        "namespace": "services",
+        "context": "prod",
+        "stop": ["deployment/dcm4chee", "statefulset/opensearch"],
+    }
     base = ["kubectl", "--context", "prod", "-n", "services"]
     assert replica_queries(services)[0] == (
-        "deployment/dcm4chee", base + ["get", "deployment/dcm4chee", "-o", "jsonpath={.spec.replicas}"])
-    assert stop_commands(services)[1] == ("statefulset/opensearch",
-                                          base + ["scale", "statefulset/opensearch", "--replicas=0"])
+        "deployment/dcm4chee",
+        base + ["get", "deployment/dcm4chee", "-o", "jsonpath={.spec.replicas}"],
+    )
+    assert stop_commands(services)[1] == (
+        "statefulset/opensearch",
+        base + ["scale", "statefulset/opensearch", "--replicas=0"],
+    )
     starts = start_commands(services, {"deployment/dcm4chee": "2", "statefulset/opensearch": "3"})
-    assert starts == [("statefulset/opensearch", base + ["scale", "statefulset/opensearch", "--replicas=3"]),
-                      ("deployment/dcm4chee", base + ["scale", "deployment/dcm4chee", "--replicas=2"])]
+    assert starts == [
+        ("statefulset/opensearch", base + ["scale", "statefulset/opensearch", "--replicas=3"]),
+        ("deployment/dcm4chee", base + ["scale", "deployment/dcm4chee", "--replicas=2"]),
+    ]
 
 
 def test_systemd_commands():

@@ -21,8 +21,11 @@ TAR = {
 
 
 def tree(root: Path) -> dict[str, bytes]:
-    return {str(path.relative_to(root)): path.read_bytes()
-            for path in sorted(root.rglob("*")) if path.is_file()}
+    return {
+        str(path.relative_to(root)): path.read_bytes()
+        for path in sorted(root.rglob("*"))
+        if path.is_file()
+    }
 
 
 @pytest.fixture
@@ -31,7 +34,7 @@ def component(tmp_path) -> dict:
     (data / "sub dir").mkdir(parents=True)
     (data / "a.txt").write_text("Jürgen Ñandú 東京\n")
     (data / "sub dir" / "blob.bin").write_bytes(os.urandom(300_000))
-    backup = f'DATA={data}; ' + TAR["backup"]
+    backup = f"DATA={data}; " + TAR["backup"]
     return dict(TAR, backup=backup)
 
 
@@ -58,9 +61,13 @@ def test_dump_and_restore_elsewhere(component, exec_target, tmp_path):
 
 def test_secrets_reach_both_commands(exec_target, tmp_path):
     out = tmp_path / "seen"
-    component = {"name": "s", "password": "pw 'x' $y", "secrets": {"TOKEN": "t0k"},
-                 "backup": 'printf "%s/%s" "$SAFEHOLD_PASSWORD" "$TOKEN"',
-                 "restore": f'{{ cat; printf "/%s" "$TOKEN"; }} > {out}'}
+    component = {
+        "name": "s",
+        "password": "pw 'x' $y",
+        "secrets": {"TOKEN": "t0k"},
+        "backup": 'printf "%s/%s" "$SAFEHOLD_PASSWORD" "$TOKEN"',
+        "restore": f'{{ cat; printf "/%s" "$TOKEN"; }} > {out}',
+    }
     data = dump_bytes(component, exec_target)
     assert data == b"pw 'x' $y/t0k"
     cmd.restore(component, exec_target, "s", io.BytesIO(data))
@@ -68,18 +75,28 @@ def test_secrets_reach_both_commands(exec_target, tmp_path):
 
 
 def test_failing_backup_command_is_named(exec_target):
-    component = {"name": "search", "backup": "echo partial; echo 'snapshot failed: 503' >&2; "
-                                             "exit 7"}
-    with pytest.raises(SourceError, match=r"backup command of search failed .*exit status 7.*"
-                                          r"snapshot failed: 503"):
+    component = {
+        "name": "search",
+        "backup": "echo partial; echo 'snapshot failed: 503' >&2; exit 7",
+    }
+    with pytest.raises(
+        SourceError,
+        match=r"backup command of search failed .*exit status 7.*"
+        r"snapshot failed: 503",
+    ):
         dump_bytes(component, exec_target)
 
 
 def test_truncated_dump_makes_the_restore_command_fail(component, exec_target, tmp_path):
     data = dump_bytes(component, exec_target)
     with pytest.raises(SourceError, match=r"restore command of storage failed .*tar"):
-        cmd.restore(component, exec_target, "storage", io.BytesIO(data[:150_000]),
-                    into=str(tmp_path / "partial"))
+        cmd.restore(
+            component,
+            exec_target,
+            "storage",
+            io.BytesIO(data[:150_000]),
+            into=str(tmp_path / "partial"),
+        )
 
 
 def test_restore_command_that_ignores_its_input(exec_target):

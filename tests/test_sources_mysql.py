@@ -34,8 +34,9 @@ EXPECTED_COUNTS = {"odd `name": 0, "people": 300, "visits": 1000}
 
 
 def checksums(component: dict, database: str) -> dict[str, str]:
-    rows = my.query(component, LocalTarget(), "CHECKSUM TABLE people, visits, `odd ``name`",
-                    database)
+    rows = my.query(
+        component, LocalTarget(), "CHECKSUM TABLE people, visits, `odd ``name`", database
+    )
     return {table.split(".", 1)[1]: value for table, value in rows}
 
 
@@ -64,8 +65,10 @@ def app_dump(app) -> bytes:
 
 
 def charset(component: dict, database: str) -> list[list[str]]:
-    sql = ("SELECT DEFAULT_CHARACTER_SET_NAME FROM information_schema.SCHEMATA "
-           f"WHERE SCHEMA_NAME = '{database}'")
+    sql = (
+        "SELECT DEFAULT_CHARACTER_SET_NAME FROM information_schema.SCHEMATA "
+        f"WHERE SCHEMA_NAME = '{database}'"
+    )
     return my.query(component, LocalTarget(), sql)
 
 
@@ -98,9 +101,13 @@ def test_dump_and_restore_under_another_name(app, exec_target):
 def test_restore_over_the_original(app, app_dump, exec_target):
     victim = f"victim_{kind(exec_target)}"
     my.restore(app, exec_target, "app", io.BytesIO(app_dump), into=victim)
-    my.query(app, LocalTarget(), f"ALTER DATABASE {victim} CHARACTER SET utf8mb4; "
-                                 "DELETE FROM visits WHERE id > 10; CREATE TABLE extra (y INT);",
-             victim)
+    my.query(
+        app,
+        LocalTarget(),
+        f"ALTER DATABASE {victim} CHARACTER SET utf8mb4; "
+        "DELETE FROM visits WHERE id > 10; CREATE TABLE extra (y INT);",
+        victim,
+    )
     my.restore(app, exec_target, "app", io.BytesIO(app_dump), into=victim)
     assert my.row_counts(app, exec_target, victim) == EXPECTED_COUNTS
     assert checksums(app, victim) == checksums(app, "app")

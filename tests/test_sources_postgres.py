@@ -42,8 +42,12 @@ SELECT string_agg(format('SELECT %L, md5(coalesce(string_agg(t::text, %L ORDER B
   FROM pg_tables WHERE schemaname NOT IN ('pg_catalog', 'information_schema') \gexec
 """
 
-EXPECTED_COUNTS = {"archive.Old Visits": 2, "public.empty_table": 0, "public.people": 300,
-                   "public.visits": 1000}
+EXPECTED_COUNTS = {
+    "archive.Old Visits": 2,
+    "public.empty_table": 0,
+    "public.people": 300,
+    "public.visits": 1000,
+}
 
 
 def checksums(component: dict, database: str) -> dict[str, str]:
@@ -98,20 +102,41 @@ def test_dump_and_restore_under_another_name(app, exec_target):
     pg.restore(app, exec_target, "app", io.BytesIO(data), into=copy)
     assert pg.row_counts(app, exec_target, copy) == EXPECTED_COUNTS
     assert checksums(app, copy) == checksums(app, "app")
-    owner = "SELECT pg_get_userbyid(datdba), pg_encoding_to_char(encoding) FROM pg_database " \
-            f"WHERE datname = '{copy}'"
+    owner = (
+        "SELECT pg_get_userbyid(datdba), pg_encoding_to_char(encoding) FROM pg_database "
+        f"WHERE datname = '{copy}'"
+    )
     assert pg.query(app, exec_target, owner) == [[app["user"], "UTF8"]]
 
 
 def test_restore_over_the_original_while_a_client_is_connected(app, app_dump, exec_target):
     victim = f"victim_{kind(exec_target)}"
     pg.restore(app, exec_target, "app", io.BytesIO(app_dump), into=victim)
-    pg.query(app, LocalTarget(), "DELETE FROM visits WHERE id > 10; DROP TABLE empty_table; "
-                                 "CREATE TABLE extra (y int);", victim)
+    pg.query(
+        app,
+        LocalTarget(),
+        "DELETE FROM visits WHERE id > 10; DROP TABLE empty_table; CREATE TABLE extra (y int);",
+        victim,
+    )
     client = subprocess.Popen(
-        [f"{app['bin_dir']}/psql", "-X", "-h", app["host"], "-p", str(app["port"]), "-U",
-         app["user"], "-d", victim, "-c", "SELECT pg_sleep(60)"],
-        env={"PGPASSWORD": app["password"]}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        [
+            f"{app['bin_dir']}/psql",
+            "-X",
+            "-h",
+            app["host"],
+            "-p",
+            str(app["port"]),
+            "-U",
+            app["user"],
+            "-d",
+            victim,
+            "-c",
+            "SELECT pg_sleep(60)",
+        ],
+        env={"PGPASSWORD": app["password"]},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     try:
         sessions = f"SELECT count(*) FROM pg_stat_activity WHERE datname = '{victim}'"
         deadline = time.monotonic() + 30
@@ -156,8 +181,9 @@ def test_wrong_password_is_named(app, exec_target):
 
 def test_unreachable_port_is_named(app):
     closed = dict(app, port=free_port())
-    with pytest.raises(SourceError, match=f"pg_dump failed locally.*port {closed['port']}"
-                                          ".*Connection refused"):
+    with pytest.raises(
+        SourceError, match=f"pg_dump failed locally.*port {closed['port']}.*Connection refused"
+    ):
         dump_bytes(closed, LocalTarget(), "app")
     with pytest.raises(SourceError, match="Connection refused"):
         pg.dump_names(dict(closed, databases=["all"]), LocalTarget())

@@ -35,8 +35,10 @@ def create(path: Path, journal_mode: str = "wal") -> None:
             CREATE TABLE totals (n INTEGER);
             INSERT INTO totals VALUES (0);
         """)
-        db.executemany("INSERT INTO notes (text, data) VALUES (?, ?)",
-                       [(f"Jürgen Ñandú 東京 {i}", os.urandom(300) + b"\0") for i in range(ROWS)])
+        db.executemany(
+            "INSERT INTO notes (text, data) VALUES (?, ?)",
+            [(f"Jürgen Ñandú 東京 {i}", os.urandom(300) + b"\0") for i in range(ROWS)],
+        )
         db.commit()
 
 
@@ -69,7 +71,11 @@ def test_names_counts_and_version(app, exec_target):
     assert sq.dump_names(component, exec_target) == [str(app)]
     assert sq.dump_names({"databases": ["/a.db", "/b.db"]}, exec_target) == ["/a.db", "/b.db"]
     assert sq.row_counts(component, exec_target, str(app)) == {
-        "events": 0, "notes": ROWS, 'odd "name': 0, "totals": 1}
+        "events": 0,
+        "notes": ROWS,
+        'odd "name': 0,
+        "totals": 1,
+    }
     assert sq.server_version(component, exec_target).startswith("3.")
 
 

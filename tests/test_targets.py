@@ -35,79 +35,171 @@ def test_local_command_is_the_argv():
 
 
 def test_ssh_command_with_every_option():
-    target = target_from_via({"exec": "ssh://backup@db.example:2222", "identity": "/k/id",
-                              "known_hosts": "/k/known", "strict_host_key_checking": "yes"})
+    target = target_from_via(
+        {
+            "exec": "ssh://backup@db.example:2222",
+            "identity": "/k/id",
+            "known_hosts": "/k/known",
+            "strict_host_key_checking": "yes",
+        }
+    )
     assert target.command(ARGV) == [
-        "ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=30", "-p", "2222",
-        "-i", "/k/id", "-o", "IdentitiesOnly=yes", "-o", "UserKnownHostsFile=/k/known",
-        "-o", "StrictHostKeyChecking=yes", "backup@db.example", "--",
+        "ssh",
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "ConnectTimeout=30",
+        "-p",
+        "2222",
+        "-i",
+        "/k/id",
+        "-o",
+        "IdentitiesOnly=yes",
+        "-o",
+        "UserKnownHostsFile=/k/known",
+        "-o",
+        "StrictHostKeyChecking=yes",
+        "backup@db.example",
+        "--",
         "pg_dump --format=plain 'my db'",
     ]
 
 
 def test_ssh_command_minimal():
     assert target_from_via("ssh://db.example").command(["true"]) == [
-        "ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=30", "db.example", "--", "true"]
+        "ssh",
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "ConnectTimeout=30",
+        "db.example",
+        "--",
+        "true",
+    ]
 
 
 def test_compose_command():
-    target = target_from_via({"exec": "compose", "service": "database",
-                              "project_dir": "/opt/k-link", "file": "prod.yml"})
+    target = target_from_via(
+        {"exec": "compose", "service": "database", "project_dir": "/opt/k-link", "file": "prod.yml"}
+    )
     assert target.command(ARGV) == [
-        "docker", "compose", "--project-directory", "/opt/k-link", "-f", "prod.yml",
-        "exec", "-T", "database", *ARGV]
+        "docker",
+        "compose",
+        "--project-directory",
+        "/opt/k-link",
+        "-f",
+        "prod.yml",
+        "exec",
+        "-T",
+        "database",
+        *ARGV,
+    ]
     assert ComposeTarget(service="db", project_dir="/p").command(["true"]) == [
-        "docker", "compose", "--project-directory", "/p", "exec", "-T", "db", "true"]
+        "docker",
+        "compose",
+        "--project-directory",
+        "/p",
+        "exec",
+        "-T",
+        "db",
+        "true",
+    ]
 
 
 def test_docker_command():
     assert target_from_via({"exec": "docker", "container": "ovena-db-1"}).command(ARGV) == [
-        "docker", "exec", "-i", "ovena-db-1", *ARGV]
+        "docker",
+        "exec",
+        "-i",
+        "ovena-db-1",
+        *ARGV,
+    ]
 
 
 def test_kubectl_command():
-    target = target_from_via({"exec": "kubectl", "pod": "chipster-auth-postgresql-0",
-                              "namespace": "chipster", "container": "postgresql",
-                              "context": "prod"})
+    target = target_from_via(
+        {
+            "exec": "kubectl",
+            "pod": "chipster-auth-postgresql-0",
+            "namespace": "chipster",
+            "container": "postgresql",
+            "context": "prod",
+        }
+    )
     assert target.command(ARGV) == [
-        "kubectl", "--context", "prod", "-n", "chipster", "exec", "-i",
-        "chipster-auth-postgresql-0", "-c", "postgresql", "--", *ARGV]
+        "kubectl",
+        "--context",
+        "prod",
+        "-n",
+        "chipster",
+        "exec",
+        "-i",
+        "chipster-auth-postgresql-0",
+        "-c",
+        "postgresql",
+        "--",
+        *ARGV,
+    ]
     assert KubectlTarget(pod="p").command(["true"]) == [
-        "kubectl", "-n", "default", "exec", "-i", "p", "--", "true"]
+        "kubectl",
+        "-n",
+        "default",
+        "exec",
+        "-i",
+        "p",
+        "--",
+        "true",
+    ]
 
 
 def test_secret_wrapper_reads_each_secret_from_stdin():
     assert secret_wrapper(ARGV, ["PGPASSWORD"]) == ["sh", "-c", WRAP, *ARGV]
     two = secret_wrapper(["x"], ["A", "B"])[2]
-    assert two == ('IFS= read -r A || exit 125; IFS= read -r B || exit 125; export A B; '
-                   'exec "$0" "$@"')
+    assert two == (
+        'IFS= read -r A || exit 125; IFS= read -r B || exit 125; export A B; exec "$0" "$@"'
+    )
     assert secret_wrapper(ARGV, []) == ARGV
     with pytest.raises(SourceError, match="invalid secret variable name"):
         secret_wrapper(ARGV, ["PG PASSWORD"])
 
 
-@pytest.mark.parametrize("target", [
-    LocalTarget(), SshTarget(host="h"), ComposeTarget(service="s"), DockerTarget(container="c"),
-    KubectlTarget(pod="p"),
-])
+@pytest.mark.parametrize(
+    "target",
+    [
+        LocalTarget(),
+        SshTarget(host="h"),
+        ComposeTarget(service="s"),
+        DockerTarget(container="c"),
+        KubectlTarget(pod="p"),
+    ],
+)
 def test_every_kind_wraps_the_same_way(target: Target):
     command = target.command(secret_wrapper(ARGV, ["PGPASSWORD"]))
     assert "s3cret" not in " ".join(command)
     if isinstance(target, SshTarget):
-        assert command[-1] == "sh -c " + "'" + WRAP.replace("'", "'\"'\"'") + "' " + \
-            "pg_dump --format=plain 'my db'"
+        assert (
+            command[-1]
+            == "sh -c "
+            + "'"
+            + WRAP.replace("'", "'\"'\"'")
+            + "' "
+            + "pg_dump --format=plain 'my db'"
+        )
     else:
-        assert command[-len(ARGV) - 3:] == ["sh", "-c", WRAP, *ARGV]
+        assert command[-len(ARGV) - 3 :] == ["sh", "-c", WRAP, *ARGV]
 
 
-@pytest.mark.parametrize(("via", "message"), [
-    ({"exec": "podman"}, "unknown execution target 'podman'"),
-    ({"exec": "compose"}, "exec compose needs service"),
-    ({"exec": "docker", "container": "c", "user": "x"}, r"unknown option\(s\) user"),
-    ({"exec": "ssh://h", "host": "other"}, r"unknown option\(s\) host"),
-    ("ssh://user@host:notaport", "invalid ssh target"),
-    ("ssh://host/path", "invalid ssh target"),
-])
+@pytest.mark.parametrize(
+    ("via", "message"),
+    [
+        ({"exec": "podman"}, "unknown execution target 'podman'"),
+        ({"exec": "compose"}, "exec compose needs service"),
+        ({"exec": "docker", "container": "c", "user": "x"}, r"unknown option\(s\) user"),
+        ({"exec": "ssh://h", "host": "other"}, r"unknown option\(s\) host"),
+        ("ssh://user@host:notaport", "invalid ssh target"),
+        ("ssh://host/path", "invalid ssh target"),
+    ],
+)
 def test_bad_via_is_a_clear_error(via, message):
     with pytest.raises(SourceError, match=message):
         target_from_via(via)
@@ -140,7 +232,7 @@ def test_feed_then_stream_round_trip(exec_target: Target, tmp_path):
     path = tmp_path / "fed"
     with exec_target.run_feed(["sh", "-c", 'cat > "$1"', "sh", str(path)]) as sink:
         for start in range(0, len(payload), 100_000):
-            sink.write(payload[start:start + 100_000])
+            sink.write(payload[start : start + 100_000])
     with exec_target.run_stream(["cat", str(path)]) as out:
         assert hashlib.sha256(out.read()).digest() == hashlib.sha256(payload).digest()
 

@@ -12,12 +12,11 @@ import os
 import stat
 import threading
 from collections.abc import Callable
-from typing import BinaryIO
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
+from typing import BinaryIO
 
 from safehold.archive.entries import (
-    synthetic_entry,
     DIR,
     FILE,
     SYMLINK,
@@ -26,6 +25,7 @@ from safehold.archive.entries import (
     encode_tree,
     entry_type,
     read_xattrs,
+    synthetic_entry,
     unchanged,
 )
 from safehold.archive.excludes import CACHEDIR_TAG, Excludes
@@ -42,9 +42,11 @@ BATCH_FILES = 256
 class Pending:
     """A file entry whose content is being read (or is a hard link to one that is)."""
 
-    __slots__ = ("entry", "path", "future", "failed", "link_of")
+    __slots__ = ("entry", "failed", "future", "link_of", "path")
 
-    def __init__(self, entry: dict, path: bytes | None = None, link_of: Pending | None = None) -> None:
+    def __init__(
+        self, entry: dict, path: bytes | None = None, link_of: Pending | None = None
+    ) -> None:
         self.entry = entry
         self.path = path
         self.future: Future | None = None
@@ -74,9 +76,16 @@ Progress = Callable[[str, int, int], None]  # (path, files done delta, bytes don
 class Archiver:
     """Backs up paths into tree blobs. One instance per backup run."""
 
-    def __init__(self, repository: Repository, writer: BlobWriter, *, excludes: Excludes | None = None,
-                 one_file_system: bool = False, workers: int | None = None,
-                 progress: Progress | None = None) -> None:
+    def __init__(
+        self,
+        repository: Repository,
+        writer: BlobWriter,
+        *,
+        excludes: Excludes | None = None,
+        one_file_system: bool = False,
+        workers: int | None = None,
+        progress: Progress | None = None,
+    ) -> None:
         self.repository = repository
         self.writer = writer
         self.excludes = excludes or Excludes()
@@ -143,7 +152,9 @@ class Archiver:
             self.stats.files_new += 1
         return synthetic_entry(os.fsencode(name), FILE, mtime_ns, size=size, content=content)
 
-    def store_directory(self, name: str, entries: list[dict], *, mtime_ns: int | None = None) -> dict:
+    def store_directory(
+        self, name: str, entries: list[dict], *, mtime_ns: int | None = None
+    ) -> dict:
         """Write a tree of ``entries`` and return a directory entry named ``name`` for it."""
         return synthetic_entry(os.fsencode(name), DIR, mtime_ns, subtree=self._store_tree(entries))
 
@@ -175,7 +186,9 @@ class Archiver:
                 entries.append(entry)
         return self._store_tree(entries)
 
-    def _archive_top(self, path: bytes, name: bytes, st: os.stat_result, old: dict | None) -> dict | None:
+    def _archive_top(
+        self, path: bytes, name: bytes, st: os.stat_result, old: dict | None
+    ) -> dict | None:
         self._root_dev = st.st_dev
         kind = entry_type(st.st_mode)
         if kind == DIR:
@@ -189,7 +202,9 @@ class Archiver:
 
     # ---------------------------------------------------------------- directories
 
-    def _archive_dir(self, path: bytes, st: os.stat_result, name: bytes, parent_tree: bytes | None) -> dict:
+    def _archive_dir(
+        self, path: bytes, st: os.stat_result, name: bytes, parent_tree: bytes | None
+    ) -> dict:
         entry = base_entry(name, st, DIR)
         xattrs = read_xattrs(path)
         if xattrs:
@@ -232,14 +247,27 @@ class Archiver:
         entry["subtree"] = self._store_tree(self._resolve(entries))
         return entry
 
-    def _add_entry(self, entries: list, batch: list, path: bytes, name: bytes, st: os.stat_result,
-                   previous: dict[bytes, dict]) -> bool:
+    def _add_entry(
+        self,
+        entries: list,
+        batch: list,
+        path: bytes,
+        name: bytes,
+        st: os.stat_result,
+        previous: dict[bytes, dict],
+    ) -> bool:
         """Append the entry for one child; returns True if it joined ``batch`` to be read."""
         old = previous.get(name)
-        if (old is not None and st.st_nlink == 1 and old.get("content") is not None
-                and old["mtime"] == st.st_mtime_ns and old["ctime"] == st.st_ctime_ns
-                and old["size"] == st.st_size and old["inode"] == st.st_ino
-                and stat.S_ISREG(st.st_mode)):
+        if (
+            old is not None
+            and st.st_nlink == 1
+            and old.get("content") is not None
+            and old["mtime"] == st.st_mtime_ns
+            and old["ctime"] == st.st_ctime_ns
+            and old["size"] == st.st_size
+            and old["inode"] == st.st_ino
+            and stat.S_ISREG(st.st_mode)
+        ):
             # Fast path: ctime changes with any change of content, mode, owner or xattrs, so
             # the parent's entry is still exactly right.
             entries.append(old)
@@ -276,8 +304,15 @@ class Archiver:
             return False
         return self._add_file(entries, batch, path, entry, st, old)
 
-    def _add_file(self, entries: list, batch: list, path: bytes, entry: dict, st: os.stat_result,
-                  old: dict | None) -> bool:
+    def _add_file(
+        self,
+        entries: list,
+        batch: list,
+        path: bytes,
+        entry: dict,
+        st: os.stat_result,
+        old: dict | None,
+    ) -> bool:
         self.stats.bytes_total += st.st_size
         key = (st.st_dev, st.st_ino)
         if st.st_nlink > 1:
@@ -285,7 +320,10 @@ class Archiver:
             first = self._hardlinks.get(key)
             if first is not None:
                 entries.append(Pending(entry, link_of=first))
-                self.stats.files_unchanged += 1
+                if old is None:
+                    self.stats.files_new += 1
+                else:
+                    self.stats.files_unchanged += 1
                 return False
         if unchanged(entry, old):
             entry["content"] = old["content"]  # type: ignore[index]
@@ -356,6 +394,6 @@ class Archiver:
 
     def _error(self, path: bytes, error: OSError) -> None:
         with self._stats_lock:
-            self.stats.errors.append({"path": os.fsdecode(path),
-                                      "message": error.strerror or str(error)})
-
+            self.stats.errors.append(
+                {"path": os.fsdecode(path), "message": error.strerror or str(error)}
+            )

@@ -30,10 +30,19 @@ def find_parent(repository: Repository, hostname: str, paths: list[str]) -> dict
     return candidates[-1] if candidates else None
 
 
-def backup_paths(repository: Repository, paths: list[str], *, tags: list[str] | None = None,
-                 hostname: str | None = None, excludes: Excludes | None = None,
-                 one_file_system: bool = False, parent: dict | None = None, force: bool = False,
-                 progress: Progress | None = None, clock=time.time) -> BackupResult:  # type: ignore[no-untyped-def]
+def backup_paths(
+    repository: Repository,
+    paths: list[str],
+    *,
+    tags: list[str] | None = None,
+    hostname: str | None = None,
+    excludes: Excludes | None = None,
+    one_file_system: bool = False,
+    parent: dict | None = None,
+    force: bool = False,
+    progress: Progress | None = None,
+    clock=time.time,
+) -> BackupResult:  # type: ignore[no-untyped-def]
     """Back up ``paths`` into a new snapshot and return what happened.
 
     Unreadable files are listed in the result (the backup goes on); storage errors raise.
@@ -45,8 +54,13 @@ def backup_paths(repository: Repository, paths: list[str], *, tags: list[str] | 
         if parent is None and not force:
             parent = find_parent(repository, hostname, absolute)
         with BlobWriter(repository) as writer:
-            with Archiver(repository, writer, excludes=excludes, one_file_system=one_file_system,
-                          progress=progress) as archiver:
+            with Archiver(
+                repository,
+                writer,
+                excludes=excludes,
+                one_file_system=one_file_system,
+                progress=progress,
+            ) as archiver:
                 root = archiver.archive(absolute, parent["tree"] if parent else None)
             writer.flush()
         finished = clock()

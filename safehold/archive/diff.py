@@ -17,8 +17,9 @@ def _children(repository: Repository, entry: dict | None) -> dict[bytes, dict]:
     return {child["name"]: child for child in load_tree(repository, entry["subtree"])}
 
 
-def diff_entries(repository: Repository, old: dict | None, new: dict | None,
-                 path: bytes) -> Iterator[tuple[str, bytes, dict]]:
+def diff_entries(
+    repository: Repository, old: dict | None, new: dict | None, path: bytes
+) -> Iterator[tuple[str, bytes, dict]]:
     """Yield (change, path, entry): '+' added, '-' removed, 'M' content, 'T' type, 'U' metadata.
 
     Identical subtrees (same tree id) are skipped without being read.
@@ -26,8 +27,9 @@ def diff_entries(repository: Repository, old: dict | None, new: dict | None,
     if old is not None and new is not None:
         if old["type"] != new["type"]:
             yield "T", path, new
-        elif old["type"] != DIR and (old.get("content") != new.get("content")
-                                     or old.get("size") != new.get("size")):
+        elif old["type"] != DIR and (
+            old.get("content") != new.get("content") or old.get("size") != new.get("size")
+        ):
             yield "M", path, new
         elif any(old.get(key) != new.get(key) for key in METADATA_FIELDS) and path:
             yield "U", path, new
@@ -39,5 +41,6 @@ def diff_entries(repository: Repository, old: dict | None, new: dict | None,
         yield "-", path, old
     old_children, new_children = _children(repository, old), _children(repository, new)
     for name in sorted(set(old_children) | set(new_children)):
-        yield from diff_entries(repository, old_children.get(name), new_children.get(name),
-                                path + b"/" + name)
+        yield from diff_entries(
+            repository, old_children.get(name), new_children.get(name), path + b"/" + name
+        )

@@ -18,7 +18,14 @@ from functools import lru_cache
 
 import msgpack
 
-FILE, DIR, SYMLINK, FIFO, CHARDEV, BLOCKDEV = "file", "dir", "symlink", "fifo", "chardev", "blockdev"
+FILE, DIR, SYMLINK, FIFO, CHARDEV, BLOCKDEV = (
+    "file",
+    "dir",
+    "symlink",
+    "fifo",
+    "chardev",
+    "blockdev",
+)
 
 
 def entry_type(mode: int) -> str | None:
@@ -96,10 +103,20 @@ def synthetic_entry(name: bytes, kind: str, mtime_ns: int | None = None, **field
     now = time.time_ns() if mtime_ns is None else mtime_ns
     uid, gid = os.getuid(), os.getgid()
     return {
-        "name": name, "type": kind, "mode": 0o700 if kind == DIR else 0o600,
-        "uid": uid, "gid": gid, "user": user_name(uid), "group": group_name(gid),
-        "mtime": now, "ctime": now, "inode": 0, "dev": 0, "nlink": 1,
-        "size": 0, **fields,
+        "name": name,
+        "type": kind,
+        "mode": 0o700 if kind == DIR else 0o600,
+        "uid": uid,
+        "gid": gid,
+        "user": user_name(uid),
+        "group": group_name(gid),
+        "mtime": now,
+        "ctime": now,
+        "inode": 0,
+        "dev": 0,
+        "nlink": 1,
+        "size": 0,
+        **fields,
     }
 
 

@@ -59,8 +59,10 @@ class FileReader:
         cdc = getattr(_local, "cdc", None)
         if cdc is None or getattr(_local, "cdc_owner", None) is not self:
             cdc = _local.cdc = FastCDC(
-                self.chunker["avg_size"], min_size=self.chunker["min_size"],
-                max_size=self.chunker["max_size"], seed=self.cipher.master_key.chunker_seed,
+                self.chunker["avg_size"],
+                min_size=self.chunker["min_size"],
+                max_size=self.chunker["max_size"],
+                seed=self.cipher.master_key.chunker_seed,
             )
             _local.cdc_owner = self
         return cdc
@@ -77,7 +79,9 @@ class FileReader:
             before = os.fstat(fd)
             if before.st_ino != entry["inode"]:
                 raise FileChanged("replaced between listing and reading")
-            holes = find_holes(fd, before.st_size) if before.st_blocks * 512 < before.st_size else []
+            holes = (
+                find_holes(fd, before.st_size) if before.st_blocks * 512 < before.st_size else []
+            )
             content = []
             size = 0
             if before.st_size < self.chunker["min_size"]:
@@ -97,7 +101,10 @@ class FileReader:
         entry["size"] = size
         if holes:
             entry["holes"] = holes
-        if (after.st_mtime_ns, after.st_size) != (before.st_mtime_ns, before.st_size) or size != before.st_size:
+        if (after.st_mtime_ns, after.st_size) != (
+            before.st_mtime_ns,
+            before.st_size,
+        ) or size != before.st_size:
             raise FileChanged("changed while being read")
 
     def read_stream(self, stream) -> tuple[list[bytes], int]:  # type: ignore[no-untyped-def]

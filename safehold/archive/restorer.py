@@ -59,9 +59,17 @@ def _data_segments(offset: int, length: int, holes: list[list[int]]) -> list[tup
 class Restorer:
     """Restores one entry (and what is below it) into a target directory."""
 
-    def __init__(self, repository: Repository, target: str, *, overwrite: bool = False,
-                 includes: list[str] | None = None, excludes: list[str] | None = None,
-                 workers: int | None = None, progress: Progress | None = None) -> None:
+    def __init__(
+        self,
+        repository: Repository,
+        target: str,
+        *,
+        overwrite: bool = False,
+        includes: list[str] | None = None,
+        excludes: list[str] | None = None,
+        workers: int | None = None,
+        progress: Progress | None = None,
+    ) -> None:
         self.repository = repository
         self.target = os.fsencode(os.path.abspath(target))
         self.overwrite = overwrite
@@ -78,14 +86,18 @@ class Restorer:
 
     # ---------------------------------------------------------------- entry point
 
-    def restore(self, entry: dict, snapshot_path: str, *, root_metadata: bool = False) -> RestoreStats:
+    def restore(
+        self, entry: dict, snapshot_path: str, *, root_metadata: bool = False
+    ) -> RestoreStats:
         """Restore ``entry`` (found at ``snapshot_path``): a directory's contents go straight into
         the target, anything else into target/<name>. With ``root_metadata``, a directory's own
         owner, mode and times are given to the target as well."""
         try:
             os.makedirs(self.target, exist_ok=True)
         except OSError as error:
-            raise TargetNotWritable(target=os.fsdecode(self.target), reason=error.strerror) from error
+            raise TargetNotWritable(
+                target=os.fsdecode(self.target), reason=error.strerror
+            ) from error
         if not os.access(self.target, os.W_OK | os.X_OK):
             raise TargetNotWritable(target=os.fsdecode(self.target), reason="permission denied")
         base = os.fsencode(snapshot_path.rstrip("/"))
@@ -94,8 +106,9 @@ class Restorer:
             if entry["type"] == DIR:
                 self._restore_children(entry, self.target, base, False, pool, futures)
             else:
-                self._restore_entry(entry, self.target + b"/" + entry["name"], base, False,
-                                    pool, futures)
+                self._restore_entry(
+                    entry, self.target + b"/" + entry["name"], base, False, pool, futures
+                )
             for future in futures:
                 future.result()
         self._make_links()
@@ -113,26 +126,52 @@ class Restorer:
             return True
         return self.includes.excluded(snapshot_path, name)
 
-    def _restore_children(self, entry: dict, path: bytes, snapshot_path: bytes, selected: bool,
-                          pool: ThreadPoolExecutor, futures: list) -> None:
-        for child in load_tree(self.repository, entry["subtree"]):
-            self._restore_entry(child, path + b"/" + child["name"],
-                                snapshot_path + b"/" + child["name"], selected, pool, futures)
+    def _restore_children(
+        self,
+        entry: dict,
+        path: bytes,
+        snapshot_path: bytes,
+        selected: bool,
+        pool: ThreadPoolExecutor,
+        futures: list,
+    ) -> None:
+        try:
+            children = load_tree(self.repository, entry["subtree"])
+        except IntegrityError as error:
+            # Only what is below a damaged directory is lost; the walk goes on elsewhere.
+            with self._lock:
+                self.stats.damaged.append({"path": os.fsdecode(path) + "/", "message": str(error)})
+            return
+        for child in children:
+            self._restore_entry(
+                child,
+                path + b"/" + child["name"],
+                snapshot_path + b"/" + child["name"],
+                selected,
+                pool,
+                futures,
+            )
 
-    def _restore_entry(self, entry: dict, path: bytes, snapshot_path: bytes, parent_selected: bool,
-                       pool: ThreadPoolExecutor, futures: list) -> None:
+    def _restore_entry(
+        self,
+        entry: dict,
+        path: bytes,
+        snapshot_path: bytes,
+        parent_selected: bool,
+        pool: ThreadPoolExecutor,
+        futures: list,
+    ) -> None:
         selected = self._selected(snapshot_path, entry["name"], parent_selected)
         if selected is None:
             return
         kind = entry["type"]
         if kind == DIR:
-            if selected:
-                self._make_dir(path, entry)
+            if selected and not self._make_dir(path, entry):
+                return
             self._restore_children(entry, path, snapshot_path, bool(selected), pool, futures)
             return
-        if not selected:
+        if not selected or not self._make_parents(path):
             return
-        os.makedirs(os.path.dirname(path), exist_ok=True)
         if kind == FILE:
             key = tuple(entry["hardlink"]) if entry.get("hardlink") else None
             if key is not None and key in self._first_link:
@@ -144,13 +183,29 @@ class Restorer:
             return
         self._restore_special(path, entry)
 
+    def _make_parents(self, path: bytes) -> bool:
+        """Create the missing directories above ``path`` inside the target; False (and the path
+        is skipped) if one of them is a symlink, which restore must never write through."""
+        relative = os.path.relpath(os.path.dirname(path), self.target)
+        current = self.target
+        for part in [] if relative == "." else relative.split(b"/"):
+            current = current + b"/" + part
+            if os.path.islink(current):
+                self._skip(path)
+                return False
+            if not os.path.isdir(current):
+                os.mkdir(current, 0o700)
+        return True
+
     # ---------------------------------------------------------------- kinds
 
-    def _make_dir(self, path: bytes, entry: dict) -> None:
-        if os.path.lexists(path) and not os.path.isdir(path):
+    def _make_dir(self, path: bytes, entry: dict) -> bool:
+        """Create a directory; False if something else is in the way (then nothing is written
+        below it). A symlink in the way is never followed: without --overwrite it is kept."""
+        if os.path.islink(path) or (os.path.lexists(path) and not os.path.isdir(path)):
             if not self.overwrite:
                 self._skip(path)
-                return
+                return False
             os.unlink(path)
         try:
             os.mkdir(path, 0o700)
@@ -160,12 +215,13 @@ class Restorer:
         if created or self.overwrite:
             self._directories.append((path, entry))
         self.stats.dirs += 1
+        return True
 
     def _replaceable(self, path: bytes) -> bool:
-        """True if nothing is at ``path``, or it may be replaced (--overwrite; then it is removed)."""
+        """True if nothing is at ``path``, or it may be replaced (--overwrite: it is removed)."""
         if not os.path.lexists(path):
             return True
-        if not self.overwrite or os.path.isdir(path) and not os.path.islink(path):
+        if not self.overwrite or (os.path.isdir(path) and not os.path.islink(path)):
             self._skip(path)
             return False
         os.unlink(path)
@@ -236,10 +292,12 @@ class Restorer:
             else:
                 view = memoryview(data)
                 while view:
-                    view = view[os.write(fd, view):]
+                    view = view[os.write(fd, view) :]
             offset += len(data)
         if offset != entry["size"]:
-            raise IntegrityError(f"content of {entry['name']!r} has {offset} bytes, expected {entry['size']}")
+            raise IntegrityError(
+                f"content of {entry['name']!r} has {offset} bytes, expected {entry['size']}"
+            )
         return offset
 
     def _make_links(self) -> None:
@@ -267,11 +325,12 @@ class Restorer:
                 except OSError:
                     if not is_link:
                         raise
-            os.utime(path, ns=(entry["mtime"], entry["mtime"]),
-                     follow_symlinks=False)
+            os.utime(path, ns=(entry["mtime"], entry["mtime"]), follow_symlinks=False)
         except OSError as error:
             self._error(path, error)
 
     def _error(self, path: bytes, error: OSError) -> None:
         with self._lock:
-            self.stats.errors.append({"path": os.fsdecode(path), "message": error.strerror or str(error)})
+            self.stats.errors.append(
+                {"path": os.fsdecode(path), "message": error.strerror or str(error)}
+            )

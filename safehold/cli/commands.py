@@ -34,8 +34,11 @@ def init(args: argparse.Namespace) -> int:
     repository.close()
     if args.json:
         render.print_json({"location": location, "id": repository.config["id"]})
-    _say(args, f"created repository {repository.config['id'][:8]} at {location}\n"
-               "keep the passphrase safe: without it the data cannot be read")
+    _say(
+        args,
+        f"created repository {repository.config['id'][:8]} at {location}\n"
+        "keep the passphrase safe: without it the data cannot be read",
+    )
     return 0
 
 
@@ -66,9 +69,16 @@ def backup(args: argparse.Namespace) -> int:
     with open_repository(args) as repository, bar.running():
         if bar.enabled:
             threading.Thread(target=_scan_total, args=(args.paths, bar), daemon=True).start()
-        result = backup_paths(repository, args.paths, tags=args.tag, hostname=args.host,
-                              excludes=excludes, one_file_system=args.one_file_system,
-                              force=args.force, progress=bar.advance)
+        result = backup_paths(
+            repository,
+            args.paths,
+            tags=args.tag,
+            hostname=args.host,
+            excludes=excludes,
+            one_file_system=args.one_file_system,
+            force=args.force,
+            progress=bar.advance,
+        )
     summary = result.snapshot["summary"]
     for error in summary["errors"]:
         print(f"safehold: could not read {error['path']}: {error['message']}", file=sys.stderr)
@@ -77,18 +87,25 @@ def backup(args: argparse.Namespace) -> int:
     if args.json:
         render.print_json({"snapshot_id": result.snapshot_id, **summary})
     else:
-        _say(args, (
-            f"snapshot {result.snapshot_id[:8]} saved\n"
-            f"files: {summary['files_new']} new, {summary['files_changed']} changed, "
-            f"{summary['files_unchanged']} unchanged; {summary['dirs']} directories\n"
-            f"data: {render.size(summary['bytes_total'])} in the snapshot, "
-            f"{render.size(summary['bytes_read'])} read, "
-            f"{render.size(summary['bytes_added_raw'])} new "
-            f"({render.size(summary['bytes_added_stored'])} stored)\n"
-            f"took {summary['duration']:.1f} s"))
+        _say(
+            args,
+            (
+                f"snapshot {result.snapshot_id[:8]} saved\n"
+                f"files: {summary['files_new']} new, {summary['files_changed']} changed, "
+                f"{summary['files_unchanged']} unchanged; {summary['dirs']} directories\n"
+                f"data: {render.size(summary['bytes_total'])} in the snapshot, "
+                f"{render.size(summary['bytes_read'])} read, "
+                f"{render.size(summary['bytes_added_raw'])} new "
+                f"({render.size(summary['bytes_added_stored'])} stored)\n"
+                f"took {summary['duration']:.1f} s"
+            ),
+        )
     if summary["errors"]:
-        print(f"safehold: backup saved, but {len(summary['errors'])} file(s) could not be read "
-              "(listed above)", file=sys.stderr)
+        print(
+            f"safehold: backup saved, but {len(summary['errors'])} file(s) could not be read "
+            "(listed above)",
+            file=sys.stderr,
+        )
         return EXIT_PARTIAL
     return 0
 
@@ -97,20 +114,39 @@ def snapshots(args: argparse.Namespace) -> int:
     with open_repository(args) as repository:
         found = list_snapshots(repository, host=args.host, tags=args.tag or None)
     if args.json:
-        render.print_json([{key: value for key, value in snapshot.items() if key != "tree"}
-                           | {"time_iso": render.iso(snapshot["time"])} for snapshot in found])
+        render.print_json(
+            [
+                {key: value for key, value in snapshot.items() if key != "tree"}
+                | {"time_iso": render.iso(snapshot["time"])}
+                for snapshot in found
+            ]
+        )
         return 0
-    rows = [[snapshot["id"][:8], render.timestamp(snapshot["time"]), snapshot["hostname"],
-             ",".join(snapshot.get("tags", [])), render.size(snapshot["summary"]["bytes_total"]),
-             ", ".join(snapshot["paths"])] for snapshot in found]
+    rows = [
+        [
+            snapshot["id"][:8],
+            render.timestamp(snapshot["time"]),
+            snapshot["hostname"],
+            ",".join(snapshot.get("tags", [])),
+            render.size(snapshot["summary"]["bytes_total"]),
+            ", ".join(snapshot["paths"]),
+        ]
+        for snapshot in found
+    ]
     print(render.table(["id", "time", "host", "tags", "size", "paths"], rows))
     print(f"{len(found)} snapshot(s)")
     return 0
 
 
 def _mode_string(entry: dict) -> str:
-    kinds = {"dir": stat.S_IFDIR, "file": stat.S_IFREG, "symlink": stat.S_IFLNK,
-             "fifo": stat.S_IFIFO, "chardev": stat.S_IFCHR, "blockdev": stat.S_IFBLK}
+    kinds = {
+        "dir": stat.S_IFDIR,
+        "file": stat.S_IFREG,
+        "symlink": stat.S_IFLNK,
+        "fifo": stat.S_IFIFO,
+        "chardev": stat.S_IFCHR,
+        "blockdev": stat.S_IFBLK,
+    }
     return stat.filemode(kinds.get(entry["type"], 0) | entry.get("mode", 0))
 
 
@@ -123,21 +159,31 @@ def ls(args: argparse.Namespace) -> int:
         if args.recursive:
             listing = list(tree.walk(repository, start, base))[1:]
         elif start["type"] == DIR:
-            listing = [(base + b"/" + child["name"], child)
-                       for child in tree.load_tree(repository, start["subtree"])]
+            listing = [
+                (base + b"/" + child["name"], child)
+                for child in tree.load_tree(repository, start["subtree"])
+            ]
         else:
             listing = [(base, start)]
     if args.json:
-        render.print_json([{"path": display_name(p),
-                            **{k: v for k, v in e.items() if k not in ("content", "name", "target")},
-                            **({"target": display_name(e["target"])} if e.get("target") else {})}
-                           for p, e in listing])
+        render.print_json(
+            [
+                {
+                    "path": display_name(p),
+                    **{k: v for k, v in e.items() if k not in ("content", "name", "target")},
+                    **({"target": display_name(e["target"])} if e.get("target") else {}),
+                }
+                for p, e in listing
+            ]
+        )
         return 0
     for entry_path, entry in listing:
         owner = f"{entry.get('user') or entry['uid']}/{entry.get('group') or entry['gid']}"
         suffix = f" -> {display_name(entry['target'])}" if entry.get("target") else ""
-        print(f"{_mode_string(entry)} {owner:>16} {entry.get('size', 0):>12} "
-              f"{render.timestamp(entry['mtime'] / 1e9)} {display_name(entry_path)}{suffix}")
+        print(
+            f"{_mode_string(entry)} {owner:>16} {entry.get('size', 0):>12} "
+            f"{render.timestamp(entry['mtime'] / 1e9)} {display_name(entry_path)}{suffix}"
+        )
     return 0
 
 
@@ -155,36 +201,62 @@ def restore(args: argparse.Namespace) -> int:
     with open_repository(args) as repository, repository.lock():
         snapshot = resolve(repository, spec)
         start = tree.find(repository, snapshot, path)
-        restorer = Restorer(repository, args.target, overwrite=args.overwrite,
-                            includes=args.include, excludes=args.exclude, progress=bar.advance)
+        restorer = Restorer(
+            repository,
+            args.target,
+            overwrite=args.overwrite,
+            includes=args.include,
+            excludes=args.exclude,
+            progress=bar.advance,
+        )
         if bar.enabled and start.get("type") == DIR:
             bar.set_total(snapshot["summary"]["bytes_total"] if path in ("", "/") else 0)
         with bar.running():
             stats = restorer.restore(start, path)
     for damaged in stats.damaged:
-        print(f"safehold: NOT restored, damaged in the repository: {damaged['path']}: "
-              f"{damaged['message']}", file=sys.stderr)
+        print(
+            f"safehold: NOT restored, damaged in the repository: {damaged['path']}: "
+            f"{damaged['message']}",
+            file=sys.stderr,
+        )
     for error in stats.errors:
         print(f"safehold: could not restore {error['path']}: {error['message']}", file=sys.stderr)
     for skipped in stats.skipped[:20]:
         print(f"safehold: exists, not overwritten: {skipped}", file=sys.stderr)
     if len(stats.skipped) > 20:
-        print(f"safehold: ... and {len(stats.skipped) - 20} more existing paths not overwritten",
-              file=sys.stderr)
+        print(
+            f"safehold: ... and {len(stats.skipped) - 20} more existing paths not overwritten",
+            file=sys.stderr,
+        )
     if args.json:
-        render.print_json({"snapshot_id": snapshot["id"], "files": stats.files, "dirs": stats.dirs,
-                           "bytes": stats.bytes_written, "skipped": stats.skipped,
-                           "errors": stats.errors, "damaged": stats.damaged})
-    _say(args, f"restored snapshot {snapshot['id'][:8]}{'' if path in ('', '/') else ':' + path} "
-               f"to {args.target}: {stats.files} files, {stats.dirs} directories, "
-               f"{render.size(stats.bytes_written)} in {render.elapsed_since(started)}")
+        render.print_json(
+            {
+                "snapshot_id": snapshot["id"],
+                "files": stats.files,
+                "dirs": stats.dirs,
+                "bytes": stats.bytes_written,
+                "skipped": stats.skipped,
+                "errors": stats.errors,
+                "damaged": stats.damaged,
+            }
+        )
+    _say(
+        args,
+        f"restored snapshot {snapshot['id'][:8]}{'' if path in ('', '/') else ':' + path} "
+        f"to {args.target}: {stats.files} files, {stats.dirs} directories, "
+        f"{render.size(stats.bytes_written)} in {render.elapsed_since(started)}",
+    )
     if stats.damaged:
-        raise IntegrityError(f"{len(stats.damaged)} file(s) were damaged in the repository and "
-                             "were not restored (listed above)")
+        raise IntegrityError(
+            f"{len(stats.damaged)} file(s) were damaged in the repository and "
+            "were not restored (listed above)"
+        )
     if stats.errors or stats.skipped:
-        print("safehold: restore incomplete: see the paths listed above"
-              + (" (use --overwrite to replace existing files)" if stats.skipped else ""),
-              file=sys.stderr)
+        print(
+            "safehold: restore incomplete: see the paths listed above"
+            + (" (use --overwrite to replace existing files)" if stats.skipped else ""),
+            file=sys.stderr,
+        )
         return EXIT_PARTIAL
     return 0
 
@@ -192,17 +264,27 @@ def restore(args: argparse.Namespace) -> int:
 def diff(args: argparse.Namespace) -> int:
     with open_repository(args) as repository:
         first, second = resolve(repository, args.first), resolve(repository, args.second)
-        changes = list(diff_entries(repository, tree.root_entry(first["tree"]),
-                                    tree.root_entry(second["tree"]), b""))
+        changes = list(
+            diff_entries(
+                repository, tree.root_entry(first["tree"]), tree.root_entry(second["tree"]), b""
+            )
+        )
     if args.json:
-        render.print_json([{"change": change, "path": display_name(path), "type": entry["type"]}
-                           for change, path, entry in changes])
+        render.print_json(
+            [
+                {"change": change, "path": display_name(path), "type": entry["type"]}
+                for change, path, entry in changes
+            ]
+        )
         return 0
     for change, path, entry in changes:
         print(f"{change}  {display_name(path)}{'/' if entry['type'] == DIR else ''}")
     counts = {symbol: sum(1 for c, _, _ in changes if c == symbol) for symbol in "+-MTU"}
-    _say(args, f"{counts['+']} added, {counts['-']} removed, {counts['M']} modified, "
-               f"{counts['T']} changed type, {counts['U']} metadata only")
+    _say(
+        args,
+        f"{counts['+']} added, {counts['-']} removed, {counts['M']} modified, "
+        f"{counts['T']} changed type, {counts['U']} metadata only",
+    )
     return 0
 
 
@@ -210,19 +292,33 @@ def check_repository(args: argparse.Namespace) -> int:
     with open_repository(args) as repository, repository.lock():
         result = check(repository, read_data=args.read_data, subset=args.read_data_subset)
     if args.json:
-        render.print_json({"ok": result.ok, "errors": result.errors, "notes": result.notes,
-                           "snapshots": result.snapshots, "trees": result.trees,
-                           "packs": result.packs, "packs_read": result.packs_read,
-                           "bytes_read": result.bytes_read})
+        render.print_json(
+            {
+                "ok": result.ok,
+                "errors": result.errors,
+                "notes": result.notes,
+                "snapshots": result.snapshots,
+                "trees": result.trees,
+                "packs": result.packs,
+                "packs_read": result.packs_read,
+                "bytes_read": result.bytes_read,
+            }
+        )
     else:
         for note in result.notes:
             _say(args, f"note: {note}")
         for error in result.errors:
             print(f"error: {error}", file=sys.stderr)
-        _say(args, f"checked {result.snapshots} snapshots, {result.trees} trees, "
-                   f"{result.packs} packs" + (f", read {result.packs_read} packs "
-                                              f"({render.size(result.bytes_read)})"
-                                              if result.packs_read else ""))
+        _say(
+            args,
+            f"checked {result.snapshots} snapshots, {result.trees} trees, "
+            f"{result.packs} packs"
+            + (
+                f", read {result.packs_read} packs ({render.size(result.bytes_read)})"
+                if result.packs_read
+                else ""
+            ),
+        )
     if not result.ok:
         raise IntegrityError(f"check found {len(result.errors)} problem(s), listed above")
     _say(args, "no errors found")

@@ -11,17 +11,35 @@ from safehold.errors import UsageError
 
 def key_list(args: argparse.Namespace) -> int:
     with open_repository(args) as repository:
-        rows = [{"id": name.split("/", 1)[1], "current": name == repository.key_name,
-                 "created": document.get("created"), "hostname": document.get("hostname"),
-                 "username": document.get("username"), "kdf": document.get("kdf")}
-                for name, document in repository.key_documents()]
+        rows = [
+            {
+                "id": name.split("/", 1)[1],
+                "current": name == repository.key_name,
+                "created": document.get("created"),
+                "hostname": document.get("hostname"),
+                "username": document.get("username"),
+                "kdf": document.get("kdf"),
+            }
+            for name, document in repository.key_documents()
+        ]
     if args.json:
         render.print_json(rows)
     else:
-        print(render.table(["", "id", "created", "host", "user"],
-                           [["*" if row["current"] else "", row["id"][:8],
-                             render.timestamp(row["created"] or 0), row["hostname"] or "",
-                             row["username"] or ""] for row in rows]))
+        print(
+            render.table(
+                ["", "id", "created", "host", "user"],
+                [
+                    [
+                        "*" if row["current"] else "",
+                        row["id"][:8],
+                        render.timestamp(row["created"] or 0),
+                        row["hostname"] or "",
+                        row["username"] or "",
+                    ]
+                    for row in rows
+                ],
+            )
+        )
     return 0
 
 
@@ -41,8 +59,10 @@ def key_passwd(args: argparse.Namespace) -> int:
         # The new key is durable before the old one goes: a crash leaves both, never neither.
         repository.remove_key(repository.key_name)
     if not args.quiet:
-        print(f"passphrase changed (key {name.split('/', 1)[1][:8]} replaces "
-              f"{repository.key_name.split('/', 1)[1][:8]})")
+        print(
+            f"passphrase changed (key {name.split('/', 1)[1][:8]} replaces "
+            f"{repository.key_name.split('/', 1)[1][:8]})"
+        )
     return 0
 
 
@@ -53,8 +73,10 @@ def key_remove(args: argparse.Namespace) -> int:
         if len(matches) != 1:
             raise UsageError(f"no single key matches {args.key_id!r}: see 'safehold key list'")
         if matches[0] == repository.key_name:
-            raise UsageError("refusing to remove the key in use: open the repository with "
-                             "another passphrase to remove this one")
+            raise UsageError(
+                "refusing to remove the key in use: open the repository with "
+                "another passphrase to remove this one"
+            )
         repository.remove_key(matches[0])
     if not args.quiet:
         print(f"key {args.key_id} removed")

@@ -13,11 +13,18 @@ from safehold.errors import EXIT_ERROR, SafeholdError
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--repo", "-r", default=None,
-                        help="repository path or file:// URL (default: $SAFEHOLD_REPO)")
-    parser.add_argument("--passphrase-file", default=None,
-                        help="read the passphrase from FILE (default: $SAFEHOLD_PASSPHRASE, "
-                             "or a prompt on a terminal)")
+    parser.add_argument(
+        "--repo",
+        "-r",
+        default=None,
+        help="repository path or file:// URL (default: $SAFEHOLD_REPO)",
+    )
+    parser.add_argument(
+        "--passphrase-file",
+        default=None,
+        help="read the passphrase from FILE (default: $SAFEHOLD_PASSPHRASE, "
+        "or a prompt on a terminal)",
+    )
     parser.add_argument("--json", action="store_true", help="print machine-readable JSON")
     parser.add_argument("--quiet", "-q", action="store_true", help="print only errors")
 
@@ -34,20 +41,43 @@ def build_parser() -> argparse.ArgumentParser:
     command = sub.add_parser("backup", help="back up files and directories, or a whole platform")
     _common(command)
     command.add_argument("paths", nargs="*", metavar="PATH")
-    command.add_argument("--config", "-c", default=None, metavar="PLATFORM_FILE",
-                         help="back up the platform this file describes")
+    command.add_argument(
+        "--config",
+        "-c",
+        default=None,
+        metavar="PLATFORM_FILE",
+        help="back up the platform this file describes",
+    )
     command.add_argument("--tag", action="append", default=[], help="tag the snapshot (repeatable)")
     command.add_argument("--host", default=None, help="host name to record (default: this host)")
-    command.add_argument("--exclude", "-e", action="append", default=[], metavar="PATTERN",
-                         help="leave out matching paths (repeatable)")
-    command.add_argument("--exclude-file", action="append", default=[], metavar="FILE",
-                         help="read exclude patterns from FILE")
-    command.add_argument("--exclude-caches", action="store_true",
-                         help="leave out the contents of directories holding a CACHEDIR.TAG")
-    command.add_argument("--one-file-system", "-x", action="store_true",
-                         help="do not cross file-system boundaries")
-    command.add_argument("--force", action="store_true",
-                         help="re-read every file instead of trusting the parent snapshot")
+    command.add_argument(
+        "--exclude",
+        "-e",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="leave out matching paths (repeatable)",
+    )
+    command.add_argument(
+        "--exclude-file",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="read exclude patterns from FILE",
+    )
+    command.add_argument(
+        "--exclude-caches",
+        action="store_true",
+        help="leave out the contents of directories holding a CACHEDIR.TAG",
+    )
+    command.add_argument(
+        "--one-file-system", "-x", action="store_true", help="do not cross file-system boundaries"
+    )
+    command.add_argument(
+        "--force",
+        action="store_true",
+        help="re-read every file instead of trusting the parent snapshot",
+    )
     command.set_defaults(run=commands.backup)
 
     command = sub.add_parser("snapshots", help="list snapshots")
@@ -64,13 +94,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     command = sub.add_parser("restore", help="restore a snapshot or a part of it, or a platform")
     _common(command)
-    command.add_argument("source", nargs="?", metavar="SNAPSHOT[:PATH]",
-                         help="default with --config: the platform's latest snapshot")
-    command.add_argument("--target", "-t", help="directory to restore into (required without "
-                                                "--config; with it, extract there instead of "
-                                                "replacing live data)")
-    command.add_argument("--config", "-c", default=None, metavar="PLATFORM_FILE",
-                         help="restore the platform this file describes, in its order")
+    command.add_argument(
+        "source",
+        nargs="?",
+        metavar="SNAPSHOT[:PATH]",
+        help="default with --config: the platform's latest snapshot",
+    )
+    command.add_argument(
+        "--target",
+        "-t",
+        help="directory to restore into (required without "
+        "--config; with it, extract there instead of "
+        "replacing live data)",
+    )
+    command.add_argument(
+        "--config",
+        "-c",
+        default=None,
+        metavar="PLATFORM_FILE",
+        help="restore the platform this file describes, in its order",
+    )
     command.add_argument("--component", help="with --config: only this component")
     command.add_argument("--database", help="with --config: only this database of the component")
     command.add_argument("--to-database", help="with --config: restore the dump into this database")
@@ -78,8 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
     command.add_argument("--dry-run", action="store_true", help="show the steps, change nothing")
     command.add_argument("--include", "-i", action="append", default=[], metavar="PATTERN")
     command.add_argument("--exclude", "-e", action="append", default=[], metavar="PATTERN")
-    command.add_argument("--overwrite", action="store_true",
-                         help="replace files that already exist in the target")
+    command.add_argument(
+        "--overwrite", action="store_true", help="replace files that already exist in the target"
+    )
     command.set_defaults(run=commands.restore)
 
     command = sub.add_parser("diff", help="show what changed between two snapshots")
@@ -91,8 +135,12 @@ def build_parser() -> argparse.ArgumentParser:
     command = sub.add_parser("check", help="verify the repository")
     _common(command)
     command.add_argument("--read-data", action="store_true", help="read and authenticate all data")
-    command.add_argument("--read-data-subset", default=None, metavar="N%|n/t",
-                         help="read and authenticate a part of the data")
+    command.add_argument(
+        "--read-data-subset",
+        default=None,
+        metavar="N%|n/t",
+        help="read and authenticate a part of the data",
+    )
     command.set_defaults(run=commands.check_repository)
 
     config = sub.add_parser("config", help="platform files: validate, schema, new, docs")
@@ -116,16 +164,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     key = sub.add_parser("key", help="manage passphrase keys")
     key_sub = key.add_subparsers(dest="key_command", required=True, metavar="ACTION")
-    for name, function, text in (("list", keys.key_list, "list keys"),
-                                 ("add", keys.key_add, "add a passphrase"),
-                                 ("passwd", keys.key_passwd, "change the passphrase used"),
-                                 ("remove", keys.key_remove, "remove a key")):
+    for name, function, text in (
+        ("list", keys.key_list, "list keys"),
+        ("add", keys.key_add, "add a passphrase"),
+        ("passwd", keys.key_passwd, "change the passphrase used"),
+        ("remove", keys.key_remove, "remove a key"),
+    ):
         command = key_sub.add_parser(name, help=text)
         _common(command)
         if name in ("add", "passwd"):
-            command.add_argument("--new-passphrase-file", default=None,
-                                 help="read the new passphrase from FILE "
-                                      "(default: $SAFEHOLD_NEW_PASSPHRASE or a prompt)")
+            command.add_argument(
+                "--new-passphrase-file",
+                default=None,
+                help="read the new passphrase from FILE "
+                "(default: $SAFEHOLD_NEW_PASSPHRASE or a prompt)",
+            )
         if name == "remove":
             command.add_argument("key_id", metavar="KEY_ID")
         command.set_defaults(run=function)
@@ -144,13 +197,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"safehold: {error}", file=sys.stderr)
         return error.exit_code
     except KeyboardInterrupt:
-        print("safehold: interrupted; the repository is unchanged apart from unreferenced data "
-              "that the next backup reuses", file=sys.stderr)
+        print(
+            "safehold: interrupted; the repository is unchanged apart from unreferenced data "
+            "that the next backup reuses",
+            file=sys.stderr,
+        )
         return 130
-    except Exception:  # noqa: BLE001 - a bug: show everything
+    except Exception:
         traceback.print_exc()
-        print("safehold: internal error (a bug): please report it with the trace above",
-              file=sys.stderr)
+        print(
+            "safehold: internal error (a bug): please report it with the trace above",
+            file=sys.stderr,
+        )
         return EXIT_ERROR
 
 

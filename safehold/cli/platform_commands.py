@@ -1,4 +1,4 @@
-"""Commands for whole platforms: backup/restore --config, config validate|schema|new|docs, discover."""
+"""Commands for whole platforms: backup/restore --config, config ..., discover."""
 
 from __future__ import annotations
 
@@ -12,9 +12,15 @@ from safehold.cli import render
 from safehold.cli.session import passphrase
 from safehold.errors import EXIT_PARTIAL, SafeholdError, UsageError
 from safehold.platform.backup import PlatformBackup
-from safehold.platform.config import (ConfigError, UnsetVariable, load_platform, load_yaml,
-                                      validation_errors)
-from safehold.platform.discover import discover, render as render_discovery
+from safehold.platform.config import (
+    ConfigError,
+    UnsetVariable,
+    load_platform,
+    load_yaml,
+    validation_errors,
+)
+from safehold.platform.discover import discover
+from safehold.platform.discover import render as render_discovery
 from safehold.platform.docs import config_reference
 from safehold.platform.restore import PlatformRestore
 from safehold.platform.schema import SCHEMA
@@ -41,8 +47,10 @@ def open_for_platform(args: argparse.Namespace, location: str | None) -> Reposit
 
     chosen = args.repo or location or os.environ.get("SAFEHOLD_REPO")
     if not chosen:
-        raise UsageError("no repository: set `repository:` in the platform file, pass --repo, "
-                         "or set SAFEHOLD_REPO")
+        raise UsageError(
+            "no repository: set `repository:` in the platform file, pass --repo, "
+            "or set SAFEHOLD_REPO"
+        )
     return Repository.open(chosen, lambda: passphrase(args))
 
 
@@ -52,27 +60,55 @@ def backup_platform(args: argparse.Namespace) -> int:
         result = PlatformBackup(repository, platform, tags=args.tag, log=_log(args)).run()
     snapshot = result.snapshot
     if args.json:
-        render.print_json({"snapshot_id": result.snapshot_id, "status": result.status,
-                           "downtime": snapshot["downtime"], "components": snapshot["components"]})
+        render.print_json(
+            {
+                "snapshot_id": result.snapshot_id,
+                "status": result.status,
+                "downtime": snapshot["downtime"],
+                "components": snapshot["components"],
+            }
+        )
     elif not args.quiet:
-        print(f"snapshot {result.snapshot_id[:8]} saved: platform {platform.name}, "
-              f"strategy {platform.strategy}, status {result.status}")
-        rows = [[c.name, c.type, c.phase, c.status, render.size(c.bytes), f"{c.duration:.1f} s",
-                 c.error or (f"{len(c.errors)} unreadable" if c.errors else "")]
-                for c in result.components]
-        print(render.table(["component", "type", "phase", "status", "size", "time", "problem"], rows))
+        print(
+            f"snapshot {result.snapshot_id[:8]} saved: platform {platform.name}, "
+            f"strategy {platform.strategy}, status {result.status}"
+        )
+        rows = [
+            [
+                c.name,
+                c.type,
+                c.phase,
+                c.status,
+                render.size(c.bytes),
+                f"{c.duration:.1f} s",
+                c.error or (f"{len(c.errors)} unreadable" if c.errors else ""),
+            ]
+            for c in result.components
+        ]
+        print(
+            render.table(["component", "type", "phase", "status", "size", "time", "problem"], rows)
+        )
         if snapshot["downtime"]:
-            print(f"downtime: {snapshot['downtime']['seconds']:.1f} s "
-                  f"({', '.join(snapshot['downtime']['stopped'])} stopped)")
+            print(
+                f"downtime: {snapshot['downtime']['seconds']:.1f} s "
+                f"({', '.join(snapshot['downtime']['stopped'])} stopped)"
+            )
     for component in result.components:
         if component.status == "failed":
-            print(f"safehold: component {component.name} failed: {component.error}", file=sys.stderr)
+            print(
+                f"safehold: component {component.name} failed: {component.error}", file=sys.stderr
+            )
         for error in component.errors:
-            print(f"safehold: {component.name}: could not read {error['path']}: {error['message']}",
-                  file=sys.stderr)
+            print(
+                f"safehold: {component.name}: could not read {error['path']}: {error['message']}",
+                file=sys.stderr,
+            )
     if result.status == "failed":
-        raise CriticalComponentFailed(names=", ".join(c.name for c in result.components
-                                                      if c.status == "failed" and c.critical))
+        raise CriticalComponentFailed(
+            names=", ".join(
+                c.name for c in result.components if c.status == "failed" and c.critical
+            )
+        )
     return EXIT_PARTIAL if result.status == "partial" else 0
 
 
@@ -80,8 +116,9 @@ def _confirm(args: argparse.Namespace, steps: list[str]) -> None:
     if args.yes:
         return
     if not sys.stdin.isatty():
-        raise UsageError("this restore replaces live data: review it with --dry-run, then "
-                         "run again with --yes")
+        raise UsageError(
+            "this restore replaces live data: review it with --dry-run, then run again with --yes"
+        )
     print("This restore replaces live data:\n" + "\n".join(f"  - {s}" for s in steps))
     if input("Type 'yes' to go on: ").strip() != "yes":
         raise UsageError("restore cancelled: nothing was changed")
@@ -98,9 +135,16 @@ def restore_platform(args: argparse.Namespace) -> int:
             snapshot = snapshots[-1]
         else:
             snapshot = resolve(repository, spec)
-        restore = PlatformRestore(repository, platform, snapshot, component=args.component,
-                                  to_database=args.to_database, database=args.database,
-                                  target=args.target, log=_log(args))
+        restore = PlatformRestore(
+            repository,
+            platform,
+            snapshot,
+            component=args.component,
+            to_database=args.to_database,
+            database=args.database,
+            target=args.target,
+            log=_log(args),
+        )
         steps = restore.plan()
         if args.dry_run:
             print(f"restore of snapshot {snapshot['id'][:8]} would:")
@@ -116,9 +160,15 @@ def restore_platform(args: argparse.Namespace) -> int:
     for note in outcome.notes:
         print(f"safehold: note: {note}", file=sys.stderr)
     if args.json:
-        render.print_json({"snapshot_id": snapshot["id"], "restored": outcome.restored,
-                           "moved_aside": outcome.moved_aside, "problems": outcome.problems,
-                           "row_mismatches": outcome.row_mismatches})
+        render.print_json(
+            {
+                "snapshot_id": snapshot["id"],
+                "restored": outcome.restored,
+                "moved_aside": outcome.moved_aside,
+                "problems": outcome.problems,
+                "row_mismatches": outcome.row_mismatches,
+            }
+        )
     elif not args.quiet:
         print(f"restored {', '.join(outcome.restored)} from snapshot {snapshot['id'][:8]}")
     return EXIT_PARTIAL if outcome.problems or outcome.row_mismatches else 0

@@ -36,8 +36,12 @@ def print_json(value: object) -> None:
 def jsonable(value: object) -> object:
     """Make a value JSON-ready: bytes keys become text (\\xNN for non-UTF-8), bytes values hex."""
     if isinstance(value, dict):
-        return {(key.decode("utf-8", "backslashreplace") if isinstance(key, bytes) else key):
-                jsonable(item) for key, item in value.items()}
+        return {
+            (key.decode("utf-8", "backslashreplace") if isinstance(key, bytes) else key): jsonable(
+                item
+            )
+            for key, item in value.items()
+        }
     if isinstance(value, (list, tuple)):
         return [jsonable(item) for item in value]
     if isinstance(value, bytes):
@@ -46,11 +50,17 @@ def jsonable(value: object) -> object:
 
 
 def table(headers: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(str(cell)) for cell in column) for column in zip(headers, *rows)]
-    lines = ["  ".join(str(cell).ljust(width) for cell, width in zip(headers, widths)).rstrip()]
+    widths = [max(len(str(cell)) for cell in column) for column in zip(headers, *rows, strict=True)]
+    lines = [
+        "  ".join(
+            str(cell).ljust(width) for cell, width in zip(headers, widths, strict=True)
+        ).rstrip()
+    ]
     lines.append("  ".join("-" * width for width in widths))
-    lines += ["  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip()
-              for row in rows]
+    lines += [
+        "  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    ]
     return "\n".join(lines)
 
 
@@ -69,13 +79,23 @@ class ProgressBar:
         self.files = 0
         self._lock = threading.Lock()
         if enabled:
-            from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn,
-                                       TimeRemainingColumn, TransferSpeedColumn)
+            from rich.progress import (
+                BarColumn,
+                DownloadColumn,
+                Progress,
+                TextColumn,
+                TimeRemainingColumn,
+                TransferSpeedColumn,
+            )
 
             self._progress = Progress(
-                TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(),
-                TransferSpeedColumn(), TextColumn("{task.fields[files]} files"),
-                TimeRemainingColumn(), transient=True,
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                DownloadColumn(),
+                TransferSpeedColumn(),
+                TextColumn("{task.fields[files]} files"),
+                TimeRemainingColumn(),
+                transient=True,
             )
             self._task = self._progress.add_task(description, total=None, files=0)
 

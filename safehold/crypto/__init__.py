@@ -4,7 +4,8 @@
   The associated data binds every object to its name or blob id, so objects cannot be swapped.
 - Blob ids: keyed BLAKE3 of the plaintext (the id key is part of the master key), so ids reveal
   nothing about content to someone without the key.
-- Passphrase wrapping: Argon2id (memory-hard) derives a key-encryption key that seals the master key.
+- Passphrase wrapping: Argon2id (memory-hard) derives a key-encryption key that seals the
+  master key.
 """
 
 from __future__ import annotations
@@ -49,7 +50,11 @@ class MasterKey:
 
     def to_bytes(self) -> bytes:
         return msgpack.packb(
-            {"encryption_key": self.encryption_key, "id_key": self.id_key, "chunker_seed": self.chunker_seed}
+            {
+                "encryption_key": self.encryption_key,
+                "id_key": self.id_key,
+                "chunker_seed": self.chunker_seed,
+            }
         )
 
     @classmethod
@@ -98,8 +103,15 @@ def _derive(passphrase: bytes, salt: bytes, params: dict) -> bytes:
     )
 
 
-def wrap_key(master_key: MasterKey, passphrase: bytes, *, hostname: str, username: str,
-             now: float | None = None, kdf: dict | None = None) -> dict:
+def wrap_key(
+    master_key: MasterKey,
+    passphrase: bytes,
+    *,
+    hostname: str,
+    username: str,
+    now: float | None = None,
+    kdf: dict | None = None,
+) -> dict:
     """Seal the master key under a passphrase; returns the key-file document (JSON-ready)."""
     params = dict(KDF_DEFAULTS, **(kdf or {}))
     salt = os.urandom(16)

@@ -51,7 +51,9 @@ def parse_subset(text: str) -> tuple[str, float | tuple[int, int]]:
                 return "slice", (n, t)
     except ValueError:
         pass
-    raise UsageError(f"--read-data-subset takes N% (0 < N <= 100) or n/t (1 <= n <= t), not {text!r}")
+    raise UsageError(
+        f"--read-data-subset takes N% (0 < N <= 100) or n/t (1 <= n <= t), not {text!r}"
+    )
 
 
 def select_packs(packs: list[bytes], subset: str | None, rng: random.Random) -> list[bytes]:
@@ -66,9 +68,14 @@ def select_packs(packs: list[bytes], subset: str | None, rng: random.Random) -> 
     return rng.sample(packs, count)
 
 
-def check(repository: Repository, *, read_data: bool = False, subset: str | None = None,
-          rng: random.Random | None = None,
-          progress: Callable[[str], None] | None = None) -> CheckResult:
+def check(
+    repository: Repository,
+    *,
+    read_data: bool = False,
+    subset: str | None = None,
+    rng: random.Random | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> CheckResult:
     """Check the repository; returns the findings (never raises for damage it can name)."""
     result = CheckResult()
     report = progress or (lambda message: None)
@@ -77,7 +84,7 @@ def check(repository: Repository, *, read_data: bool = False, subset: str | None
     stored = dict(repository.store.list("data"))
     indexed_packs = set(index.packs)
     pack_ends: dict[bytes, int] = {}
-    for blob_id, location in index.entries():
+    for _blob_id, location in index.entries():
         end = location.offset + location.length
         pack_ends[location.pack_id] = max(pack_ends.get(location.pack_id, 0), end)
     for pack_id in indexed_packs:
@@ -88,14 +95,23 @@ def check(repository: Repository, *, read_data: bool = False, subset: str | None
             result.errors.append(f"pack {pack_id.hex()} is truncated ({stored[name]} bytes)")
     for name in stored:
         if bytes.fromhex(name.split("/", 1)[1]) not in indexed_packs:
-            result.notes.append(f"{name} is not referenced by any index (interrupted backup?): "
-                                "harmless, prune removes it")
+            result.notes.append(
+                f"{name} is not referenced by any index (interrupted backup?): "
+                "harmless, prune removes it"
+            )
     result.packs = len(stored)
     report("checking snapshots")
     _check_snapshots(repository, index, result)
     if read_data or subset:
-        _read_packs(repository, index, sorted(indexed_packs & {bytes.fromhex(n[5:]) for n in stored}),
-                    subset, rng or random.Random(), result, report)
+        _read_packs(
+            repository,
+            index,
+            sorted(indexed_packs & {bytes.fromhex(n[5:]) for n in stored}),
+            subset,
+            rng or random.Random(),
+            result,
+            report,
+        )
     return result
 
 
@@ -108,8 +124,10 @@ def _load_index(repository: Repository, result: CheckResult):  # type: ignore[no
             content = repository.load_object(name)
             index.load_file(content["packs"], content["records"])  # type: ignore[index]
         except (IntegrityError, KeyError, TypeError, ValueError) as error:
-            result.errors.append(f"{name} is damaged and was skipped ({error}); "
-                                 "'safehold repair index' rebuilds it from the packs")
+            result.errors.append(
+                f"{name} is damaged and was skipped ({error}); "
+                "'safehold repair index' rebuilds it from the packs"
+            )
     index.finish_loading()
     repository._index = index  # the check's view of the index serves the tree walk below
     return index
@@ -133,7 +151,9 @@ def _check_snapshots(repository: Repository, index, result: CheckResult) -> None
             try:
                 entries = decode_tree(repository.load_blob(tree_id))
             except IntegrityError as error:
-                result.errors.append(f"{name}: tree {tree_id.hex()[:16]}: {error.fields['message']}")
+                result.errors.append(
+                    f"{name}: tree {tree_id.hex()[:16]}: {error.fields['message']}"
+                )
                 continue
             result.trees += 1
             for entry in entries:
@@ -143,11 +163,20 @@ def _check_snapshots(repository: Repository, index, result: CheckResult) -> None
                     result.blobs_referenced += 1
                     if index.lookup(blob_id) is None:
                         result.errors.append(
-                            f"{name}: {entry['name']!r} needs blob {blob_id.hex()[:16]}, which is not indexed")
+                            f"{name}: {entry['name']!r} needs blob {blob_id.hex()[:16]}, "
+                            "which is not indexed"
+                        )
 
 
-def _read_packs(repository: Repository, index, packs: list[bytes], subset: str | None,  # type: ignore[no-untyped-def]
-                rng: random.Random, result: CheckResult, report: Callable[[str], None]) -> None:
+def _read_packs(
+    repository: Repository,
+    index,
+    packs: list[bytes],
+    subset: str | None,  # type: ignore[no-untyped-def]
+    rng: random.Random,
+    result: CheckResult,
+    report: Callable[[str], None],
+) -> None:
     expected: dict[bytes, list[tuple[bytes, Location]]] = {}
     for blob_id, location in index.entries():
         expected.setdefault(location.pack_id, []).append((blob_id, location))
@@ -160,7 +189,9 @@ def _read_packs(repository: Repository, index, packs: list[bytes], subset: str |
         result.packs_read += 1
         result.bytes_read += len(data)
         if pack_id_of(data) != pack_id:
-            result.errors.append(f"pack {pack_id.hex()} is damaged: its content does not match its name")
+            result.errors.append(
+                f"pack {pack_id.hex()} is damaged: its content does not match its name"
+            )
         try:
             header = {entry.blob_id: entry for entry in read_header(repository.cipher, data)}
         except (ValueError, AuthenticationFailed) as error:
@@ -169,8 +200,10 @@ def _read_packs(repository: Repository, index, packs: list[bytes], subset: str |
         for blob_id, location in expected.get(pack_id, []):
             listed = header.get(blob_id)
             if header and (listed is None or listed.offset != location.offset):
-                result.errors.append(f"pack {pack_id.hex()}: header disagrees with the index "
-                                     f"for blob {blob_id.hex()[:16]}")
+                result.errors.append(
+                    f"pack {pack_id.hex()}: header disagrees with the index "
+                    f"for blob {blob_id.hex()[:16]}"
+                )
             sealed = data[location.offset : location.offset + location.length]
             try:
                 repository.open_blob(blob_id, location, sealed)

@@ -87,16 +87,25 @@ def _stopped_service_of(component: Component, services: dict | None) -> bool:
 
 
 def previous_platform_snapshot(repository: Repository, platform: str, hostname: str) -> dict | None:
-    candidates = [s for s in list_snapshots(repository, host=hostname) if s.get("platform") == platform]
+    candidates = [
+        s for s in list_snapshots(repository, host=hostname) if s.get("platform") == platform
+    ]
     return candidates[-1] if candidates else None
 
 
 class PlatformBackup:
     """Runs one platform backup. Create, then call ``run()``."""
 
-    def __init__(self, repository: Repository, platform: Platform, *, tags: list[str] | None = None,
-                 log: Callable[[str], None] = lambda text: None, progress: Progress | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        repository: Repository,
+        platform: Platform,
+        *,
+        tags: list[str] | None = None,
+        log: Callable[[str], None] = lambda text: None,
+        progress: Progress | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.repository = repository
         self.platform = platform
         self.tags = list(platform.tags) + list(tags or [])
@@ -104,8 +113,10 @@ class PlatformBackup:
         self.progress = progress
         self.clock = clock
         self.hostname = platform.hostname or socket.gethostname()
-        self.results = {c.name: ComponentResult(c.name, c.type, critical=c.critical)
-                        for c in platform.components}
+        self.results = {
+            c.name: ComponentResult(c.name, c.type, critical=c.critical)
+            for c in platform.components
+        }
         self.entries: dict[str, dict] = {}
         self.downtime: Downtime | None = None
 
@@ -122,8 +133,9 @@ class PlatformBackup:
                 writer.flush()
             snapshot = self._snapshot(root, parent, started, writer)
             snapshot_id = self.repository.save_snapshot(snapshot)
-        result = PlatformBackupResult(snapshot_id, dict(snapshot, id=snapshot_id),
-                                      list(self.results.values()))
+        result = PlatformBackupResult(
+            snapshot_id, dict(snapshot, id=snapshot_id), list(self.results.values())
+        )
         run_hooks(self.platform.hooks, "after_backup", log=self.log)
         return result
 
@@ -147,16 +159,21 @@ class PlatformBackup:
             # The hot copy is the parent of the cold pass: only what changed since is read. Its
             # trees must be readable, so the pack they sit in is written out first.
             archiver.writer.flush()
-            parent_trees = {**parent_trees, **{c.name: self.entries[c.name]["subtree"]
-                                               for c in files if c.name in self.entries}}
+            parent_trees = {
+                **parent_trees,
+                **{
+                    c.name: self.entries[c.name]["subtree"] for c in files if c.name in self.entries
+                },
+            }
         runner = sources_bridge.service_runner(services)  # type: ignore[arg-type]
         with stopped(services, runner, log=self.log) as downtime:  # type: ignore[arg-type]
             self.downtime = downtime
             for component in files + late:
                 self._component(archiver, component, parent_trees, "cold")
 
-    def _component(self, archiver: Archiver, component: Component, parent_trees: dict[str, bytes],
-                   phase: str) -> None:
+    def _component(
+        self, archiver: Archiver, component: Component, parent_trees: dict[str, bytes], phase: str
+    ) -> None:
         result = self.results[component.name]
         result.phase, result.status, result.error = phase, "running", None
         began = time.monotonic()
@@ -167,8 +184,9 @@ class PlatformBackup:
             if component.type == "files":
                 entry = self._files(archiver, component, parent_trees.get(component.name))
             else:
-                entry = sources_bridge.archive_dumps(archiver, component, result,
-                                                     self.platform.services)
+                entry = sources_bridge.archive_dumps(
+                    archiver, component, result, self.platform.services
+                )
         except (StorageError, IntegrityError):
             raise  # the repository itself failed: nothing else can be saved either
         except (SafeholdError, OSError) as error:
@@ -199,16 +217,28 @@ class PlatformBackup:
         entries = decode_tree(self.repository.load_blob(snapshot["tree"]))
         return {os.fsdecode(e["name"]): e["subtree"] for e in entries if e["type"] == DIR}
 
-    def _snapshot(self, root: bytes, parent: dict | None, started: float, writer: BlobWriter) -> dict:
+    def _snapshot(
+        self, root: bytes, parent: dict | None, started: float, writer: BlobWriter
+    ) -> dict:
         results = list(self.results.values())
-        paths = [path for c in self.platform.components if c.type == "files" for path in c.get("paths")]
+        paths = [
+            path for c in self.platform.components if c.type == "files" for path in c.get("paths")
+        ]
         status = PlatformBackupResult("", {}, results).status
         return {
-            "version": 1, "time": started, "hostname": self.hostname, "username": _username(),
-            "paths": paths, "tags": sorted(set(self.tags) | {f"component:{c.name}" for c in results}),
-            "tree": root, "parent": parent["id"] if parent else None,
-            "program": f"safehold {__version__}", "excludes": [],
-            "platform": self.platform.name, "strategy": self.platform.strategy, "status": status,
+            "version": 1,
+            "time": started,
+            "hostname": self.hostname,
+            "username": _username(),
+            "paths": paths,
+            "tags": sorted(set(self.tags) | {f"component:{c.name}" for c in results}),
+            "tree": root,
+            "parent": parent["id"] if parent else None,
+            "program": f"safehold {__version__}",
+            "excludes": [],
+            "platform": self.platform.name,
+            "strategy": self.platform.strategy,
+            "status": status,
             "downtime": asdict(self.downtime) if self.downtime else None,
             "components": [asdict(c) for c in results],
             "summary": {

@@ -21,8 +21,14 @@ from safehold.errors import SafeholdError
 from safehold.platform.schema import SCHEMA
 
 _VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-_TYPE_NAMES = {"array": "a list", "object": "a mapping", "string": "a string",
-               "integer": "an integer", "boolean": "true or false", "number": "a number"}
+_TYPE_NAMES = {
+    "array": "a list",
+    "object": "a mapping",
+    "string": "a string",
+    "integer": "an integer",
+    "boolean": "true or false",
+    "number": "a number",
+}
 
 
 class ConfigError(SafeholdError):
@@ -39,14 +45,19 @@ class _UniqueKeyLoader(yaml.SafeLoader):
     """A YAML loader that refuses duplicated keys (PyYAML silently keeps the last one)."""
 
 
-def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+def _construct_mapping(
+    loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False
+) -> dict:
     seen: dict = {}
     for key_node, _value in node.value:
         key = loader.construct_object(key_node, deep=deep)
         if key in seen:
             raise yaml.constructor.ConstructorError(
-                None, None, f"duplicated key {key!r} (first on line {seen[key] + 1})",
-                key_node.start_mark)
+                None,
+                None,
+                f"duplicated key {key!r} (first on line {seen[key] + 1})",
+                key_node.start_mark,
+            )
         seen[key] = key_node.start_mark.line
     return loader.construct_mapping(node, deep)
 
@@ -57,7 +68,7 @@ _UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
 def load_yaml(text: str, source: str) -> Any:
     """Parse YAML with duplicate-key detection; ConfigError with the line on failure."""
     try:
-        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+        return yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None) or getattr(error, "context_mark", None)
         where = f"line {mark.line + 1}: " if mark else ""
@@ -92,15 +103,21 @@ def _describe(error: jsonschema.ValidationError) -> str:
     if validator == "minItems":
         return "must not be empty"
     if validator == "pattern":
-        return f"{error.instance!r} is not allowed here ({schema.get('description', error.message)})"
+        return (
+            f"{error.instance!r} is not allowed here ({schema.get('description', error.message)})"
+        )
     return error.message
 
 
 def validation_errors(document: Any) -> list[str]:
     """All schema and consistency problems of a parsed document, as 'at PATH: problem'."""
     validator = jsonschema.Draft202012Validator(SCHEMA)
-    problems = [f"at {format_path(list(error.absolute_path))}: {_describe(error)}"
-                for error in sorted(validator.iter_errors(document), key=lambda e: list(map(str, e.absolute_path)))]
+    problems = [
+        f"at {format_path(list(error.absolute_path))}: {_describe(error)}"
+        for error in sorted(
+            validator.iter_errors(document), key=lambda e: list(map(str, e.absolute_path))
+        )
+    ]
     if problems or not isinstance(document, dict):
         return problems or ["at the top level: expected a mapping"]
     return _consistency_errors(document)
@@ -112,16 +129,25 @@ def _consistency_errors(document: dict) -> list[str]:
     for position, component in enumerate(document["components"]):
         where = f"at components[{position}]"
         if component["name"] in names:
-            problems.append(f"{where}.name: {component['name']!r} is already used by "
-                            f"components[{names[component['name']]}]")
+            problems.append(
+                f"{where}.name: {component['name']!r} is already used by "
+                f"components[{names[component['name']]}]"
+            )
         names.setdefault(component["name"], position)
         password = component.get("password")
         if password is not None and not _VARIABLE.fullmatch(password):
-            problems.append(f"{where}.password: write ${{VARIABLE}} and set it in the environment, "
-                            "or use password_file: a password in the file itself is refused")
+            problems.append(
+                f"{where}.password: write ${{VARIABLE}} and set it in the environment, "
+                "or use password_file: a password in the file itself is refused"
+            )
         via = component.get("via")
         if isinstance(via, dict):
-            required = {"compose": "service", "docker": "container", "kubectl": "pod", "ssh": "host"}
+            required = {
+                "compose": "service",
+                "docker": "container",
+                "kubectl": "pod",
+                "ssh": "host",
+            }
             needed = required.get(via["exec"])
             if needed and needed not in via:
                 problems.append(f"{where}.via: exec {via['exec']} needs `{needed}`")
@@ -160,10 +186,14 @@ def read_env_file(path: Path) -> dict[str, str]:
 def interpolate(value: Any, environment: dict[str, str], path: str = "") -> Any:
     """Replace ${VAR} and ${VAR:-default} in every string; ConfigError for an unset variable."""
     if isinstance(value, dict):
-        return {key: interpolate(item, environment, f"{path}.{key}" if path else key)
-                for key, item in value.items()}
+        return {
+            key: interpolate(item, environment, f"{path}.{key}" if path else key)
+            for key, item in value.items()
+        }
     if isinstance(value, list):
-        return [interpolate(item, environment, f"{path}[{index}]") for index, item in enumerate(value)]
+        return [
+            interpolate(item, environment, f"{path}[{index}]") for index, item in enumerate(value)
+        ]
     if not isinstance(value, str):
         return value
 
@@ -223,8 +253,9 @@ def _read_password_file(path: str, source: str, where: str) -> str:
         with open(os.path.expanduser(path), encoding="utf-8") as handle:
             return handle.readline().rstrip("\r\n")
     except OSError as error:
-        raise ConfigError(f"at {where}.password_file: cannot read {path}: {error.strerror}",
-                          file=source) from None
+        raise ConfigError(
+            f"at {where}.password_file: cannot read {path}: {error.strerror}", file=source
+        ) from None
 
 
 def parse_platform(text: str, source: str, environment: dict[str, str] | None = None) -> Platform:
@@ -232,7 +263,11 @@ def parse_platform(text: str, source: str, environment: dict[str, str] | None = 
     document = load_yaml(text, source)
     problems = validation_errors(document)
     if problems:
-        more = f" (and {len(problems) - 1} more: run 'safehold config validate')" if len(problems) > 1 else ""
+        more = (
+            f" (and {len(problems) - 1} more: run 'safehold config validate')"
+            if len(problems) > 1
+            else ""
+        )
         raise ConfigError(problems[0] + more, file=source, problems=problems)
     environment = dict(os.environ) if environment is None else environment
     if document.get("env_file"):
@@ -248,15 +283,20 @@ def parse_platform(text: str, source: str, environment: dict[str, str] | None = 
     for position, settings in enumerate(resolved["components"]):
         password = settings.pop("password", None)
         if "password_file" in settings:
-            password = _read_password_file(settings["password_file"], source,
-                                           f"components[{position}]")
+            password = _read_password_file(
+                settings["password_file"], source, f"components[{position}]"
+            )
         components.append(Component(settings["name"], settings["type"], settings, password))
     return Platform(
-        source=source, name=resolved.get("platform", Path(source).stem),
-        repository=resolved.get("repository"), strategy=resolved.get("strategy", "hot"),
-        services=resolved.get("services"), components=components,
+        source=source,
+        name=resolved.get("platform", Path(source).stem),
+        repository=resolved.get("repository"),
+        strategy=resolved.get("strategy", "hot"),
+        services=resolved.get("services"),
+        components=components,
         hooks={key: list(value) for key, value in (resolved.get("hooks") or {}).items()},
-        tags=list(resolved.get("tags", [])), hostname=resolved.get("hostname"),
+        tags=list(resolved.get("tags", [])),
+        hostname=resolved.get("hostname"),
         document=document,
     )
 

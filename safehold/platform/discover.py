@@ -20,22 +20,24 @@ import yaml
 
 from safehold.platform.config import ConfigError, load_yaml, read_env_file
 
-_INTERPOLATION = re.compile(r"\$(?:\$|\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}|([A-Za-z_][A-Za-z0-9_]*))")
+_INTERPOLATION = re.compile(
+    r"\$(?:\$|\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}|([A-Za-z_][A-Za-z0-9_]*))"
+)
 POSTGRES_IMAGES = ("postgres", "postgis/postgis", "bitnami/postgresql", "timescale/timescaledb")
 MYSQL_IMAGES = ("mysql", "mariadb", "bitnami/mariadb", "bitnami/mysql")
 UNHANDLED_IMAGES = {
     "mongo": "MongoDB: add a command component running `mongodump --archive` (restore: "
-             "`mongorestore --archive --drop`)",
+    "`mongorestore --archive --drop`)",
     "redis": "Redis: its volume is copied as files; for a consistent copy keep it in the cold "
-             "phase's stop list or add a command component with `redis-cli --rdb -`",
+    "phase's stop list or add a command component with `redis-cli --rdb -`",
     "elasticsearch": "Elasticsearch: use its snapshot API in a command component, or treat the "
-                     "index as rebuildable",
+    "index as rebuildable",
     "opensearch": "OpenSearch: use its snapshot API in a command component, or treat the index "
-                  "as rebuildable",
+    "as rebuildable",
     "solr": "Solr: its index is copied as files in the cold phase; mark it rebuildable if the "
-            "application can reindex",
+    "application can reindex",
     "minio": "MinIO: its data directory is copied as files in the cold phase; for a running "
-             "copy use `mc mirror` in a command component",
+    "copy use `mc mirror` in a command component",
 }
 DOCKER_VOLUMES = "/var/lib/docker/volumes"
 
@@ -100,8 +102,9 @@ def _environment(service: dict, base: Path, env: dict[str, str]) -> dict[str, st
         values.update(read_env_file(base / path))
     declared = service.get("environment") or {}
     if isinstance(declared, list):
-        declared = dict(item.split("=", 1) if "=" in item else (item, env.get(item, ""))
-                        for item in declared)
+        declared = dict(
+            item.split("=", 1) if "=" in item else (item, env.get(item, "")) for item in declared
+        )
     values.update({key: "" if value is None else str(value) for key, value in declared.items()})
     return values
 
@@ -111,8 +114,13 @@ def _volumes(service: dict) -> list[dict]:
     result = []
     for volume in service.get("volumes") or []:
         if isinstance(volume, dict):
-            result.append({"type": volume.get("type", "volume"), "source": volume.get("source"),
-                           "target": volume.get("target")})
+            result.append(
+                {
+                    "type": volume.get("type", "volume"),
+                    "source": volume.get("source"),
+                    "target": volume.get("target"),
+                }
+            )
             continue
         parts = str(volume).split(":")
         if len(parts) == 1:
@@ -136,10 +144,15 @@ def discover(compose_path: str, environment: dict[str, str] | None = None) -> Di
         text = path.read_text(encoding="utf-8")
     except OSError as error:
         raise ConfigError(f"cannot read it: {error.strerror}", file=compose_path) from None
-    env = {**read_env_file(path.parent / ".env"), **(os.environ if environment is None else environment)}
+    env = {
+        **read_env_file(path.parent / ".env"),
+        **(os.environ if environment is None else environment),
+    }
     raw = load_yaml(text, compose_path)
     if not isinstance(raw, dict) or not isinstance(raw.get("services"), dict):
-        raise ConfigError("no `services:` mapping: is this a docker-compose file?", file=compose_path)
+        raise ConfigError(
+            "no `services:` mapping: is this a docker-compose file?", file=compose_path
+        )
     compose = _walk(raw, env)
     return _propose(compose, raw, path.parent.resolve(), env)  # type: ignore[arg-type]
 
@@ -158,27 +171,38 @@ def _propose(compose: dict, raw: dict, base: Path, env: dict[str, str]) -> Disco
         for volume in _volumes(service):
             if volume["type"] == "bind":
                 source = os.path.expanduser(volume["source"])
-                paths.append(str((base / source).resolve()) if not source.startswith("/") else source)
+                paths.append(
+                    str((base / source).resolve()) if not source.startswith("/") else source
+                )
             elif volume["type"] == "volume" and volume["source"]:
                 declared = top_volumes.get(volume["source"]) or {}
-                volume_name = declared.get("name") or (volume["source"] if declared.get("external")
-                                                       else f"{project}_{volume['source']}")
+                volume_name = declared.get("name") or (
+                    volume["source"]
+                    if declared.get("external")
+                    else f"{project}_{volume['source']}"
+                )
                 paths.append(f"{DOCKER_VOLUMES}/{volume_name}/_data")
             elif volume["type"] == "volume":
                 anonymous.append(volume["target"])
         for target in anonymous:
-            notes.append(f"service {name}: anonymous volume at {target} cannot be located before "
-                         "the container exists: give it a name in the compose file")
+            notes.append(
+                f"service {name}: anonymous volume at {target} cannot be located before "
+                "the container exists: give it a name in the compose file"
+            )
         if kind in ("postgres", "mysql"):
             components.append(_database_component(name, kind, service_env, raw["services"][name]))
             if paths:
-                notes.append(f"service {name}: its volumes ({', '.join(paths)}) are not copied as "
-                             f"files: the database is dumped instead, which is consistent")
+                notes.append(
+                    f"service {name}: its volumes ({', '.join(paths)}) are not copied as "
+                    f"files: the database is dumped instead, which is consistent"
+                )
             continue
         if kind in UNHANDLED_IMAGES:
             notes.append(f"service {name}: {UNHANDLED_IMAGES[kind]}")
         if paths:
-            components.append({"name": _component_name(name), "type": "files", "paths": sorted(set(paths))})
+            components.append(
+                {"name": _component_name(name), "type": "files", "paths": sorted(set(paths))}
+            )
             stop.append(name)
     if not components:
         notes.append("no volumes or databases found: nothing to back up")
@@ -196,8 +220,11 @@ def _component_name(service: str) -> str:
 
 
 def _database_component(name: str, kind: str, env: dict[str, str], raw_service: dict) -> dict:
-    component: dict = {"name": _component_name(name), "type": kind,
-                       "via": {"exec": "compose", "service": name}}
+    component: dict = {
+        "name": _component_name(name),
+        "type": kind,
+        "via": {"exec": "compose", "service": name},
+    }
     if kind == "postgres":
         user = env.get("POSTGRES_USER") or "postgres"
         component["user"] = user
@@ -214,8 +241,11 @@ def _database_component(name: str, kind: str, env: dict[str, str], raw_service: 
 def _password_variable(service: str, raw_service: dict) -> str:
     """The variable the compose file itself takes the root password from, else a new name."""
     environment = raw_service.get("environment") or {}
-    items = environment.items() if isinstance(environment, dict) else (
-        item.split("=", 1) for item in environment if "=" in item)
+    items = (
+        environment.items()
+        if isinstance(environment, dict)
+        else (item.split("=", 1) for item in environment if "=" in item)
+    )
     for key, value in items:
         if key in ("MARIADB_ROOT_PASSWORD", "MYSQL_ROOT_PASSWORD") and isinstance(value, str):
             used: set[str] = set()
@@ -227,10 +257,12 @@ def _password_variable(service: str, raw_service: dict) -> str:
 
 def render(discovery: Discovery, compose_path: str) -> str:
     """The proposal as a commented YAML platform file."""
-    lines = [f"# safehold platform file proposed by `safehold discover {compose_path}`.",
-             "# Review it, set the repository, check that every ${...} variable is set (in env_file",
-             "# or the environment), then run",
-             "# `safehold config validate` on it."]
+    lines = [
+        f"# safehold platform file proposed by `safehold discover {compose_path}`.",
+        "# Review it, set the repository, check that every ${...} variable is set (in env_file",
+        "# or the environment), then run",
+        "# `safehold config validate` on it.",
+    ]
     if discovery.notes:
         lines.append("#\n# What discovery could not settle by itself:")
         lines += [f"#  - {note}" for note in discovery.notes]

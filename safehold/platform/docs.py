@@ -35,8 +35,10 @@ def _section(title: str, schema: dict[str, Any]) -> list[str]:
     for key, value in schema["properties"].items():
         default = f"`{value['default']}`" if "default" in value else ""
         meaning = value.get("description", "").replace("|", "\\|")
-        lines.append(f"| `{key}` | {_type(value)} | {'yes' if key in required else ''} | "
-                     f"{default} | {meaning} |")
+        lines.append(
+            f"| `{key}` | {_type(value)} | {'yes' if key in required else ''} | "
+            f"{default} | {meaning} |"
+        )
     return lines + [""]
 
 
@@ -44,8 +46,11 @@ def config_reference() -> str:
     """The Markdown reference of every key."""
     lines = _section("Top level", SCHEMA)
     lines += _section("components[]", COMPONENT)
-    lines += ["Required by type: `files` needs `paths`; `postgres` and `mysql` need `databases`; "
-              "`sqlite` needs `path`; `command` needs `backup`.", ""]
+    lines += [
+        "Required by type: `files` needs `paths`; `postgres` and `mysql` need `databases`; "
+        "`sqlite` needs `path`; `command` needs `backup`.",
+        "",
+    ]
     lines += _section("via (mapping form)", VIA["oneOf"][1])
     lines += _section("services", SERVICES)
     lines += _section("hooks", HOOKS)

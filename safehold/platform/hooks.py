@@ -14,18 +14,38 @@ class HookFailed(SafeholdError):
     exit_code = 24
 
 
-def run_hooks(hooks: dict[str, list[str]], point: str, *, log: Callable[[str], None],
-              environment: dict[str, str] | None = None, timeout: float = 3600) -> None:
+def run_hooks(
+    hooks: dict[str, list[str]],
+    point: str,
+    *,
+    log: Callable[[str], None],
+    environment: dict[str, str] | None = None,
+    timeout: float = 3600,
+) -> None:
     """Run every command of ``point`` in order; HookFailed on the first that fails."""
     for command in hooks.get(point, []):
         log(f"hook {point}: {command}")
         try:
-            completed = subprocess.run(["sh", "-c", command], capture_output=True, text=True,
-                                       timeout=timeout, env=environment, check=False)
+            completed = subprocess.run(
+                ["sh", "-c", command],
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                env=environment,
+                check=False,
+            )
         except subprocess.TimeoutExpired:
-            raise HookFailed(point=point, command=command, status="timeout",
-                             detail=f"still running after {timeout:.0f} s") from None
+            raise HookFailed(
+                point=point,
+                command=command,
+                status="timeout",
+                detail=f"still running after {timeout:.0f} s",
+            ) from None
         if completed.returncode != 0:
             detail = (completed.stderr or completed.stdout).strip().splitlines()
-            raise HookFailed(point=point, command=command, status=completed.returncode,
-                             detail=detail[-1] if detail else "no output")
+            raise HookFailed(
+                point=point,
+                command=command,
+                status=completed.returncode,
+                detail=detail[-1] if detail else "no output",
+            )

@@ -44,11 +44,19 @@ class RestoreOutcome:
 class PlatformRestore:
     """Restores (parts of) one platform snapshot. ``plan()`` says what ``run()`` would do."""
 
-    def __init__(self, repository: Repository, platform: Platform, snapshot: dict, *,
-                 component: str | None = None, to_database: str | None = None,
-                 database: str | None = None, target: str | None = None,
-                 log: Callable[[str], None] = lambda text: None,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        repository: Repository,
+        platform: Platform,
+        snapshot: dict,
+        *,
+        component: str | None = None,
+        to_database: str | None = None,
+        database: str | None = None,
+        target: str | None = None,
+        log: Callable[[str], None] = lambda text: None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.repository = repository
         self.platform = platform
         self.snapshot = snapshot
@@ -58,21 +66,35 @@ class PlatformRestore:
         self.log = log
         self.clock = clock
         self.recorded = {c["name"]: c for c in snapshot.get("components", [])}
-        self.dirs = {os.fsdecode(e["name"]): e
-                     for e in decode_tree(repository.load_blob(snapshot["tree"])) if e["type"] == DIR}
-        names = [component] if component else [c.name for c in platform.components
-                                                if c.name in self.dirs]
+        self.dirs = {
+            os.fsdecode(e["name"]): e
+            for e in decode_tree(repository.load_blob(snapshot["tree"]))
+            if e["type"] == DIR
+        }
+        names = (
+            [component]
+            if component
+            else [c.name for c in platform.components if c.name in self.dirs]
+        )
         for name in names:
             platform.component(name)  # ConfigError for an unknown name
             if name not in self.dirs:
-                raise ConfigError(f"snapshot {snapshot['id'][:8]} holds no component {name!r}",
-                                  file=platform.source)
+                raise ConfigError(
+                    f"snapshot {snapshot['id'][:8]} holds no component {name!r}",
+                    file=platform.source,
+                )
         order = {"postgres": 0, "mysql": 0, "sqlite": 1, "command": 2, "files": 3}
-        self.components = sorted((platform.component(n) for n in names),
-                                 key=lambda c: (order[c.type], bool(c.get("rebuildable")), not c.critical))
-        if to_database and (len(self.components) != 1 or self.components[0].type not in ("postgres", "mysql")):
-            raise ConfigError("--to-database needs --component naming one postgres or mysql component",
-                              file=platform.source)
+        self.components = sorted(
+            (platform.component(n) for n in names),
+            key=lambda c: (order[c.type], bool(c.get("rebuildable")), not c.critical),
+        )
+        if to_database and (
+            len(self.components) != 1 or self.components[0].type not in ("postgres", "mysql")
+        ):
+            raise ConfigError(
+                "--to-database needs --component naming one postgres or mysql component",
+                file=platform.source,
+            )
 
     @property
     def live(self) -> bool:
@@ -88,16 +110,25 @@ class PlatformRestore:
             steps.append(f"stop services: {', '.join(self._services_to_stop())}")
         for component in self.components:
             if self.target is not None:
-                steps.append(f"{component.name}: write to {os.path.join(self.target, component.name)}")
+                steps.append(
+                    f"{component.name}: write to {os.path.join(self.target, component.name)}"
+                )
             elif component.type == "files":
                 for path in self.recorded.get(component.name, {}).get("paths", []):
-                    steps.append(f"{component.name}: move {path} aside, restore it from the snapshot")
+                    steps.append(
+                        f"{component.name}: move {path} aside, restore it from the snapshot"
+                    )
             else:
                 if self.live and component.type == "postgres":
-                    steps.append(f"{component.name}: apply roles and grants ({sources_bridge.GLOBALS_FILE})")
+                    steps.append(
+                        f"{component.name}: apply roles and grants ({sources_bridge.GLOBALS_FILE})"
+                    )
                 for filename, name in self._dumps(component):
                     into = self.to_database or name
-                    steps.append(f"{component.name}: replace {component.type} database {into} with {filename}")
+                    steps.append(
+                        f"{component.name}: replace {component.type} database {into} "
+                        f"with {filename}"
+                    )
         if services:
             steps.append(f"start services: {', '.join(reversed(self._services_to_stop()))}")
         if self.live:
@@ -106,22 +137,34 @@ class PlatformRestore:
 
     def _services_to_stop(self) -> list[str]:
         services = self.platform.services or {}
-        hosting = {c.get("via", {}).get("service") for c in self.components
-                   if c.type != "files" and isinstance(c.get("via"), dict)}
+        hosting = {
+            c.get("via", {}).get("service")
+            for c in self.components
+            if c.type != "files" and isinstance(c.get("via"), dict)
+        }
         return [name for name in services.get("stop", []) if name not in hosting]
 
     def _dumps(self, component) -> list[tuple[str, str]]:  # type: ignore[no-untyped-def]
         """(file in the snapshot, database name) of the dumps to restore, as the backup recorded."""
         recorded = self.recorded.get(component.name, {}).get("databases", {})
-        result = [(record["file"], name) for name, record in recorded.items()
-                  if not self.database or name == self.database]
+        result = [
+            (record["file"], name)
+            for name, record in recorded.items()
+            if not self.database or name == self.database
+        ]
         if self.database and not result:
-            raise ConfigError(f"component {component.name} holds no database {self.database!r} "
-                              f"(it has: {', '.join(recorded) or 'none'})", file=self.platform.source)
+            raise ConfigError(
+                f"component {component.name} holds no database {self.database!r} "
+                f"(it has: {', '.join(recorded) or 'none'})",
+                file=self.platform.source,
+            )
         if self.to_database and len(result) != 1:
             names = ", ".join(name for _, name in result)
-            raise ConfigError(f"component {component.name} holds several databases ({names}): "
-                              "choose one with --database", file=self.platform.source)
+            raise ConfigError(
+                f"component {component.name} holds several databases ({names}): "
+                "choose one with --database",
+                file=self.platform.source,
+            )
         return result
 
     # ---------------------------------------------------------------- running
@@ -135,9 +178,15 @@ class PlatformRestore:
         if self.live:
             run_hooks(self.platform.hooks, "before_restore", log=self.log)
         services = self.platform.services if self.live else None
-        context = (stopped({**services, "stop": self._services_to_stop()},
-                           sources_bridge.service_runner(services), log=self.log)
-                   if services else nullcontext())
+        context = (
+            stopped(
+                {**services, "stop": self._services_to_stop()},
+                sources_bridge.service_runner(services),
+                log=self.log,
+            )
+            if services
+            else nullcontext()
+        )
         # A database whose own server the services' stop command stops is restored first,
         # while it runs; the rest inside the stop.
         early = [c for c in self.components if c.get("stopped_with_services") and services]
@@ -172,8 +221,10 @@ class PlatformRestore:
         module = source_module(component.type)
         target = sources_bridge.target_for(component, self.platform.services)
         settings = sources_bridge.source_settings(component)
-        files = {os.fsdecode(e["name"]): e
-                 for e in tree.load_tree(self.repository, self.dirs[component.name]["subtree"])}
+        files = {
+            os.fsdecode(e["name"]): e
+            for e in tree.load_tree(self.repository, self.dirs[component.name]["subtree"])
+        }
         restore_globals = getattr(module, "restore_globals", None)
         if self.live and restore_globals and sources_bridge.GLOBALS_FILE in files:
             self.log(f"{component.name}: restoring roles ({sources_bridge.GLOBALS_FILE})")
@@ -194,27 +245,34 @@ class PlatformRestore:
         actual = module.row_counts(settings, target, into or name)
         for table, count in sorted(record["rows"].items()):
             if actual.get(table) != count:
-                message = (f"{component.name}/{into or name}.{table}: {actual.get(table)} rows, "
-                           f"{count} recorded at backup")
+                message = (
+                    f"{component.name}/{into or name}.{table}: {actual.get(table)} rows, "
+                    f"{count} recorded at backup"
+                )
                 if record.get("rows_exact"):
                     outcome.row_mismatches.append(message)
                 else:
-                    outcome.notes.append(message + " (counted after the dump, so writes during "
-                                                   "the backup can explain it)")
+                    outcome.notes.append(
+                        message + " (counted after the dump, so writes during "
+                        "the backup can explain it)"
+                    )
 
     def _restore_files(self, component, outcome: RestoreOutcome) -> None:  # type: ignore[no-untyped-def]
         subtree_root = tree.root_entry(self.dirs[component.name]["subtree"])
         stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(self.clock()))
         for path in self.recorded.get(component.name, {}).get("paths", []):
-            entry = tree.find(self.repository, {"tree": subtree_root["subtree"],
-                                                "id": self.snapshot["id"]}, path)
+            entry = tree.find(
+                self.repository, {"tree": subtree_root["subtree"], "id": self.snapshot["id"]}, path
+            )
             if os.path.lexists(path):
                 aside = f"{path}.safehold-{stamp}"
                 try:
                     os.rename(path, aside)
                 except OSError as error:
-                    raise SafeholdError(f"cannot move {path} aside to {aside} before restoring: "
-                                        f"{error.strerror}; nothing was changed") from None
+                    raise SafeholdError(
+                        f"cannot move {path} aside to {aside} before restoring: "
+                        f"{error.strerror}; nothing was changed"
+                    ) from None
                 outcome.moved_aside.append((path, aside))
                 self.log(f"{component.name}: moved {path} to {aside}")
             if entry["type"] == DIR:

@@ -12,34 +12,51 @@ from typing import Any
 VIA = {
     "description": "How to reach the component: where its commands run.",
     "oneOf": [
-        {"type": "string", "description": "`local`, or `ssh://user@host[:port]`",
-         "pattern": "^(local|ssh://.+)$"},
+        {
+            "type": "string",
+            "description": "`local`, or `ssh://user@host[:port]`",
+            "pattern": "^(local|ssh://.+)$",
+        },
         {
             "type": "object",
             "additionalProperties": False,
             "required": ["exec"],
             "properties": {
-                "exec": {"type": "string", "pattern": "^(local|ssh|compose|docker|kubectl|ssh://.+)$",
-                         "description": "`local`, `ssh`, `ssh://user@host[:port]`, `compose`, "
-                                        "`docker` or `kubectl`"},
+                "exec": {
+                    "type": "string",
+                    "pattern": "^(local|ssh|compose|docker|kubectl|ssh://.+)$",
+                    "description": "`local`, `ssh`, `ssh://user@host[:port]`, `compose`, "
+                    "`docker` or `kubectl`",
+                },
                 "host": {"type": "string", "description": "ssh: host name"},
                 "user": {"type": "string", "description": "ssh: user"},
                 "port": {"type": "integer", "description": "ssh: port (default 22)"},
                 "identity": {"type": "string", "description": "ssh: private key file"},
                 "known_hosts": {"type": "string", "description": "ssh: known_hosts file"},
-                "strict_host_key_checking": {"type": "string",
-                                             "description": "ssh: yes, accept-new or no"},
-                "connect_timeout": {"type": "integer", "minimum": 1,
-                                    "description": "ssh: seconds to wait for a connection"},
-                "options": {"type": "array", "items": {"type": "string"},
-                            "description": "ssh: extra `-o` options, e.g. `ControlPath=...`"},
+                "strict_host_key_checking": {
+                    "type": "string",
+                    "description": "ssh: yes, accept-new or no",
+                },
+                "connect_timeout": {
+                    "type": "integer",
+                    "minimum": 1,
+                    "description": "ssh: seconds to wait for a connection",
+                },
+                "options": {
+                    "type": "array",
+                    "items": {"type": "string"},
+                    "description": "ssh: extra `-o` options, e.g. `ControlPath=...`",
+                },
                 "service": {"type": "string", "description": "compose: service name"},
-                "project_dir": {"type": "string",
-                                "description": "compose: project directory "
-                                               "(default: services.project_dir)"},
+                "project_dir": {
+                    "type": "string",
+                    "description": "compose: project directory (default: services.project_dir)",
+                },
                 "file": {"type": "string", "description": "compose: compose file"},
-                "container": {"type": "string",
-                              "description": "docker: container name; kubectl: container in the pod"},
+                "container": {
+                    "type": "string",
+                    "description": "docker: container name; kubectl: container in the pod",
+                },
                 "namespace": {"type": "string", "description": "kubectl: namespace"},
                 "pod": {"type": "string", "description": "kubectl: pod name"},
                 "context": {"type": "string", "description": "kubectl: context"},
@@ -52,11 +69,17 @@ _DATABASE_FIELDS = {
     "host": {"type": "string", "description": "database host as seen from the target"},
     "port": {"type": "integer", "minimum": 1, "maximum": 65535, "description": "database port"},
     "user": {"type": "string", "description": "database user (may be `${VAR}`)"},
-    "password": {"type": "string",
-                 "description": "password: only as `${VAR}` (from the environment); never literal"},
+    "password": {
+        "type": "string",
+        "description": "password: only as `${VAR}` (from the environment); never literal",
+    },
     "password_file": {"type": "string", "description": "file whose first line is the password"},
-    "databases": {"type": "array", "items": {"type": "string"}, "minItems": 1,
-                  "description": "names of the databases to dump, or `[all]`"},
+    "databases": {
+        "type": "array",
+        "items": {"type": "string"},
+        "minItems": 1,
+        "description": "names of the databases to dump, or `[all]`",
+    },
 }
 
 COMPONENT = {
@@ -64,54 +87,86 @@ COMPONENT = {
     "required": ["name", "type"],
     "additionalProperties": False,
     "properties": {
-        "name": {"type": "string", "pattern": "^[a-z0-9][a-z0-9_.-]*$",
-                 "description": "unique name (lowercase letters, digits, `_ . -`)"},
-        "type": {"enum": ["files", "postgres", "mysql", "sqlite", "command"],
-                 "description": "what kind of state this is"},
+        "name": {
+            "type": "string",
+            "pattern": "^[a-z0-9][a-z0-9_.-]*$",
+            "description": "unique name (lowercase letters, digits, `_ . -`)",
+        },
+        "type": {
+            "enum": ["files", "postgres", "mysql", "sqlite", "command"],
+            "description": "what kind of state this is",
+        },
         "via": VIA,
-        "critical": {"type": "boolean", "default": True,
-                     "description": "a failure of this component fails the whole backup"},
-        "stopped_with_services": {"type": "boolean", "default": False,
-                                  "description": "the cold phase stops this database's own "
-                                                 "server (with `command` or `systemd` control): "
-                                                 "dump it before the stop"},
-        "rebuildable": {"type": "boolean", "default": False,
-                        "description": "can be rebuilt (e.g. a search index): restored last, "
-                                       "failures are warnings"},
-        "paths": {"type": "array", "items": {"type": "string"}, "minItems": 1,
-                  "description": "files: absolute paths to back up"},
-        "exclude": {"type": "array", "items": {"type": "string"},
-                    "description": "files: exclude patterns"},
+        "critical": {
+            "type": "boolean",
+            "default": True,
+            "description": "a failure of this component fails the whole backup",
+        },
+        "stopped_with_services": {
+            "type": "boolean",
+            "default": False,
+            "description": "the cold phase stops this database's own "
+            "server (with `command` or `systemd` control): "
+            "dump it before the stop",
+        },
+        "rebuildable": {
+            "type": "boolean",
+            "default": False,
+            "description": "can be rebuilt (e.g. a search index): restored last, "
+            "failures are warnings",
+        },
+        "paths": {
+            "type": "array",
+            "items": {"type": "string"},
+            "minItems": 1,
+            "description": "files: absolute paths to back up",
+        },
+        "exclude": {
+            "type": "array",
+            "items": {"type": "string"},
+            "description": "files: exclude patterns",
+        },
         "one_file_system": {"type": "boolean", "description": "files: stay on one file system"},
         **_DATABASE_FIELDS,
         "socket": {"type": "string", "description": "mysql: unix socket instead of host/port"},
-        "bin_dir": {"type": "string",
-                    "description": "postgres: directory of pg_dump/psql on the target "
-                                   "(default: found on PATH)"},
-        "maintenance_db": {"type": "string",
-                           "description": "postgres: database to connect to for DROP/CREATE "
-                                          "(default `postgres`)"},
+        "bin_dir": {
+            "type": "string",
+            "description": "postgres: directory of pg_dump/psql on the target "
+            "(default: found on PATH)",
+        },
+        "maintenance_db": {
+            "type": "string",
+            "description": "postgres: database to connect to for DROP/CREATE (default `postgres`)",
+        },
         "path": {"type": "string", "description": "sqlite: the database file"},
-        "staging_dir": {"type": "string",
-                        "description": "sqlite: where the consistent copy is made while "
-                                       "streaming (default: the system temp dir; the copy is "
-                                       "unlinked as soon as it is open)"},
-        "backup": {"type": "string", "description": "command: shell command whose stdout is the dump"},
-        "restore": {"type": "string",
-                    "description": "command: shell command that reads the dump on stdin"},
+        "staging_dir": {
+            "type": "string",
+            "description": "sqlite: where the consistent copy is made while "
+            "streaming (default: the system temp dir; the copy is "
+            "unlinked as soon as it is open)",
+        },
+        "backup": {
+            "type": "string",
+            "description": "command: shell command whose stdout is the dump",
+        },
+        "restore": {
+            "type": "string",
+            "description": "command: shell command that reads the dump on stdin",
+        },
         "filename": {"type": "string", "description": "command: name of the dump in the snapshot"},
-        "version": {"type": "string",
-                    "description": "command: shell command printing the server version"},
+        "version": {
+            "type": "string",
+            "description": "command: shell command printing the server version",
+        },
     },
     "allOf": [
-        {"if": {"properties": {"type": {"const": "files"}}},
-         "then": {"required": ["paths"]}},
-        {"if": {"properties": {"type": {"enum": ["postgres", "mysql"]}}},
-         "then": {"required": ["databases"]}},
-        {"if": {"properties": {"type": {"const": "sqlite"}}},
-         "then": {"required": ["path"]}},
-        {"if": {"properties": {"type": {"const": "command"}}},
-         "then": {"required": ["backup"]}},
+        {"if": {"properties": {"type": {"const": "files"}}}, "then": {"required": ["paths"]}},
+        {
+            "if": {"properties": {"type": {"enum": ["postgres", "mysql"]}}},
+            "then": {"required": ["databases"]},
+        },
+        {"if": {"properties": {"type": {"const": "sqlite"}}}, "then": {"required": ["path"]}},
+        {"if": {"properties": {"type": {"const": "command"}}}, "then": {"required": ["backup"]}},
     ],
 }
 
@@ -121,21 +176,30 @@ SERVICES = {
     "required": ["control"],
     "description": "What the cold phase stops, and how.",
     "properties": {
-        "control": {"enum": ["compose", "kubernetes", "systemd", "command"],
-                    "description": "how services are stopped and started"},
+        "control": {
+            "enum": ["compose", "kubernetes", "systemd", "command"],
+            "description": "how services are stopped and started",
+        },
         "via": VIA,
         "project_dir": {"type": "string", "description": "compose: the project directory"},
         "file": {"type": "string", "description": "compose: compose file"},
         "namespace": {"type": "string", "description": "kubernetes: namespace"},
         "context": {"type": "string", "description": "kubernetes: kubectl context"},
-        "stop": {"type": "array", "items": {"type": "string"},
-                 "description": "services (compose), `deployment/x` or `statefulset/x` "
-                                "(kubernetes), units (systemd), stopped in this order and "
-                                "started in reverse"},
+        "stop": {
+            "type": "array",
+            "items": {"type": "string"},
+            "description": "services (compose), `deployment/x` or `statefulset/x` "
+            "(kubernetes), units (systemd), stopped in this order and "
+            "started in reverse",
+        },
         "stop_command": {"type": "string", "description": "command: shell command that stops"},
         "start_command": {"type": "string", "description": "command: shell command that starts"},
-        "timeout": {"type": "integer", "minimum": 1, "default": 300,
-                    "description": "seconds to wait for a stop or start command"},
+        "timeout": {
+            "type": "integer",
+            "minimum": 1,
+            "default": 300,
+            "description": "seconds to wait for a stop or start command",
+        },
     },
 }
 
@@ -143,9 +207,14 @@ HOOKS = {
     "type": "object",
     "additionalProperties": False,
     "description": "Shell commands run on this host at fixed points.",
-    "properties": {name: {"type": "array", "items": {"type": "string"},
-                          "description": f"run {name.replace('_', ' ')}"}
-                   for name in ("before_backup", "after_backup", "before_restore", "after_restore")},
+    "properties": {
+        name: {
+            "type": "array",
+            "items": {"type": "string"},
+            "description": f"run {name.replace('_', ' ')}",
+        }
+        for name in ("before_backup", "after_backup", "before_restore", "after_restore")
+    },
 }
 
 SCHEMA: dict[str, Any] = {
@@ -155,23 +224,37 @@ SCHEMA: dict[str, Any] = {
     "additionalProperties": False,
     "required": ["components"],
     "properties": {
-        "repository": {"type": "string",
-                       "description": "where backups go: a path or file:// URL "
-                                      "(sftp:// and s3:// follow); --repo overrides it, and "
-                                      "$SAFEHOLD_REPO is used only when this is absent"},
+        "repository": {
+            "type": "string",
+            "description": "where backups go: a path or file:// URL "
+            "(sftp:// and s3:// follow); --repo overrides it, and "
+            "$SAFEHOLD_REPO is used only when this is absent",
+        },
         "platform": {"type": "string", "description": "free text, recorded in snapshots"},
         "hostname": {"type": "string", "description": "host name recorded in snapshots"},
-        "env_file": {"type": "string",
-                     "description": "file of KEY=VALUE lines for `${VAR}` (e.g. the compose "
-                                    "project's .env); the environment takes precedence"},
-        "strategy": {"enum": ["hot", "cold", "hot+cold"], "default": "hot",
-                     "description": "hot: everything while running; cold: stop, copy, start; "
-                                    "hot+cold: copy while running, stop, copy the changes, start"},
+        "env_file": {
+            "type": "string",
+            "description": "file of KEY=VALUE lines for `${VAR}` (e.g. the compose "
+            "project's .env); the environment takes precedence",
+        },
+        "strategy": {
+            "enum": ["hot", "cold", "hot+cold"],
+            "default": "hot",
+            "description": "hot: everything while running; cold: stop, copy, start; "
+            "hot+cold: copy while running, stop, copy the changes, start",
+        },
         "services": SERVICES,
-        "components": {"type": "array", "items": COMPONENT, "minItems": 1,
-                       "description": "the stateful parts of the platform"},
+        "components": {
+            "type": "array",
+            "items": COMPONENT,
+            "minItems": 1,
+            "description": "the stateful parts of the platform",
+        },
         "hooks": HOOKS,
-        "tags": {"type": "array", "items": {"type": "string"},
-                 "description": "tags added to every snapshot"},
+        "tags": {
+            "type": "array",
+            "items": {"type": "string"},
+            "description": "tags added to every snapshot",
+        },
     },
 }

@@ -54,7 +54,9 @@ def _kubectl_base(services: dict) -> list[str]:
     return base + ["-n", services.get("namespace", "default")]
 
 
-def stop_commands(services: dict, replicas: dict[str, str] | None = None) -> list[tuple[str, list[str]]]:
+def stop_commands(
+    services: dict, replicas: dict[str, str] | None = None
+) -> list[tuple[str, list[str]]]:
     """(what, argv) pairs that stop the services, in order."""
     control, names = services["control"], list(services.get("stop", []))
     if control == "compose":
@@ -67,7 +69,9 @@ def stop_commands(services: dict, replicas: dict[str, str] | None = None) -> lis
     return [("services", ["sh", "-c", services["stop_command"]])]
 
 
-def start_commands(services: dict, replicas: dict[str, str] | None = None) -> list[tuple[str, list[str]]]:
+def start_commands(
+    services: dict, replicas: dict[str, str] | None = None
+) -> list[tuple[str, list[str]]]:
     """(what, argv) pairs that start the services again, in reverse stop order."""
     control, names = services["control"], list(reversed(services.get("stop", [])))
     if control == "compose":
@@ -76,8 +80,10 @@ def start_commands(services: dict, replicas: dict[str, str] | None = None) -> li
         return [(name, ["systemctl", "start", name]) for name in names]
     if control == "kubernetes":
         base = _kubectl_base(services)
-        return [(name, base + ["scale", name, f"--replicas={(replicas or {}).get(name, '1')}"])
-                for name in names]
+        return [
+            (name, base + ["scale", name, f"--replicas={(replicas or {}).get(name, '1')}"])
+            for name in names
+        ]
     return [("services", ["sh", "-c", services["start_command"]])]
 
 
@@ -86,8 +92,10 @@ def replica_queries(services: dict) -> list[tuple[str, list[str]]]:
     if services["control"] != "kubernetes":
         return []
     base = _kubectl_base(services)
-    return [(name, base + ["get", name, "-o", "jsonpath={.spec.replicas}"])
-            for name in services.get("stop", [])]
+    return [
+        (name, base + ["get", name, "-o", "jsonpath={.spec.replicas}"])
+        for name in services.get("stop", [])
+    ]
 
 
 class _Terminated(BaseException):
@@ -107,8 +115,14 @@ def _signals_raise() -> Iterator[None]:
             signal.signal(sig, old)
 
 
-def _start_all(runner: Runner, commands: list[tuple[str, list[str]]], timeout: float,
-               downtime: Downtime, log: Callable[[str], None], sleep: Callable[[float], None]) -> None:
+def _start_all(
+    runner: Runner,
+    commands: list[tuple[str, list[str]]],
+    timeout: float,
+    downtime: Downtime,
+    log: Callable[[str], None],
+    sleep: Callable[[float], None],
+) -> None:
     failed = []
     for what, argv in commands:
         for attempt in range(3):
@@ -127,14 +141,21 @@ def _start_all(runner: Runner, commands: list[tuple[str, list[str]]], timeout: f
 
 
 @contextmanager
-def stopped(services: dict, runner: Runner, *, log: Callable[[str], None] = lambda text: None,
-            clock: Callable[[], float] = time.monotonic,
-            sleep: Callable[[float], None] = time.sleep) -> Iterator[Downtime]:
+def stopped(
+    services: dict,
+    runner: Runner,
+    *,
+    log: Callable[[str], None] = lambda text: None,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> Iterator[Downtime]:
     """Stop the services, yield, and always start again what was stopped."""
     timeout = float(services.get("timeout", 300))
     downtime = Downtime()
-    replicas = {name: runner.run(argv, timeout=timeout).strip() or "1"
-                for name, argv in replica_queries(services)}
+    replicas = {
+        name: runner.run(argv, timeout=timeout).strip() or "1"
+        for name, argv in replica_queries(services)
+    }
     began = clock()
     stop = stop_commands(services, replicas)
     start = dict(start_commands(services, replicas))
@@ -146,8 +167,9 @@ def stopped(services: dict, runner: Runner, *, log: Callable[[str], None] = lamb
                 runner.run(argv, timeout=timeout)
             yield downtime
     except _Terminated as signal_name:
-        raise ServiceError(f"terminated by {signal_name} during the cold phase; services were "
-                           "started again") from None
+        raise ServiceError(
+            f"terminated by {signal_name} during the cold phase; services were started again"
+        ) from None
     finally:
         to_start = [(what, start[what]) for what in start if what in downtime.stopped]
         try:

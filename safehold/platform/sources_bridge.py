@@ -46,7 +46,9 @@ def dump_filename(component: Component, name: str) -> str:
     return os.path.basename(name) or "database"
 
 
-def archive_dumps(archiver: Archiver, component: Component, result, services: dict | None = None) -> dict:  # type: ignore[no-untyped-def]
+def archive_dumps(
+    archiver: Archiver, component: Component, result, services: dict | None = None
+) -> dict:  # type: ignore[no-untyped-def]
     """Stream every dump of a database/command component into the archive.
 
     Fills ``result`` (databases: name -> file, bytes, rows; server_version) and returns the
@@ -87,16 +89,26 @@ class ServiceRunner:
     def run(self, argv: list[str], timeout: float | None = None) -> str:
         command = self.target.command(argv)
         try:
-            completed = subprocess.run(command, capture_output=True, text=True, timeout=timeout,
-                                       check=False, stdin=subprocess.DEVNULL)
+            completed = subprocess.run(
+                command,
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                check=False,
+                stdin=subprocess.DEVNULL,
+            )
         except FileNotFoundError:
             raise ServiceError(f"{command[0]} is not installed: cannot run {argv[0]}") from None
         except subprocess.TimeoutExpired:
-            raise ServiceError(f"{' '.join(argv[:3])} did not finish within {timeout:.0f} s") from None
+            raise ServiceError(
+                f"{' '.join(argv[:3])} did not finish within {timeout:.0f} s"
+            ) from None
         if completed.returncode != 0:
             lines = (completed.stderr or completed.stdout).strip().splitlines()
-            raise ServiceError(f"{' '.join(argv[:4])} failed (exit status {completed.returncode})"
-                               + (f": {lines[-1]}" if lines else ""))
+            raise ServiceError(
+                f"{' '.join(argv[:4])} failed (exit status {completed.returncode})"
+                + (f": {lines[-1]}" if lines else "")
+            )
         return completed.stdout
 
 

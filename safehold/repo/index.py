@@ -18,11 +18,25 @@ import numpy as np
 from safehold.repo.format import INDEX_RECORD
 
 RECORD_DTYPE = np.dtype(
-    [("rest", "V24"), ("pack", "<u4"), ("offset", "<u4"), ("length", "<u4"), ("raw", "<u4"), ("type", "u1")],
+    [
+        ("rest", "V24"),
+        ("pack", "<u4"),
+        ("offset", "<u4"),
+        ("length", "<u4"),
+        ("raw", "<u4"),
+        ("type", "u1"),
+    ],
     align=False,
 )
 FILE_DTYPE = np.dtype(
-    [("id", "V32"), ("pack", "<u4"), ("offset", "<u4"), ("length", "<u4"), ("raw", "<u4"), ("type", "u1")],
+    [
+        ("id", "V32"),
+        ("pack", "<u4"),
+        ("offset", "<u4"),
+        ("length", "<u4"),
+        ("raw", "<u4"),
+        ("type", "u1"),
+    ],
     align=False,
 )
 assert FILE_DTYPE.itemsize == INDEX_RECORD.size
@@ -85,11 +99,24 @@ class Index:
         order = np.argsort(all_keys, kind="stable")
         self._sorted = (all_keys[order], all_records[order])
 
-    def add(self, blob_id: bytes, pack_id: bytes, offset: int, length: int, raw_length: int,
-            blob_type: int) -> None:
+    def add(
+        self,
+        blob_id: bytes,
+        pack_id: bytes,
+        offset: int,
+        length: int,
+        raw_length: int,
+        blob_type: int,
+    ) -> None:
         """Record a blob just written to a pack."""
         with self._lock:
-            self._pending[blob_id] = (self.pack_number(pack_id), offset, length, raw_length, blob_type)
+            self._pending[blob_id] = (
+                self.pack_number(pack_id),
+                offset,
+                length,
+                raw_length,
+                blob_type,
+            )
             if len(self._pending) >= MERGE_THRESHOLD:
                 self._merge_pending()
 
@@ -120,8 +147,13 @@ class Index:
         while position < len(keys) and int(keys[position]) == key:
             record = records[position]
             if record["rest"].tobytes() == rest:
-                return Location(self.packs[int(record["pack"])], int(record["offset"]),
-                                int(record["length"]), int(record["raw"]), int(record["type"]))
+                return Location(
+                    self.packs[int(record["pack"])],
+                    int(record["offset"]),
+                    int(record["length"]),
+                    int(record["raw"]),
+                    int(record["type"]),
+                )
             position += 1
         return None
 
@@ -141,13 +173,23 @@ class Index:
         with self._lock:
             if self._pending:
                 self._merge_pending()
-        for key, record in zip(*self._sorted):
+        for key, record in zip(*self._sorted, strict=True):
             blob_id = int(key).to_bytes(8, "big") + record["rest"].tobytes()
-            yield blob_id, Location(self.packs[int(record["pack"])], int(record["offset"]),
-                                    int(record["length"]), int(record["raw"]), int(record["type"]))
+            yield (
+                blob_id,
+                Location(
+                    self.packs[int(record["pack"])],
+                    int(record["offset"]),
+                    int(record["length"]),
+                    int(record["raw"]),
+                    int(record["type"]),
+                ),
+            )
 
 
-def encode_index_file(entries: list[tuple[bytes, bytes, int, int, int, int]]) -> tuple[list[bytes], bytes]:
+def encode_index_file(
+    entries: list[tuple[bytes, bytes, int, int, int, int]],
+) -> tuple[list[bytes], bytes]:
     """Turn (blob id, pack id, offset, length, raw length, type) rows into (pack table, records)."""
     packs: list[bytes] = []
     numbers: dict[bytes, int] = {}
@@ -156,5 +198,7 @@ def encode_index_file(entries: list[tuple[bytes, bytes, int, int, int, int]]) ->
         if pack_id not in numbers:
             numbers[pack_id] = len(packs)
             packs.append(pack_id)
-        parts.append(INDEX_RECORD.pack(blob_id, numbers[pack_id], offset, length, raw_length, blob_type))
+        parts.append(
+            INDEX_RECORD.pack(blob_id, numbers[pack_id], offset, length, raw_length, blob_type)
+        )
     return packs, b"".join(parts)

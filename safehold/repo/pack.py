@@ -35,7 +35,9 @@ class PackBuilder:
         self.ids: set[bytes] = set()
 
     def add(self, blob_type: int, blob_id: bytes, sealed: bytes, raw_length: int) -> None:
-        self.entries.append(PackEntry(blob_type, blob_id, len(self.buffer), len(sealed), raw_length))
+        self.entries.append(
+            PackEntry(blob_type, blob_id, len(self.buffer), len(sealed), raw_length)
+        )
         self.ids.add(blob_id)
         self.buffer += sealed
 
@@ -71,7 +73,9 @@ def read_header(cipher: Cipher, data: bytes) -> list[PackEntry]:
     header_start = len(data) - PACK_TRAILER.size - header_length
     if header_start < 0:
         raise ValueError("pack header length points outside the pack")
-    header = cipher.open(memoryview(data)[header_start : len(data) - PACK_TRAILER.size], PACK_HEADER_AAD)
+    header = cipher.open(
+        memoryview(data)[header_start : len(data) - PACK_TRAILER.size], PACK_HEADER_AAD
+    )
     if len(header) % PACK_RECORD.size:
         raise ValueError("pack header has a partial record")
     entries, offset = [], 0

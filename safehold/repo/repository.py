@@ -31,7 +31,7 @@ from safehold.repo.format import (
     object_aad,
 )
 from safehold.repo.index import Index, Location
-from safehold.store import ObjectMissing, Store, location_exists, open_store
+from safehold.store import ObjectMissing, Store, location_exists, location_is_file, open_store
 from safehold.store.locks import Lock
 
 DEFAULT_CONFIG = {
@@ -70,16 +70,26 @@ class Repository:
     # ---------------------------------------------------------------- opening
 
     @classmethod
-    def init(cls, location: str, passphrase: bytes, *, kdf: dict | None = None,
-             config: dict | None = None) -> Repository:
+    def init(
+        cls,
+        location: str,
+        passphrase: bytes,
+        *,
+        kdf: dict | None = None,
+        config: dict | None = None,
+    ) -> Repository:
         """Create a new repository at ``location`` (a path or URL) and return it opened."""
         store = open_store(location)
         store.create()
         store.open()
         master_key = MasterKey.generate()
         cipher = Cipher(master_key)
-        full_config = {**DEFAULT_CONFIG, **(config or {}), "version": FORMAT_VERSION,
-                       "id": os.urandom(16).hex()}
+        full_config = {
+            **DEFAULT_CONFIG,
+            **(config or {}),
+            "version": FORMAT_VERSION,
+            "id": os.urandom(16).hex(),
+        }
         hostname, username = _identity()
         key_name = "keys/" + os.urandom(16).hex()
         document = wrap_key(master_key, passphrase, hostname=hostname, username=username, kdf=kdf)
@@ -98,6 +108,8 @@ class Repository:
         """
         if not location_exists(location):
             raise RepositoryNotFound(location=location)
+        if location_is_file(location):
+            raise NotARepository(location=location)
         store = open_store(location)
         store.open()
         try:
@@ -121,7 +133,9 @@ class Repository:
             repository = cls(store, Cipher(master_key), {}, key_name)
             repository.config = repository.load_object(CONFIG_NAME)
             if repository.config.get("version", 0) > FORMAT_VERSION:
-                raise UnsupportedFormat(found=repository.config["version"], supported=FORMAT_VERSION)
+                raise UnsupportedFormat(
+                    found=repository.config["version"], supported=FORMAT_VERSION
+                )
             return repository
         store.close()
         raise WrongPassphrase(count=len(key_names))
@@ -164,8 +178,9 @@ class Repository:
     def add_key(self, passphrase: bytes, kdf: dict | None = None) -> str:
         """Add a key file wrapping this repository's master key; returns its name."""
         hostname, username = _identity()
-        document = wrap_key(self.cipher.master_key, passphrase, hostname=hostname,
-                            username=username, kdf=kdf)
+        document = wrap_key(
+            self.cipher.master_key, passphrase, hostname=hostname, username=username, kdf=kdf
+        )
         name = "keys/" + os.urandom(16).hex()
         self.store.save(name, json.dumps(document).encode())
         return name
@@ -194,8 +209,9 @@ class Repository:
     # ---------------------------------------------------------------- blobs
 
     def seal_blob(self, blob_type: int, blob_id: bytes, data: bytes | memoryview) -> bytes:
-        return self.cipher.seal(encode_body(data, self.config["compression_level"]),
-                                blob_aad(blob_type, blob_id))
+        return self.cipher.seal(
+            encode_body(data, self.config["compression_level"]), blob_aad(blob_type, blob_id)
+        )
 
     def open_blob(self, blob_id: bytes, location: Location, sealed: bytes | memoryview) -> bytes:
         """Decrypt, decompress and verify one blob; IntegrityError on any mismatch."""
@@ -204,7 +220,8 @@ class Repository:
             data = decode_body(body, location.raw_length)
         except (AuthenticationFailed, ValueError) as error:
             raise IntegrityError(
-                f"blob {blob_id.hex()[:16]} in pack {location.pack_id.hex()[:16]} is damaged ({error})"
+                f"blob {blob_id.hex()[:16]} in pack {location.pack_id.hex()[:16]} "
+                f"is damaged ({error})"
             ) from error
         if len(data) != location.raw_length or self.cipher.blob_id(data) != blob_id:
             raise IntegrityError(f"blob {blob_id.hex()[:16]} does not match its id")

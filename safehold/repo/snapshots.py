@@ -6,8 +6,13 @@ from safehold.errors import SnapshotNotFound
 from safehold.repo.repository import Repository
 
 
-def list_snapshots(repository: Repository, *, host: str | None = None, tags: list[str] | None = None,
-                   paths: list[str] | None = None) -> list[dict]:
+def list_snapshots(
+    repository: Repository,
+    *,
+    host: str | None = None,
+    tags: list[str] | None = None,
+    paths: list[str] | None = None,
+) -> list[dict]:
     """Return the snapshots (oldest first) that match all the given filters."""
     result = []
     for name in repository.snapshot_names():
@@ -32,8 +37,11 @@ def resolve(repository: Repository, spec: str, **filters: object) -> dict:
     spec = spec.lower()
     if len(spec) < 4 or any(c not in "0123456789abcdef" for c in spec):
         raise SnapshotNotFound(spec=spec)
-    matches = [name.split("/", 1)[1] for name in repository.snapshot_names()
-               if name.split("/", 1)[1].startswith(spec)]
+    matches = [
+        name.split("/", 1)[1]
+        for name in repository.snapshot_names()
+        if name.split("/", 1)[1].startswith(spec)
+    ]
     if len(matches) != 1:
         raise SnapshotNotFound(spec=spec)
     return repository.load_snapshot(matches[0])

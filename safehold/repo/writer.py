@@ -96,17 +96,31 @@ class BlobWriter:
                 pack_id, data, builder = item
                 self.repository.store.save(pack_name(pack_id), data)
                 for entry in builder.entries:
-                    self.index.add(entry.blob_id, pack_id, entry.offset, entry.length,
-                                   entry.raw_length, entry.blob_type)
-                    self._unindexed.append((entry.blob_id, pack_id, entry.offset, entry.length,
-                                            entry.raw_length, entry.blob_type))
+                    self.index.add(
+                        entry.blob_id,
+                        pack_id,
+                        entry.offset,
+                        entry.length,
+                        entry.raw_length,
+                        entry.blob_type,
+                    )
+                    self._unindexed.append(
+                        (
+                            entry.blob_id,
+                            pack_id,
+                            entry.offset,
+                            entry.length,
+                            entry.raw_length,
+                            entry.blob_type,
+                        )
+                    )
                 with self._lock:
                     self._in_flight.difference_update(builder.ids)
                 self.stats.packs_written += 1
                 self._packs_since_index += 1
                 if self._packs_since_index >= INDEX_EVERY_PACKS:
                     self._write_index()
-            except BaseException as error:  # noqa: BLE001 - re-raised in the caller's thread
+            except BaseException as error:
                 self._error = error
             finally:
                 self._queue.task_done()
@@ -116,8 +130,9 @@ class BlobWriter:
             return
         packs, records = encode_index_file(self._unindexed)
         name = "index/" + os.urandom(32).hex()
-        self.repository.save_object(name, {"version": 1, "packs": packs, "records": records,
-                                           "supersedes": []})
+        self.repository.save_object(
+            name, {"version": 1, "packs": packs, "records": records, "supersedes": []}
+        )
         self._unindexed = []
         self._packs_since_index = 0
         self.stats.index_files_written += 1

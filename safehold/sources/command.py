@@ -7,9 +7,10 @@ Component keys: ``backup`` (a shell command writing the dump to stdout; ``$1`` i
 name), ``restore`` (a shell command reading it from stdin; ``$1`` is the name to restore
 into), optional ``version`` (a shell command printing the service's version), ``password``
 (exported to both commands as SAFEHOLD_PASSWORD) and ``secrets`` (a mapping of more variable
-names to resolved values); secrets travel on stdin like the database passwords. Both commands run with ``sh -c`` on the
-target. A non-zero exit of either is a SourceError; detecting a damaged dump is the restore
-command's job (``tar``, ``gzip -t``, ``jq`` ... exit non-zero on truncated input).
+names to resolved values); secrets travel on stdin like the database passwords. Both
+commands run with ``sh -c`` on the target. A non-zero exit of either is a SourceError;
+detecting a damaged dump is the restore command's job (``tar``, ``gzip -t``, ``jq`` ...
+exit non-zero on truncated input).
 """
 
 from __future__ import annotations
@@ -38,17 +39,26 @@ def dump_names(component: Mapping[str, Any], target: Target) -> list[str]:
     return [_name(component)]
 
 
-def dump(component: Mapping[str, Any], target: Target,
-         database: str) -> AbstractContextManager[IO[bytes]]:
+def dump(
+    component: Mapping[str, Any], target: Target, database: str
+) -> AbstractContextManager[IO[bytes]]:
     """Returns a context manager yielding the backup command's stdout as a binary stream.
     Leaving it raises SourceError if the command exited non-zero."""
     command = required(component, "backup", "command")
-    return target.run_stream(["sh", "-c", command, "sh", database], _secrets(component),
-                             label=f"backup command of {_name(component)}")
+    return target.run_stream(
+        ["sh", "-c", command, "sh", database],
+        _secrets(component),
+        label=f"backup command of {_name(component)}",
+    )
 
 
-def restore(component: Mapping[str, Any], target: Target, database: str, stream: IO[bytes],
-            into: str | None = None) -> None:
+def restore(
+    component: Mapping[str, Any],
+    target: Target,
+    database: str,
+    stream: IO[bytes],
+    into: str | None = None,
+) -> None:
     """Given a dump as a readable stream, run the restore command with it on stdin and
     ``into`` (default: database) as ``$1``.
 
@@ -56,8 +66,9 @@ def restore(component: Mapping[str, Any], target: Target, database: str, stream:
     """
     command = required(component, "restore", "command")
     argv = ["sh", "-c", command, "sh", into or database]
-    with target.run_feed(argv, _secrets(component),
-                         label=f"restore command of {_name(component)}") as sink:
+    with target.run_feed(
+        argv, _secrets(component), label=f"restore command of {_name(component)}"
+    ) as sink:
         copy_checked(stream, sink, None)
 
 
@@ -71,6 +82,7 @@ def server_version(component: Mapping[str, Any], target: Target) -> str:
     command = component.get("version")
     if not command:
         return ""
-    output = target.run(["sh", "-c", command], _secrets(component),
-                        label=f"version command of {_name(component)}")
+    output = target.run(
+        ["sh", "-c", command], _secrets(component), label=f"version command of {_name(component)}"
+    )
     return (output.strip().splitlines() or [""])[0]

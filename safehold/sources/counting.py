@@ -40,7 +40,7 @@ class PostgresCopyCounter:
         if last < 0:
             self._tail = data
             return
-        self._tail = data[last + 1:]
+        self._tail = data[last + 1 :]
         self._scan(data[: last + 1])
 
     def _scan(self, lines: bytes) -> None:

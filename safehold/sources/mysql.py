@@ -68,8 +68,12 @@ DEALLOCATE PREPARE safehold_create;
 
 def _connection(component: Mapping[str, Any]) -> list[str]:
     args = []
-    for option, key in (("--host", "host"), ("--port", "port"), ("--user", "user"),
-                        ("--socket", "socket")):
+    for option, key in (
+        ("--host", "host"),
+        ("--port", "port"),
+        ("--user", "user"),
+        ("--socket", "socket"),
+    ):
         if component.get(key):
             args.append(f"{option}={component[key]}")
     return args
@@ -80,12 +84,17 @@ def _secrets(component: Mapping[str, Any]) -> dict[str, str] | None:
 
 
 def _client(component: Mapping[str, Any], target: Target, *extra: str) -> list[str]:
-    return [target.which("mariadb", "mysql"), *_connection(component),
-            "--default-character-set=utf8mb4", *extra]
+    return [
+        target.which("mariadb", "mysql"),
+        *_connection(component),
+        "--default-character-set=utf8mb4",
+        *extra,
+    ]
 
 
-def query(component: Mapping[str, Any], target: Target, sql: str,
-          database: str | None = None) -> list[list[str]]:
+def query(
+    component: Mapping[str, Any], target: Target, sql: str, database: str | None = None
+) -> list[list[str]]:
     """Given SQL and an optional default database, return the result rows (batch mode: tab
     separated, no header) as lists of strings. Raises SourceError if the client fails."""
     argv = _client(component, target, "--batch", "--skip-column-names")
@@ -105,18 +114,32 @@ def dump_names(component: Mapping[str, Any], target: Target) -> list[str]:
     return sorted(row[0] for row in rows if row[0] not in SYSTEM_SCHEMAS)
 
 
-def dump(component: Mapping[str, Any], target: Target,
-         database: str) -> AbstractContextManager[IO[bytes]]:
+def dump(
+    component: Mapping[str, Any], target: Target, database: str
+) -> AbstractContextManager[IO[bytes]]:
     """Returns a context manager yielding the SQL dump of database as a binary stream.
     Leaving it raises SourceError if the dump program failed (discard the stream then)."""
-    argv = [target.which("mariadb-dump", "mysqldump"), *_connection(component),
-            "--default-character-set=utf8mb4", "--single-transaction", "--routines",
-            "--triggers", "--events", "--hex-blob", database]
+    argv = [
+        target.which("mariadb-dump", "mysqldump"),
+        *_connection(component),
+        "--default-character-set=utf8mb4",
+        "--single-transaction",
+        "--routines",
+        "--triggers",
+        "--events",
+        "--hex-blob",
+        database,
+    ]
     return target.run_stream(argv, _secrets(component))
 
 
-def restore(component: Mapping[str, Any], target: Target, database: str, stream: IO[bytes],
-            into: str | None = None) -> None:
+def restore(
+    component: Mapping[str, Any],
+    target: Target,
+    database: str,
+    stream: IO[bytes],
+    into: str | None = None,
+) -> None:
     """Given the dump of database as a readable stream, drop and recreate ``into`` (default:
     database) and load the dump into it.
 
@@ -125,12 +148,14 @@ def restore(component: Mapping[str, Any], target: Target, database: str, stream:
     """
     name = into or database
     query(component, target, _recreate_sql(name, database))
-    with target.run_feed(_client(component, target, f"--database={name}"),
-                         _secrets(component)) as sink:
+    with target.run_feed(
+        _client(component, target, f"--database={name}"), _secrets(component)
+    ) as sink:
         copied, complete = copy_checked(stream, sink, DUMP_END)
         if not complete:
-            raise incomplete(f"the dump of {database}", copied,
-                             f"database {name} is left partially restored")
+            raise incomplete(
+                f"the dump of {database}", copied, f"database {name} is left partially restored"
+            )
 
 
 def row_counts(component: Mapping[str, Any], target: Target, database: str) -> dict[str, int]:

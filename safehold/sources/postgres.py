@@ -81,12 +81,21 @@ def _maintenance(component: Mapping[str, Any], avoid: str = "") -> str:
 
 
 def _psql(component: Mapping[str, Any], database: str, *extra: str) -> list[str]:
-    return [_program(component, "psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1",
-            *_connection(component), f"--dbname={_dbname(database)}", *extra]
+    return [
+        _program(component, "psql"),
+        "-X",
+        "-q",
+        "-v",
+        "ON_ERROR_STOP=1",
+        *_connection(component),
+        f"--dbname={_dbname(database)}",
+        *extra,
+    ]
 
 
-def query(component: Mapping[str, Any], target: Target, sql: str,
-          database: str | None = None) -> list[list[str]]:
+def query(
+    component: Mapping[str, Any], target: Target, sql: str, database: str | None = None
+) -> list[list[str]]:
     """Given SQL (psql meta-commands allowed) and a database (default: the maintenance one),
     return the result rows as lists of strings. Raises SourceError if psql fails."""
     argv = _psql(component, database or _maintenance(component), "-A", "-t", "-F", "\t", "-f", "-")
@@ -104,12 +113,17 @@ def dump_names(component: Mapping[str, Any], target: Target) -> list[str]:
     return [row[0] for row in query(component, target, sql)]
 
 
-def dump(component: Mapping[str, Any], target: Target,
-         database: str) -> AbstractContextManager[IO[bytes]]:
+def dump(
+    component: Mapping[str, Any], target: Target, database: str
+) -> AbstractContextManager[IO[bytes]]:
     """Returns a context manager yielding the plain SQL dump of database as a binary stream.
     Leaving it raises SourceError if pg_dump failed (the stream must then be discarded)."""
-    argv = [_program(component, "pg_dump"), "--format=plain", *_connection(component),
-            _dbname(database)]
+    argv = [
+        _program(component, "pg_dump"),
+        "--format=plain",
+        *_connection(component),
+        _dbname(database),
+    ]
     return target.run_stream(argv, _secrets(component))
 
 
@@ -120,8 +134,13 @@ def dump_globals(component: Mapping[str, Any], target: Target) -> AbstractContex
     return target.run_stream(argv, _secrets(component))
 
 
-def restore(component: Mapping[str, Any], target: Target, database: str, stream: IO[bytes],
-            into: str | None = None) -> None:
+def restore(
+    component: Mapping[str, Any],
+    target: Target,
+    database: str,
+    stream: IO[bytes],
+    into: str | None = None,
+) -> None:
     """Given the dump of database as a readable stream, drop and recreate ``into`` (default:
     database) and restore the dump into it in one transaction.
 
@@ -130,14 +149,20 @@ def restore(component: Mapping[str, Any], target: Target, database: str, stream:
     """
     name = into or database
     recreate = ["-v", f"name={name}", "-v", f"source={database}", "-f", "-"]
-    target.run(_psql(component, _maintenance(component, avoid=name), *recreate),
-               _secrets(component), input=_RECREATE.encode())
+    target.run(
+        _psql(component, _maintenance(component, avoid=name), *recreate),
+        _secrets(component),
+        input=_RECREATE.encode(),
+    )
     argv = _psql(component, name, "--single-transaction", "-f", "-")
     with target.run_feed(argv, _secrets(component)) as sink:
         copied, complete = copy_checked(stream, sink, DUMP_END)
         if not complete:
-            raise incomplete(f"the dump of {database}", copied,
-                             f"nothing was restored and database {name} is left empty")
+            raise incomplete(
+                f"the dump of {database}",
+                copied,
+                f"nothing was restored and database {name} is left empty",
+            )
 
 
 def _lines(stream: IO[bytes]) -> Iterator[bytes]:
@@ -156,8 +181,10 @@ def _idempotent_roles(stream: IO[bytes]) -> Iterator[bytes]:
     for line in _lines(stream):
         if _CREATE_ROLE.fullmatch(line.rstrip(b"\r\n")):
             statement = line.rstrip(b"\r\n")
-            line = (b"DO $safehold$ BEGIN " + statement + b" EXCEPTION WHEN duplicate_object"
-                    b" THEN NULL; END $safehold$;\n")
+            line = (
+                b"DO $safehold$ BEGIN " + statement + b" EXCEPTION WHEN duplicate_object"
+                b" THEN NULL; END $safehold$;\n"
+            )
         yield line
 
 

@@ -80,8 +80,9 @@ class Process:
     program and where only serve the error messages ("pg_dump failed via ssh host: ...").
     """
 
-    def __init__(self, command: list[str], program: str, where: str,
-                 secret_env: Mapping[str, str]) -> None:
+    def __init__(
+        self, command: list[str], program: str, where: str, secret_env: Mapping[str, str]
+    ) -> None:
         self.program, self.where = program, where
         self.secrets = [value for value in secret_env.values() if value]
         preamble = _secret_lines(secret_env)

@@ -82,8 +82,19 @@ def _query(target: Target, path: str, sql: str) -> list[list[str]]:
                 return [[str(value) for value in row] for row in db.execute(sql)]
         except sqlite3.Error as error:
             raise SourceError(f"sqlite query on {path} failed: {error}") from None
-    argv = ["sqlite3", "-readonly", "-bail", "-batch", "-noheader", "-list", "-separator", "\t",
-            "-cmd", ".timeout 60000", _cli_path(path)]
+    argv = [
+        "sqlite3",
+        "-readonly",
+        "-bail",
+        "-batch",
+        "-noheader",
+        "-list",
+        "-separator",
+        "\t",
+        "-cmd",
+        ".timeout 60000",
+        _cli_path(path),
+    ]
     output = target.run(argv, input=sql.encode())
     return [line.split("\t") for line in output.splitlines() if line]
 
@@ -93,8 +104,9 @@ def dump_names(component: Mapping[str, Any], target: Target) -> list[str]:
     return list(component.get("databases") or [required(component, "path", "sqlite")])
 
 
-def dump(component: Mapping[str, Any], target: Target,
-         database: str) -> AbstractContextManager[IO[bytes]]:
+def dump(
+    component: Mapping[str, Any], target: Target, database: str
+) -> AbstractContextManager[IO[bytes]]:
     """Returns a context manager yielding a consistent image of the database file at path
     ``database``. Raises SourceError (on entering locally, on leaving remotely) if the file
     is missing or the copy fails."""
@@ -161,8 +173,13 @@ def _read_header(stream: IO[bytes]) -> bytes:
     return header
 
 
-def restore(component: Mapping[str, Any], target: Target, database: str, stream: IO[bytes],
-            into: str | None = None) -> None:
+def restore(
+    component: Mapping[str, Any],
+    target: Target,
+    database: str,
+    stream: IO[bytes],
+    into: str | None = None,
+) -> None:
     """Given a database image as a readable stream, replace the file ``into`` (default:
     ``database``) with it, atomically, after checking its length and integrity.
 
@@ -183,8 +200,9 @@ def restore(component: Mapping[str, Any], target: Target, database: str, stream:
 def _local_restore(header: bytes, stream: IO[bytes], path: str, expected: int) -> None:
     directory = os.path.dirname(os.path.abspath(path))
     name = os.path.basename(path)
-    descriptor, temp = tempfile.mkstemp(prefix=f".{name}.", suffix=".safehold-restore",
-                                        dir=directory)
+    descriptor, temp = tempfile.mkstemp(
+        prefix=f".{name}.", suffix=".safehold-restore", dir=directory
+    )
     try:
         with os.fdopen(descriptor, "wb") as out:
             out.write(header)
@@ -192,8 +210,10 @@ def _local_restore(header: bytes, stream: IO[bytes], path: str, expected: int) -
             out.flush()
             os.fsync(out.fileno())
         if expected and copied != expected:
-            raise SourceError(f"the database image for {path} is incomplete: {copied} of "
-                              f"{expected} bytes; {path} was left as it was")
+            raise SourceError(
+                f"the database image for {path} is incomplete: {copied} of "
+                f"{expected} bytes; {path} was left as it was"
+            )
         _integrity_check(temp, path)
         _remove(temp, _SIDE_FILES)
         _keep_owner_and_mode(path, temp)
@@ -213,8 +233,10 @@ def _integrity_check(temp: str, path: str) -> None:
         result = [str(error)]
     if result != ["ok"]:
         detail = "; ".join(result[:3])
-        raise SourceError(f"the database image for {path} failed its integrity check ({detail});"
-                          f" {path} was left as it was")
+        raise SourceError(
+            f"the database image for {path} failed its integrity check ({detail});"
+            f" {path} was left as it was"
+        )
 
 
 def _keep_owner_and_mode(path: str, temp: str) -> None:
@@ -237,8 +259,12 @@ def _fsync_directory(directory: str) -> None:
 
 def row_counts(component: Mapping[str, Any], target: Target, database: str) -> dict[str, int]:
     """Returns the exact row count of every table of the database file at path ``database``."""
-    names = _query(target, database, "SELECT name FROM sqlite_master WHERE type = 'table' "
-                                     "AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' ORDER BY name")
+    names = _query(
+        target,
+        database,
+        "SELECT name FROM sqlite_master WHERE type = 'table' "
+        "AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' ORDER BY name",
+    )
     if not names:
         return {}
     union = " UNION ALL ".join(

@@ -27,8 +27,16 @@ from urllib.parse import unquote, urlsplit
 from safehold.sources import SourceError
 from safehold.sources.process import CHUNK, Process, SecretEnv, Tail, secret_wrapper
 
-__all__ = ["ComposeTarget", "DockerTarget", "KubectlTarget", "LocalTarget", "SshTarget",
-           "Target", "secret_wrapper", "target_from_via"]
+__all__ = [
+    "ComposeTarget",
+    "DockerTarget",
+    "KubectlTarget",
+    "LocalTarget",
+    "SshTarget",
+    "Target",
+    "secret_wrapper",
+    "target_from_via",
+]
 
 
 @dataclass(frozen=True)
@@ -49,8 +57,9 @@ class Target:
         return Process(command, label or os.path.basename(argv[0]), self.describe(), secrets)
 
     @contextmanager
-    def run_stream(self, argv: Sequence[str], secret_env: SecretEnv = None,
-                   label: str | None = None) -> Iterator[IO[bytes]]:
+    def run_stream(
+        self, argv: Sequence[str], secret_env: SecretEnv = None, label: str | None = None
+    ) -> Iterator[IO[bytes]]:
         """Given an argv (and secrets), run it and yield its stdout as a readable binary stream.
         label names the program in error messages (default: the argv's program name).
 
@@ -70,8 +79,9 @@ class Target:
         process.finish()
 
     @contextmanager
-    def run_feed(self, argv: Sequence[str], secret_env: SecretEnv = None,
-                 label: str | None = None) -> Iterator[IO[bytes]]:
+    def run_feed(
+        self, argv: Sequence[str], secret_env: SecretEnv = None, label: str | None = None
+    ) -> Iterator[IO[bytes]]:
         """Given an argv (and secrets), run it and yield its stdin as a writable binary stream.
 
         On leaving the block, stdin is closed and the process waited for. Raises SourceError
@@ -94,8 +104,13 @@ class Target:
             raise
         process.finish()
 
-    def run(self, argv: Sequence[str], secret_env: SecretEnv = None, input: bytes = b"",
-            label: str | None = None) -> str:
+    def run(
+        self,
+        argv: Sequence[str],
+        secret_env: SecretEnv = None,
+        input: bytes = b"",
+        label: str | None = None,
+    ) -> str:
         """Given an argv, optional secrets and stdin input, run it and return its stdout as text.
 
         Meant for small queries. Raises SourceError if it exited non-zero.
@@ -276,8 +291,9 @@ def target_from_via(via: str | Mapping[str, Any] | None) -> Target:
     return cls(**options)
 
 
-def _check_options(cls: type[Target], options: Mapping[str, Any], kind: str,
-                   url: bool = False) -> None:
+def _check_options(
+    cls: type[Target], options: Mapping[str, Any], kind: str, url: bool = False
+) -> None:
     """Raises SourceError naming unknown or missing options of a target kind."""
     fields = {field.name: field for field in dataclasses.fields(cls)}
     if url:
@@ -288,7 +304,8 @@ def _check_options(cls: type[Target], options: Mapping[str, Any], kind: str,
         known = ", ".join(fields) or "none"
         raise SourceError(f"exec {kind}: unknown option(s) {', '.join(unknown)} (known: {known})")
     missing = [
-        name for name, field in fields.items()
+        name
+        for name, field in fields.items()
         if field.default is dataclasses.MISSING and name not in options
     ]
     if missing:

@@ -63,7 +63,7 @@ class DurablePosixFS(PosixFS):
 
 def _translate(error: BaseException, location: str, name: str = "") -> Exception:
     """Map a backend or OS error to a safehold error (or ObjectMissing)."""
-    if isinstance(error, backend_errors.ObjectNotFound) or isinstance(error, FileNotFoundError):
+    if isinstance(error, backend_errors.ObjectNotFound | FileNotFoundError):
         return ObjectMissing(name)
     if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
         return NoSpace(location=location)
@@ -104,7 +104,7 @@ class Store:
         self.close()
 
     def load(self, name: str, offset: int = 0, size: int | None = None) -> bytes:
-        """Return the object's bytes (or ``size`` bytes from ``offset``); ObjectMissing if absent."""
+        """The object's bytes (or ``size`` bytes from ``offset``); ObjectMissing if absent."""
         return self._call(self._impl.load, name, offset=offset, size=size, name_for_errors=name)
 
     def save(self, name: str, data: bytes | bytearray | memoryview) -> None:
@@ -159,3 +159,9 @@ def location_exists(location: str) -> bool:
     """True if a local repository location exists at all (used to tell 'not found' apart)."""
     url = parse_location(location)
     return Path(unquote(urlparse(url).path)).exists()
+
+
+def location_is_file(location: str) -> bool:
+    """True if a local repository location is a regular file (so certainly no repository)."""
+    url = parse_location(location)
+    return Path(unquote(urlparse(url).path)).is_file()

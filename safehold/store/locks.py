@@ -29,9 +29,16 @@ STALE_AFTER = 300.0
 class Lock:
     """A held or to-be-held lock. Use as a context manager."""
 
-    def __init__(self, store: Store, *, exclusive: bool, wait: float = 0.0,
-                 clock: Callable[[], float] = time.time,
-                 refresh_interval: float = REFRESH_INTERVAL, stale_after: float = STALE_AFTER) -> None:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        exclusive: bool,
+        wait: float = 0.0,
+        clock: Callable[[], float] = time.time,
+        refresh_interval: float = REFRESH_INTERVAL,
+        stale_after: float = STALE_AFTER,
+    ) -> None:
         self.store = store
         self.exclusive = exclusive
         self.wait = wait
@@ -43,8 +50,14 @@ class Lock:
         self._thread: threading.Thread | None = None
 
     def _document(self) -> bytes:
-        return json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
-                           "exclusive": self.exclusive, "time": self.clock()}).encode()
+        return json.dumps(
+            {
+                "host": socket.gethostname(),
+                "pid": os.getpid(),
+                "exclusive": self.exclusive,
+                "time": self.clock(),
+            }
+        ).encode()
 
     def _conflicts(self) -> list[dict]:
         conflicts = []
@@ -75,8 +88,12 @@ class Lock:
             self.store.delete(self.name)
             if time.monotonic() >= deadline:
                 holder = conflicts[0]
-                kind = "exclusively" if holder.get("exclusive") else "by a running backup or restore"
-                raise RepositoryLocked(f"{kind} (host {holder.get('host')}, pid {holder.get('pid')})")
+                kind = (
+                    "exclusively" if holder.get("exclusive") else "by a running backup or restore"
+                )
+                raise RepositoryLocked(
+                    f"{kind} (host {holder.get('host')}, pid {holder.get('pid')})"
+                )
             time.sleep(min(1.0, max(0.05, deadline - time.monotonic())))
         self._thread = threading.Thread(target=self._refresh, name="lock-refresh", daemon=True)
         self._thread.start()
@@ -86,7 +103,7 @@ class Lock:
         while not self._stop.wait(self.refresh_interval):
             try:
                 self.store.save(self.name, self._document())
-            except Exception:  # noqa: BLE001 - a failed refresh is retried next interval
+            except Exception:
                 pass
 
     def release(self) -> None:

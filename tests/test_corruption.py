@@ -1,0 +1,161 @@
+"""Damage in the repository is found by check and never restored as data."""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import pytest
+from conftest import backup_json, blob_place, flip_byte, run_cli, snapshot_entry, write_file
+
+from safehold.crypto import NONCE_SIZE
+
+
+@pytest.fixture
+def source(tmp_path: Path) -> Path:
+    rnd = random.Random(11)
+    root = tmp_path / "src"
+    write_file(root / "victim.bin", rnd.randbytes(64 * 1024))
+    write_file(root / "healthy.bin", rnd.randbytes(64 * 1024))
+    write_file(root / "sub" / "note.txt", b"fine\n")
+    return root
+
+
+@pytest.fixture
+def snapshot_id(repo: Path, source: Path) -> str:
+    return backup_json(repo, source)["snapshot_id"]
+
+
+def victim_blob(repo: Path, source: Path) -> tuple[Path, int, int]:
+    """(pack file, offset, length) of the one data blob of victim.bin."""
+    entry = snapshot_entry(repo, "latest", f"{source}/victim.bin")
+    assert len(entry["content"]) == 1
+    return blob_place(repo, entry["content"][0])
+
+
+@pytest.fixture
+def damaged_pack(repo: Path, source: Path, snapshot_id: str) -> Path:
+    """Flip one byte inside victim.bin's sealed data; returns the pack file."""
+    pack, offset, length = victim_blob(repo, source)
+    flip_byte(pack, offset + NONCE_SIZE + length // 2)
+    return pack
+
+
+def test_a_healthy_repository_checks_clean(repo: Path, snapshot_id: str) -> None:
+    result = run_cli("check", "--repo", repo, "--read-data")
+    assert result.code == 0, result.err
+    assert "no errors found" in result.out
+    assert "checked 1 snapshots" in result.out
+
+
+def test_check_json(repo: Path, snapshot_id: str) -> None:
+    result = run_cli("check", "--repo", repo, "--json", "--read-data")
+    assert result.code == 0, result.err
+    report = result.json()
+    assert report["ok"] is True and report["errors"] == []
+    assert report["snapshots"] == 1 and report["trees"] >= 3
+    assert report["packs_read"] == report["packs"] >= 1
+
+
+def test_check_read_data_names_the_damaged_pack(repo: Path, damaged_pack: Path) -> None:
+    result = run_cli("check", "--repo", repo, "--read-data")
+    assert result.code == 13
+    assert f"pack {damaged_pack.name} is damaged" in result.err
+    assert result.err_lines[-1].startswith("safehold: integrity error: check found")
+
+
+def test_check_read_data_subset_of_everything_finds_it_too(repo, damaged_pack) -> None:
+    assert run_cli("check", "--repo", repo, "--read-data-subset", "100%").code == 13
+
+
+def test_structure_check_does_not_read_pack_contents(repo: Path, damaged_pack: Path) -> None:
+    result = run_cli("check", "--repo", repo)
+    assert result.code == 0, result.err
+
+
+def test_restore_refuses_the_damaged_file_and_restores_the_rest(
+    repo, source, damaged_pack, tmp_path
+) -> None:
+    target = tmp_path / "restored"
+    result = run_cli("restore", "--repo", repo, f"latest:{source}", "--target", target)
+    assert result.code == 13
+    assert f"NOT restored, damaged in the repository: {target}/victim.bin" in result.err
+    assert not (target / "victim.bin").exists()
+    assert (target / "healthy.bin").read_bytes() == (source / "healthy.bin").read_bytes()
+    assert (target / "sub" / "note.txt").read_bytes() == b"fine\n"
+
+
+def test_deleted_index_file_is_reported(repo: Path, snapshot_id: str) -> None:
+    for index_file in (repo / "index").iterdir():
+        index_file.unlink()
+    result = run_cli("check", "--repo", repo)
+    assert result.code == 13
+    assert "not in the index" in result.err
+
+
+def test_damaged_index_file_is_reported(repo: Path, snapshot_id: str) -> None:
+    index_file = next((repo / "index").iterdir())
+    flip_byte(index_file, 30)
+    result = run_cli("check", "--repo", repo)
+    assert result.code == 13
+    assert f"index/{index_file.name} is damaged" in result.err
+
+
+def test_truncated_pack_is_reported_by_the_structure_check(repo, source, snapshot_id) -> None:
+    pack, _, _ = victim_blob(repo, source)
+    os.truncate(pack, pack.stat().st_size // 2)
+    result = run_cli("check", "--repo", repo)
+    assert result.code == 13
+    assert f"pack {pack.name} is truncated" in result.err
+
+
+def test_missing_pack_is_reported(repo: Path, source: Path, snapshot_id: str) -> None:
+    pack, _, _ = victim_blob(repo, source)
+    pack.unlink()
+    result = run_cli("check", "--repo", repo)
+    assert result.code == 13
+    assert f"pack {pack.name} is listed in the index but missing" in result.err
+
+
+def test_damaged_snapshot_is_reported(repo: Path, snapshot_id: str) -> None:
+    flip_byte(repo / "snapshots" / snapshot_id, 40)
+    result = run_cli("check", "--repo", repo)
+    assert result.code == 13
+    assert f"snapshots/{snapshot_id} is damaged" in result.err
+
+
+def test_snapshot_copied_to_another_name_fails_authentication(repo, snapshot_id) -> None:
+    other = "f" * 64
+    (repo / "snapshots" / other).write_bytes((repo / "snapshots" / snapshot_id).read_bytes())
+    result = run_cli("check", "--repo", repo)
+    assert result.code == 13
+    assert f"snapshots/{other} is damaged" in result.err
+
+
+def test_unreferenced_pack_is_only_a_note(repo: Path, snapshot_id: str) -> None:
+    name = os.urandom(32).hex()
+    (repo / "data" / name[:2] / name).write_bytes(os.urandom(1000))
+    result = run_cli("check", "--repo", repo, "--read-data")
+    assert result.code == 0, result.err
+    assert f"note: data/{name} is not referenced by any index" in result.out
+
+
+def test_damaged_config_is_an_integrity_error(repo: Path, snapshot_id: str) -> None:
+    flip_byte(repo / "meta" / "config", 20)
+    result = run_cli("snapshots", "--repo", repo)
+    assert result.code == 13
+    assert len(result.err_lines) == 1 and "meta/config is damaged" in result.err
+
+
+def test_damaged_directory_tree_spares_the_rest_of_the_restore(
+    repo, source, snapshot_id, tmp_path
+) -> None:
+    sub = snapshot_entry(repo, "latest", f"{source}/sub")
+    pack, offset, length = blob_place(repo, sub["subtree"])
+    flip_byte(pack, offset + NONCE_SIZE + length // 2)
+    target = tmp_path / "restored"
+    result = run_cli("restore", "--repo", repo, f"latest:{source}", "--target", target)
+    assert result.code == 13
+    assert (target / "healthy.bin").read_bytes() == (source / "healthy.bin").read_bytes()
+    assert (target / "victim.bin").read_bytes() == (source / "victim.bin").read_bytes()
