@@ -302,6 +302,9 @@ class SshServer:
         with the server."""
         from safehold.sources.targets import target_from_via
 
+        if (self.directory / "master").exists():
+            return  # a second master would not take the socket and would linger after the test
+
         command = target_from_via(self.via(multiplexed=True)).command(["true"])
         master = [command[0], "-M", "-N", "-f", *command[1:-3], command[-3]]
         subprocess.run(
