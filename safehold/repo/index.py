@@ -9,6 +9,7 @@ that is merged into the arrays when it grows.
 
 from __future__ import annotations
 
+import ctypes
 import threading
 from collections.abc import Iterator
 from typing import NamedTuple
@@ -55,49 +56,76 @@ class Index:
     """Blob id -> Location. ``lookup`` and ``add`` are thread-safe."""
 
     def __init__(self) -> None:
-        self.packs: list[bytes] = []
+        # Pack ids, 32 bytes each, numbered by position; the dict only knows packs added in
+        # this session (loading dedups with a temporary one), so a pack costs ~32 bytes.
+        self._pack_table = bytearray()
         self._pack_numbers: dict[bytes, int] = {}
-        # (keys, records) swapped as one reference, so a lookup never sees one without the other
-        self._sorted = (np.empty(0, dtype=">u8"), np.empty(0, dtype=RECORD_DTYPE))
-        self._parts: list[np.ndarray] = []
+        # (keys, records) swapped as one reference, so a lookup never sees one without the other.
+        # Keys are native uint64 so that searchsorted compares without converting the array.
+        self._sorted = (np.empty(0, dtype="<u8"), np.empty(0, dtype=RECORD_DTYPE))
+        self._files: list[tuple[list[bytes], bytes]] = []
         self._pending: dict[bytes, tuple[int, int, int, int, int]] = {}
         self._lock = threading.Lock()
 
-    def pack_number(self, pack_id: bytes) -> int:
-        number = self._pack_numbers.get(pack_id)
+    @property
+    def packs(self) -> list[bytes]:
+        """Every pack id the index knows, each once."""
+        table = self._pack_table
+        return [bytes(table[start : start + 32]) for start in range(0, len(table), 32)]
+
+    def _pack(self, number: int) -> bytes:
+        return bytes(self._pack_table[32 * number : 32 * number + 32])
+
+    def pack_number(self, pack_id: bytes, numbers: dict[bytes, int] | None = None) -> int:
+        """The number of a pack in the table, appending it if ``numbers`` does not know it."""
+        numbers = self._pack_numbers if numbers is None else numbers
+        number = numbers.get(pack_id)
         if number is None:
-            number = self._pack_numbers[pack_id] = len(self.packs)
-            self.packs.append(pack_id)
+            number = numbers[pack_id] = len(self._pack_table) // 32
+            self._pack_table += pack_id
         return number
 
     def load_file(self, packs: list[bytes], records: bytes) -> None:
         """Queue the records of one index file; call ``finish_loading`` after the last."""
-        array = np.frombuffer(records, dtype=FILE_DTYPE).copy()
-        numbers = np.array([self.pack_number(p) for p in packs], dtype="<u4")
-        if len(array):
-            array["pack"] = numbers[array["pack"]]
-        self._parts.append(array)
+        self._files.append((packs, records))
 
     def finish_loading(self) -> None:
-        """Merge the queued index files into the sorted arrays."""
-        if not self._parts:
+        """Merge the queued index files into the sorted arrays, in one pass.
+
+        All records are joined into one buffer first: one large allocation that is returned to
+        the system when freed, instead of many small ones that would fragment the heap.
+        """
+        files, self._files = self._files, []
+        if not files:
             return
-        combined = np.concatenate(self._parts)
-        self._parts = []
-        raw = combined.view(np.uint8).reshape(-1, FILE_DTYPE.itemsize)
-        keys = np.ascontiguousarray(raw[:, :8]).view(">u8").ravel()
-        records = np.empty(len(combined), dtype=RECORD_DTYPE)
-        records["rest"] = np.ascontiguousarray(raw[:, 8:32]).view("V24").ravel()
-        for field in ("pack", "offset", "length", "raw", "type"):
-            records[field] = combined[field]
+        raw = np.frombuffer(b"".join(records for _, records in files), dtype=FILE_DTYPE)
+        known = {self._pack(n): n for n in range(len(self._pack_table) // 32)}
+        numbers = np.concatenate(
+            [
+                np.array([self.pack_number(p, known) for p in packs], dtype="<u4")
+                for packs, _ in files
+            ]
+            + [np.empty(0, dtype="<u4")]
+        )
+        bases = np.cumsum([0] + [len(packs) for packs, _ in files[:-1]], dtype=np.int64)
+        counts = [len(records) // FILE_DTYPE.itemsize for _, records in files]
+        local = raw["pack"].astype(np.int64) + np.repeat(bases, counts)
+        del files
+        keys, records = _split(raw.view(np.uint8).reshape(-1, FILE_DTYPE.itemsize))
+        records["pack"] = numbers[local] if len(numbers) else 0
+        for field in ("offset", "length", "raw", "type"):
+            records[field] = raw[field]
+        del raw, local, known
         self._merge(keys, records)
+        _release_freed_memory()
 
     def _merge(self, keys: np.ndarray, records: np.ndarray) -> None:
         old_keys, old_records = self._sorted
-        all_keys = np.concatenate([old_keys, keys])
-        all_records = np.concatenate([old_records, records])
-        order = np.argsort(all_keys, kind="stable")
-        self._sorted = (all_keys[order], all_records[order])
+        if len(old_keys):
+            keys = np.concatenate([old_keys, keys])
+            records = np.concatenate([old_records, records])
+        order = np.argsort(keys, kind="stable")
+        self._sorted = (keys[order], records[order])
 
     def add(
         self,
@@ -117,17 +145,15 @@ class Index:
                 raw_length,
                 blob_type,
             )
-            if len(self._pending) >= MERGE_THRESHOLD:
+            if len(self._pending) >= max(MERGE_THRESHOLD, len(self._sorted[0]) >> 3):
                 self._merge_pending()
 
     def _merge_pending(self) -> None:
         # Lookups read _pending first, then _sorted: the merged arrays are published before the
         # dict is emptied, so an entry is always in at least one of them.
         pending = self._pending
-        ids = np.frombuffer(b"".join(pending), dtype="u1").reshape(-1, 32)
-        keys = ids[:, :8].copy().view(">u8").ravel()
-        records = np.empty(len(pending), dtype=RECORD_DTYPE)
-        records["rest"] = ids[:, 8:].copy().view("V24").ravel()
+        ids = np.frombuffer(b"".join(pending), dtype=np.uint8).reshape(-1, 32)
+        keys, records = _split(ids)
         values = np.array(list(pending.values()), dtype="<u8").reshape(-1, 5)
         for column, field in enumerate(("pack", "offset", "length", "raw", "type")):
             records[field] = values[:, column]
@@ -139,16 +165,16 @@ class Index:
         pending = self._pending.get(blob_id)
         if pending is not None:
             number, offset, length, raw_length, blob_type = pending
-            return Location(self.packs[number], offset, length, raw_length, blob_type)
+            return Location(self._pack(number), offset, length, raw_length, blob_type)
         keys, records = self._sorted
         key = int.from_bytes(blob_id[:8], "big")
-        position = int(np.searchsorted(keys, key))
+        position = int(np.searchsorted(keys, np.uint64(key)))
         rest = blob_id[8:]
         while position < len(keys) and int(keys[position]) == key:
             record = records[position]
             if record["rest"].tobytes() == rest:
                 return Location(
-                    self.packs[int(record["pack"])],
+                    self._pack(int(record["pack"])),
                     int(record["offset"]),
                     int(record["length"]),
                     int(record["raw"]),
@@ -164,9 +190,9 @@ class Index:
         return len(self._sorted[0]) + len(self._pending)
 
     def nbytes(self) -> int:
-        """Bytes held by the persistent arrays and the pack table (excluding pending entries)."""
+        """Bytes held by the sorted arrays and the pack table (entries not yet merged aside)."""
         keys, records = self._sorted
-        return int(keys.nbytes + records.nbytes + 32 * len(self.packs))
+        return int(keys.nbytes + records.nbytes + len(self._pack_table))
 
     def entries(self) -> Iterator[tuple[bytes, Location]]:
         """Yield every (blob id, location); slow per entry, meant for check and tests."""
@@ -178,13 +204,30 @@ class Index:
             yield (
                 blob_id,
                 Location(
-                    self.packs[int(record["pack"])],
+                    self._pack(int(record["pack"])),
                     int(record["offset"]),
                     int(record["length"]),
                     int(record["raw"]),
                     int(record["type"]),
                 ),
             )
+
+
+def _release_freed_memory() -> None:
+    """Ask glibc to give freed heap memory back to the system (loading frees a lot at once)."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass  # not glibc: nothing to do
+
+
+def _split(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Given rows of bytes starting with 32-byte ids, return (native uint64 keys of the first
+    8 id bytes read big-endian, records with the other 24 id bytes filled in)."""
+    keys = np.ascontiguousarray(rows[:, :8]).view(">u8").ravel().astype("<u8")
+    records = np.empty(len(rows), dtype=RECORD_DTYPE)
+    records["rest"] = np.ascontiguousarray(rows[:, 8:32]).view("V24").ravel()
+    return keys, records
 
 
 def encode_index_file(
