@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from safehold.archive.contentwriter import data_segments as _data_segments
 from safehold.archive.excludes import CACHEDIR_SIGNATURE, Excludes
-from safehold.archive.restorer import _data_segments
 from safehold.errors import UsageError
 from safehold.ops.check import parse_subset, select_packs
 

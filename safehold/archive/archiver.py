@@ -54,6 +54,30 @@ class Pending:
         self.link_of = link_of
 
 
+class DirNode:
+    """A directory whose entries are still being read. It finishes (its tree is written) when
+    its last outstanding read or subdirectory finishes, in whichever thread that happens, so
+    the walk never waits for one directory before starting the next."""
+
+    __slots__ = ("callbacks", "done", "entry", "items", "lock", "outstanding", "previous_tree")
+
+    def __init__(self, entry: dict, previous_tree: bytes | None) -> None:
+        self.entry = entry
+        self.previous_tree = previous_tree
+        self.items: list | None = None
+        self.outstanding = 1  # the scan itself; released when the directory is fully listed
+        self.lock = threading.Lock()
+        self.done = threading.Event()
+        self.callbacks: list[Callable[[], None]] = []
+
+    def on_done(self, callback: Callable[[], None]) -> None:
+        with self.lock:
+            if not self.done.is_set():
+                self.callbacks.append(callback)
+                return
+        callback()
+
+
 @dataclass
 class ArchiveStats:
     files_new: int = 0
@@ -99,6 +123,7 @@ class Archiver:
         self._hardlinks: dict[tuple[int, int], Pending] = {}
         self._stats_lock = threading.Lock()
         self._root_dev = 0
+        self._failure: BaseException | None = None
 
     # ---------------------------------------------------------------- trees
 
@@ -107,10 +132,12 @@ class Archiver:
             return {}
         return {entry["name"]: entry for entry in decode_tree(self.repository.load_blob(tree_id))}
 
-    def _store_tree(self, entries: list[dict]) -> bytes:
+    def _store_tree(self, entries: list[dict], previous: bytes | None = None) -> bytes:
+        """Write a tree blob, unless it equals the parent snapshot's (stored already)."""
         data = encode_tree(sorted(entries, key=lambda entry: entry["name"]))
         tree_id = self.repository.cipher.blob_id(data)
-        self.writer.add(BLOB_TREE, tree_id, data)
+        if tree_id != previous:
+            self.writer.add(BLOB_TREE, tree_id, data)
         return tree_id
 
     # ---------------------------------------------------------------- entry point
@@ -139,7 +166,7 @@ class Archiver:
                     layout = True  # type: ignore[assignment]
         if layout is True:
             self._root_dev = os.lstat(b"/").st_dev
-            root = self._archive_dir(b"/", os.lstat(b"/"), b"", parent_root)
+            root = self._wait(self._archive_dir(b"/", os.lstat(b"/"), b"", parent_root))
             return root["subtree"]
         return self._archive_layout(b"", layout, parent_root)
 
@@ -171,24 +198,24 @@ class Archiver:
     def _archive_layout(self, prefix: bytes, layout: dict, parent_tree: bytes | None) -> bytes:
         """Write the tree for a directory that is only on the way to the backed-up paths."""
         previous = self._load_tree(parent_tree)
-        entries = []
+        started = []
         for name, child in layout.items():
             path = prefix + b"/" + name
             st = os.lstat(path)
             old = previous.get(name)
             old_subtree = old.get("subtree") if old else None
             if child is True:
-                entry = self._archive_top(path, name, st, old)
+                started.append(self._archive_top(path, name, st, old))
             else:
                 entry = base_entry(name, st, DIR)
                 entry["subtree"] = self._archive_layout(path, child, old_subtree)
-            if entry is not None:
-                entries.append(entry)
-        return self._store_tree(entries)
+                started.append(entry)
+        entries = [self._wait(item) if isinstance(item, DirNode) else item for item in started]
+        return self._store_tree([entry for entry in entries if entry is not None], parent_tree)
 
     def _archive_top(
         self, path: bytes, name: bytes, st: os.stat_result, old: dict | None
-    ) -> dict | None:
+    ) -> DirNode | dict | None:
         self._root_dev = st.st_dev
         kind = entry_type(st.st_mode)
         if kind == DIR:
@@ -198,13 +225,24 @@ class Archiver:
         self._add_entry(entries, batch, path, name, st, {name: old} if old else {})
         self._submit(entries, batch)
         resolved = self._resolve(entries)
+        self._raise_failure()
         return resolved[0] if resolved else None
+
+    def _wait(self, node: DirNode) -> dict:
+        """Wait until a directory (and everything below it) is written; returns its entry."""
+        node.done.wait()
+        self._raise_failure()
+        return node.entry
+
+    def _raise_failure(self) -> None:
+        if self._failure is not None:
+            raise self._failure
 
     # ---------------------------------------------------------------- directories
 
     def _archive_dir(
         self, path: bytes, st: os.stat_result, name: bytes, parent_tree: bytes | None
-    ) -> dict:
+    ) -> DirNode:
         entry = base_entry(name, st, DIR)
         xattrs = read_xattrs(path)
         if xattrs:
@@ -244,8 +282,48 @@ class Archiver:
                     batch, batch_bytes = [], 0
         if batch:
             self._submit(entries, batch)
-        entry["subtree"] = self._store_tree(self._resolve(entries))
-        return entry
+        node = DirNode(entry, parent_tree)
+        self._start(node, entries)
+        return node
+
+    def _start(self, node: DirNode, items: list) -> None:
+        """Register what the directory waits for; it finishes when the last one does."""
+        node.items = items
+        futures = {
+            id(f): f
+            for item in items
+            if isinstance(item, Pending)
+            for f in (item.future, item.link_of.future if item.link_of else None)
+            if f
+        }
+        children = [item for item in items if isinstance(item, DirNode)]
+        with node.lock:
+            node.outstanding += len(futures) + len(children)
+        for future in futures.values():
+            future.add_done_callback(lambda _future: self._release(node))
+        for child in children:
+            child.on_done(lambda: self._release(node))
+        self._release(node)  # the scan is done
+
+    def _release(self, node: DirNode) -> None:
+        with node.lock:
+            node.outstanding -= 1
+            if node.outstanding:
+                return
+        try:
+            if self._failure is None:
+                entries = self._resolve(
+                    [i.entry if isinstance(i, DirNode) else i for i in node.items or []]
+                )
+                node.entry["subtree"] = self._store_tree(entries, node.previous_tree)
+        except BaseException as error:
+            self._failure = self._failure or error
+        node.items = None
+        with node.lock:
+            node.done.set()
+            callbacks, node.callbacks = node.callbacks, []
+        for callback in callbacks:
+            callback()
 
     def _add_entry(
         self,

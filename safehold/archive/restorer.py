@@ -1,9 +1,10 @@
 """The restorer: snapshot entries -> files on disk, bit-identical, with their metadata.
 
-Directories are created first (owner-only until the end), files are written by a small
-thread pool that verifies every blob, hard links are made once their first name exists, and
-directory metadata is applied last, deepest first, so that writing children does not disturb
-their parent's times or permissions.
+The tree is walked first: directories are created (owner-only until the end), links and
+special files made, and every regular file handed to the ContentWriter, which then reads each
+pack once and writes the blobs where they belong (contentwriter.py). Hard links are made once
+their first name exists, and directory metadata is applied last, deepest first, so that
+writing children does not disturb their parent's times or permissions.
 """
 
 from __future__ import annotations
@@ -12,9 +13,9 @@ import os
 import stat
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from safehold.archive.contentwriter import ContentWriter, FileJob
 from safehold.archive.entries import BLOCKDEV, CHARDEV, DIR, FIFO, FILE, SYMLINK
 from safehold.archive.excludes import Excludes
 from safehold.archive.tree import load_tree
@@ -34,26 +35,6 @@ class RestoreStats:
 
 
 Progress = Callable[[str, int, int], None]
-
-
-def _data_segments(offset: int, length: int, holes: list[list[int]]) -> list[tuple[int, int]]:
-    """The parts of [offset, offset+length) that are not inside a recorded hole."""
-    segments = [(offset, offset + length)]
-    for hole_start, hole_length in holes:
-        hole_end = hole_start + hole_length
-        if hole_end <= offset or hole_start >= offset + length:
-            continue
-        next_segments = []
-        for start, end in segments:
-            if hole_end <= start or hole_start >= end:
-                next_segments.append((start, end))
-                continue
-            if start < hole_start:
-                next_segments.append((start, hole_start))
-            if hole_end < end:
-                next_segments.append((hole_end, end))
-        segments = next_segments
-    return [(start, end - start) for start, end in segments]
 
 
 class Restorer:
@@ -101,16 +82,14 @@ class Restorer:
         if not os.access(self.target, os.W_OK | os.X_OK):
             raise TargetNotWritable(target=os.fsdecode(self.target), reason="permission denied")
         base = os.fsencode(snapshot_path.rstrip("/"))
-        with ThreadPoolExecutor(self._workers, thread_name_prefix="restore") as pool:
-            futures = []
-            if entry["type"] == DIR:
-                self._restore_children(entry, self.target, base, False, pool, futures)
-            else:
-                self._restore_entry(
-                    entry, self.target + b"/" + entry["name"], base, False, pool, futures
-                )
-            for future in futures:
-                future.result()
+        self._content = ContentWriter(
+            self.repository, self._workers, self._file_written, self._file_failed
+        )
+        if entry["type"] == DIR:
+            self._restore_children(entry, self.target, base, False)
+        else:
+            self._restore_entry(entry, self.target + b"/" + entry["name"], base, False)
+        self._content.run()
         self._make_links()
         for path, directory in reversed(self._directories):
             self._apply_metadata(path, directory)
@@ -127,13 +106,7 @@ class Restorer:
         return self.includes.excluded(snapshot_path, name)
 
     def _restore_children(
-        self,
-        entry: dict,
-        path: bytes,
-        snapshot_path: bytes,
-        selected: bool,
-        pool: ThreadPoolExecutor,
-        futures: list,
+        self, entry: dict, path: bytes, snapshot_path: bytes, selected: bool
     ) -> None:
         try:
             children = load_tree(self.repository, entry["subtree"])
@@ -148,18 +121,10 @@ class Restorer:
                 path + b"/" + child["name"],
                 snapshot_path + b"/" + child["name"],
                 selected,
-                pool,
-                futures,
             )
 
     def _restore_entry(
-        self,
-        entry: dict,
-        path: bytes,
-        snapshot_path: bytes,
-        parent_selected: bool,
-        pool: ThreadPoolExecutor,
-        futures: list,
+        self, entry: dict, path: bytes, snapshot_path: bytes, parent_selected: bool
     ) -> None:
         selected = self._selected(snapshot_path, entry["name"], parent_selected)
         if selected is None:
@@ -168,7 +133,7 @@ class Restorer:
         if kind == DIR:
             if selected and not self._make_dir(path, entry):
                 return
-            self._restore_children(entry, path, snapshot_path, bool(selected), pool, futures)
+            self._restore_children(entry, path, snapshot_path, bool(selected))
             return
         if not selected or not self._make_parents(path):
             return
@@ -179,7 +144,8 @@ class Restorer:
                 return
             if key is not None:
                 self._first_link[key] = path  # type: ignore[index]
-            futures.append(pool.submit(self._restore_file, path, entry))
+            if self._replaceable(path):
+                self._content.add(path, entry)
             return
         self._restore_special(path, entry)
 
@@ -249,56 +215,17 @@ class Restorer:
         self.stats.other += 1
         self._apply_metadata(path, entry)
 
-    def _restore_file(self, path: bytes, entry: dict) -> None:
-        if not self._replaceable(path):
-            return
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-        except OSError as error:
-            self._error(path, error)
-            return
-        try:
-            written = self._write_content(fd, entry)
-            os.ftruncate(fd, entry["size"])
-        except IntegrityError as error:
-            os.close(fd)
-            os.unlink(path)
-            with self._lock:
-                self.stats.damaged.append({"path": os.fsdecode(path), "message": str(error)})
-            return
-        except OSError as error:
-            os.close(fd)
-            self._error(path, error)
-            return
-        os.close(fd)
+    def _file_written(self, job: FileJob) -> None:
         with self._lock:
             self.stats.files += 1
-            self.stats.bytes_written += written
-        self._apply_metadata(path, entry)
-        self.progress(os.fsdecode(path), 1, entry["size"])
+            self.stats.bytes_written += job.written
+        self._apply_metadata(job.path, job.entry)
+        self.progress(os.fsdecode(job.path), 1, job.entry["size"])
 
-    def _write_content(self, fd: int, entry: dict) -> int:
-        holes = entry.get("holes") or []
-        offset = 0
-        for blob_id in entry.get("content") or []:
-            location = self.repository.index.lookup(blob_id)
-            if location is not None:
-                self.repository.prefetch_pack(location.pack_id)
-            data = self.repository.load_blob(blob_id)
-            if holes:
-                view = memoryview(data)
-                for start, length in _data_segments(offset, len(data), holes):
-                    os.pwrite(fd, view[start - offset : start - offset + length], start)
-            else:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view) :]
-            offset += len(data)
-        if offset != entry["size"]:
-            raise IntegrityError(
-                f"content of {entry['name']!r} has {offset} bytes, expected {entry['size']}"
-            )
-        return offset
+    def _file_failed(self, job: FileJob) -> None:
+        problem = {"path": os.fsdecode(job.path), "message": job.failure}
+        with self._lock:
+            (self.stats.damaged if job.damaged else self.stats.errors).append(problem)
 
     def _make_links(self) -> None:
         for path, key in self._links:

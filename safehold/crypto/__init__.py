@@ -77,8 +77,10 @@ class Cipher:
 
     def seal(self, plaintext: bytes | memoryview, associated: bytes) -> bytes:
         """Encrypt and authenticate; returns nonce || ciphertext || tag."""
-        nonce = os.urandom(NONCE_SIZE)
-        return nonce + self._aead.encrypt(nonce, plaintext, associated)
+        sealed = bytearray(NONCE_SIZE + len(plaintext) + TAG_SIZE)
+        sealed[:NONCE_SIZE] = nonce = os.urandom(NONCE_SIZE)
+        self._aead.encrypt_into(nonce, plaintext, associated, memoryview(sealed)[NONCE_SIZE:])
+        return sealed  # type: ignore[return-value]  # a bytearray: no copy for large blobs
 
     def open(self, sealed: bytes | memoryview, associated: bytes) -> bytes:
         """Return the plaintext of ``sealed``; AuthenticationFailed if key or data is wrong."""

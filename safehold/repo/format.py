@@ -19,6 +19,8 @@ BLOB_TYPE_NAMES = {BLOB_DATA: "data", BLOB_TREE: "tree"}
 # Body of every encrypted blob or object: one flag byte, then the payload.
 FLAG_RAW = 0
 FLAG_ZSTD = 1
+FLAG_RAW_BYTE = bytes((FLAG_RAW,))
+FLAG_ZSTD_BYTE = bytes((FLAG_ZSTD,))
 
 # A pack header record: blob type, blob id, stored (sealed) length, plaintext length.
 PACK_RECORD = struct.Struct("<B32sII")
@@ -49,16 +51,27 @@ def _decompressor() -> zstandard.ZstdDecompressor:
     return decompressor
 
 
+SAMPLE = 64 * 1024
+
+
 def encode_body(data: bytes | memoryview, level: int) -> bytes:
     """Return flag byte + payload: zstd-compressed when that saves at least 1/32, else raw.
 
-    ``level`` 0 disables compression.
+    ``level`` 0 disables compression. For large blobs a 64 KiB sample is tried first, so
+    incompressible data (images, DICOM pixel data, archives) costs almost nothing.
     """
-    if level > 0 and len(data) >= 64:
-        compressed = _compressor(level).compress(data)
-        if len(compressed) < len(data) - (len(data) >> 5):
-            return bytes((FLAG_ZSTD,)) + compressed
-    return bytes((FLAG_RAW,)) + bytes(data)
+    size = len(data)
+    if level > 0 and size >= 64:
+        compressor = _compressor(level)
+        if size <= 2 * SAMPLE or _saves(compressor.compress(data[:SAMPLE]), SAMPLE):
+            compressed = compressor.compress(data)
+            if _saves(compressed, size):
+                return FLAG_ZSTD_BYTE + compressed
+    return FLAG_RAW_BYTE + data  # one copy: bytes + buffer concatenates directly
+
+
+def _saves(compressed: bytes, size: int) -> bool:
+    return len(compressed) < size - (size >> 5)
 
 
 def decode_body(body: bytes, raw_length: int | None = None) -> bytes:

@@ -7,7 +7,6 @@ import json
 import os
 import socket
 import threading
-from collections import OrderedDict
 from collections.abc import Callable, Iterator
 
 import msgpack
@@ -39,7 +38,6 @@ DEFAULT_CONFIG = {
     "compression_level": 3,
     "pack_size": 16 * 1024 * 1024,
 }
-PACK_CACHE_SIZE = 4
 
 
 def _identity() -> tuple[str, str]:
@@ -64,8 +62,6 @@ class Repository:
         self.key_name = key_name
         self._index: Index | None = None
         self._index_lock = threading.Lock()
-        self._pack_cache: OrderedDict[bytes, bytes] = OrderedDict()
-        self._pack_cache_lock = threading.Lock()
 
     # ---------------------------------------------------------------- opening
 
@@ -232,12 +228,7 @@ class Repository:
         location = self.index.lookup(blob_id)
         if location is None:
             raise IntegrityError(f"blob {blob_id.hex()[:16]} is not in the index")
-        pack = self._cached_pack(location.pack_id)
-        if pack is not None:
-            sealed = memoryview(pack)[location.offset : location.offset + location.length]
-        else:
-            sealed = self._load_pack_range(location)
-        return self.open_blob(blob_id, location, sealed)
+        return self.open_blob(blob_id, location, self._load_pack_range(location))
 
     def _load_pack_range(self, location: Location) -> bytes:
         try:
@@ -247,26 +238,6 @@ class Repository:
         if len(data) != location.length:
             raise IntegrityError(f"pack {location.pack_id.hex()[:16]} is truncated")
         return data
-
-    def _cached_pack(self, pack_id: bytes) -> bytes | None:
-        with self._pack_cache_lock:
-            if pack_id in self._pack_cache:
-                self._pack_cache.move_to_end(pack_id)
-                return self._pack_cache[pack_id]
-        return None
-
-    def prefetch_pack(self, pack_id: bytes) -> None:
-        """Load a whole pack into the small LRU cache (restore reads packs sequentially)."""
-        if self._cached_pack(pack_id) is not None:
-            return
-        try:
-            data = self.store.load(pack_name(pack_id))
-        except ObjectMissing:
-            return  # load_blob reports the missing pack per blob
-        with self._pack_cache_lock:
-            self._pack_cache[pack_id] = data
-            while len(self._pack_cache) > PACK_CACHE_SIZE:
-                self._pack_cache.popitem(last=False)
 
     # ---------------------------------------------------------------- snapshots
 

@@ -1,0 +1,209 @@
+"""Writing file contents during a restore by reading each pack once, in order.
+
+The restorer hands over every file to write; ``run`` then groups the blobs of all files by
+pack and lets a small pool work through the packs: one ranged read per pack covering the
+blobs needed from it, each blob authenticated and checked against its id once, then written
+to every place that needs it. Memory stays at about one pack per worker, and the repository
+is read sequentially, whatever the order of files.
+
+A file's descriptor is opened at its first write and closed when its last blob is written
+(or earlier, if too many are open; it is reopened later). A file whose blob is damaged or
+missing is removed at the end instead of being left half-written.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+from safehold.errors import IntegrityError
+from safehold.repo.repository import Repository, pack_name
+from safehold.store import ObjectMissing
+
+MAX_OPEN_FILES = 256
+
+
+class FileJob:
+    """One file being written."""
+
+    __slots__ = ("damaged", "entry", "failure", "fd", "lock", "path", "remaining", "written")
+
+    def __init__(self, path: bytes, entry: dict) -> None:
+        self.path = path
+        self.entry = entry
+        self.remaining = len(entry.get("content") or [])
+        self.fd: int | None = None
+        self.lock = threading.Lock()
+        self.failure: str | None = None
+        self.damaged = False  # the repository's fault (missing or damaged data), not the target's
+        self.written = 0
+
+
+def data_segments(offset: int, length: int, holes: list[list[int]]) -> list[tuple[int, int]]:
+    """The parts of [offset, offset+length) that are not inside a recorded hole."""
+    segments = [(offset, offset + length)]
+    for hole_start, hole_length in holes:
+        hole_end = hole_start + hole_length
+        if hole_end <= offset or hole_start >= offset + length:
+            continue
+        next_segments = []
+        for start, end in segments:
+            if hole_end <= start or hole_start >= end:
+                next_segments.append((start, end))
+                continue
+            if start < hole_start:
+                next_segments.append((start, hole_start))
+            if hole_end < end:
+                next_segments.append((hole_end, end))
+        segments = next_segments
+    return [(start, end - start) for start, end in segments]
+
+
+class ContentWriter:
+    """Collects files with ``add`` and writes them all with ``run``."""
+
+    def __init__(
+        self,
+        repository: Repository,
+        workers: int,
+        finished: Callable[[FileJob], None],
+        failed: Callable[[FileJob], None],
+    ) -> None:
+        self.repository = repository
+        self.workers = workers
+        self.finished = finished
+        self.failed = failed
+        # pack id -> [(offset, length, raw length, type, blob id, [(job, file offset), ...])]
+        self._packs: dict[bytes, dict[bytes, tuple]] = {}
+        self._jobs: list[FileJob] = []
+        self._open = 0
+        self._open_lock = threading.Lock()
+
+    def add(self, path: bytes, entry: dict) -> None:
+        """Plan the writing of one regular file (created at its first write)."""
+        job = FileJob(path, entry)
+        self._jobs.append(job)
+        if job.remaining == 0:
+            self._create_empty(job)
+            return
+        offset = 0
+        index = self.repository.index
+        for blob_id in entry["content"]:
+            location = index.lookup(blob_id)
+            if location is None:
+                job.failure = f"blob {blob_id.hex()[:16]} is not in the index"
+                job.damaged = True
+                job.remaining = 0
+                return
+            blobs = self._packs.setdefault(location.pack_id, {})
+            if blob_id not in blobs:
+                blobs[blob_id] = (location, [])
+            blobs[blob_id][1].append((job, offset))
+            offset += location.raw_length
+
+    def run(self) -> None:
+        """Write everything planned; then report failed files (removed) through ``failed``."""
+        with ThreadPoolExecutor(self.workers, thread_name_prefix="restore") as pool:
+            for future in [
+                pool.submit(self._pack, pack_id, blobs) for pack_id, blobs in self._packs.items()
+            ]:
+                future.result()
+        self._packs = {}
+        for job in self._jobs:
+            if job.failure is not None:
+                self._discard(job)
+                self.failed(job)
+
+    # ---------------------------------------------------------------- per pack
+
+    def _pack(self, pack_id: bytes, blobs: dict[bytes, tuple]) -> None:
+        ordered = sorted(blobs.items(), key=lambda item: item[1][0].offset)
+        start = ordered[0][1][0].offset
+        end = max(location.offset + location.length for _, (location, _) in ordered)
+        try:
+            data = self.repository.store.load(pack_name(pack_id), start, end - start)
+        except ObjectMissing:
+            data = b""
+        view = memoryview(data)
+        for blob_id, (location, targets) in ordered:
+            try:
+                if len(data) < end - start:
+                    raise IntegrityError(f"pack {pack_id.hex()[:16]} is missing or truncated")
+                sealed = view[location.offset - start : location.offset - start + location.length]
+                plain = self.repository.open_blob(blob_id, location, sealed)
+            except IntegrityError as error:
+                for job, _offset in targets:
+                    self._fail(job, str(error.fields["message"]))
+                continue
+            for job, offset in targets:
+                self._write(job, offset, plain)
+
+    def _write(self, job: FileJob, offset: int, data: bytes) -> None:
+        with job.lock:
+            if job.failure is None:
+                try:
+                    self._write_locked(job, offset, data)
+                except OSError as error:
+                    job.failure = error.strerror or str(error)
+            job.remaining -= 1
+            if job.remaining or job.failure is not None:
+                return
+            self._close(job)
+        self.finished(job)
+
+    def _write_locked(self, job: FileJob, offset: int, data: bytes) -> None:
+        if job.fd is None:
+            flags = os.O_WRONLY | os.O_NOFOLLOW | (os.O_CREAT | os.O_EXCL if not job.written else 0)
+            job.fd = os.open(job.path, flags, 0o600)
+            with self._open_lock:
+                self._open += 1
+        holes = job.entry.get("holes")
+        view = memoryview(data)
+        segments = data_segments(offset, len(data), holes) if holes else [(offset, len(data))]
+        for start, length in segments:
+            part, position = view[start - offset : start - offset + length], start
+            while part:
+                count = os.pwrite(job.fd, part, position)
+                part, position = part[count:], position + count
+        job.written += len(data)
+        if job.remaining == 1:
+            if job.written != job.entry["size"]:
+                raise OSError(0, f"content has {job.written} bytes, expected {job.entry['size']}")
+            os.ftruncate(job.fd, job.entry["size"])  # trailing holes
+        elif self._open > MAX_OPEN_FILES:
+            self._close(job)
+
+    def _close(self, job: FileJob) -> None:
+        if job.fd is not None:
+            os.close(job.fd)
+            job.fd = None
+            with self._open_lock:
+                self._open -= 1
+
+    def _fail(self, job: FileJob, message: str) -> None:
+        with job.lock:
+            if job.failure is None:
+                job.failure, job.damaged = message, True
+            self._close(job)
+
+    def _discard(self, job: FileJob) -> None:
+        self._close(job)
+        if job.written or job.fd is not None:
+            try:
+                os.unlink(job.path)
+            except FileNotFoundError:
+                pass
+
+    def _create_empty(self, job: FileJob) -> None:
+        try:
+            fd = os.open(job.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            try:
+                os.ftruncate(fd, job.entry["size"])  # a file that is all hole
+            finally:
+                os.close(fd)
+        except OSError as error:
+            job.failure = error.strerror or str(error)
+            return
+        self.finished(job)
