@@ -15,7 +15,7 @@ from safehold.archive.diff import diff_entries
 from safehold.archive.entries import DIR, display_name
 from safehold.archive.excludes import Excludes
 from safehold.archive.restorer import Restorer
-from safehold.cli import platform_commands, render
+from safehold.cli import render
 from safehold.cli.session import open_repository, passphrase, repository_location
 from safehold.errors import EXIT_PARTIAL, IntegrityError, UsageError
 from safehold.ops.check import check
@@ -58,6 +58,8 @@ def backup(args: argparse.Namespace) -> int:
     if args.config:
         if args.paths:
             raise UsageError("give either PATHs or --config, not both")
+        from safehold.cli import platform_commands
+
         return platform_commands.backup_platform(args)
     if not args.paths:
         raise UsageError("nothing to back up: give PATHs, or --config PLATFORM_FILE")
@@ -189,6 +191,8 @@ def ls(args: argparse.Namespace) -> int:
 
 def restore(args: argparse.Namespace) -> int:
     if args.config:
+        from safehold.cli import platform_commands
+
         return platform_commands.restore_platform(args)
     for option in ("component", "database", "to_database"):
         if getattr(args, option):

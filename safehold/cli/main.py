@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 import traceback
 
 from safehold import __version__
-from safehold.cli import commands, keys, platform_commands
 from safehold.errors import EXIT_ERROR, SafeholdError
+from safehold.platform import PRESETS
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -36,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     command = sub.add_parser("init", help="create a repository")
     _common(command)
-    command.set_defaults(run=commands.init)
+    command.set_defaults(run="commands:init")
 
     command = sub.add_parser("backup", help="back up files and directories, or a whole platform")
     _common(command)
@@ -78,19 +79,19 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="re-read every file instead of trusting the parent snapshot",
     )
-    command.set_defaults(run=commands.backup)
+    command.set_defaults(run="commands:backup")
 
     command = sub.add_parser("snapshots", help="list snapshots")
     _common(command)
     command.add_argument("--host", default=None)
     command.add_argument("--tag", action="append", default=[])
-    command.set_defaults(run=commands.snapshots)
+    command.set_defaults(run="commands:snapshots")
 
     command = sub.add_parser("ls", help="list files in a snapshot: SNAPSHOT[:/path]")
     _common(command)
     command.add_argument("target", metavar="SNAPSHOT[:PATH]")
     command.add_argument("--recursive", "-R", action="store_true", help="list everything below")
-    command.set_defaults(run=commands.ls)
+    command.set_defaults(run="commands:ls")
 
     command = sub.add_parser("restore", help="restore a snapshot or a part of it, or a platform")
     _common(command)
@@ -124,13 +125,13 @@ def build_parser() -> argparse.ArgumentParser:
     command.add_argument(
         "--overwrite", action="store_true", help="replace files that already exist in the target"
     )
-    command.set_defaults(run=commands.restore)
+    command.set_defaults(run="commands:restore")
 
     command = sub.add_parser("diff", help="show what changed between two snapshots")
     _common(command)
     command.add_argument("first", metavar="SNAPSHOT1")
     command.add_argument("second", metavar="SNAPSHOT2")
-    command.set_defaults(run=commands.diff)
+    command.set_defaults(run="commands:diff")
 
     command = sub.add_parser("check", help="verify the repository")
     _common(command)
@@ -141,34 +142,52 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N%|n/t",
         help="read and authenticate a part of the data",
     )
-    command.set_defaults(run=commands.check_repository)
+    command.set_defaults(run="commands:check_repository")
+
+    # forget (safehold/cli/forget.py, safehold/ops/retention.py; docs/retention.md)
+    command = sub.add_parser("forget", help="remove snapshots by a retention policy")
+    _common(command)
+    for unit in ("last", "hourly", "daily", "weekly", "monthly", "yearly"):
+        command.add_argument(
+            f"--keep-{unit}", type=int, default=None, metavar="N", help=f"keep N {unit} snapshots"
+        )
+    command.add_argument("--keep-within", default=None, metavar="DURATION", help="12h 10d 2w 6m 1y")
+    command.add_argument("--keep-tag", action="append", default=None, metavar="TAG[,TAG]")
+    command.add_argument("--group-by", default=None, help="host,paths,platform,tags,component")
+    command.add_argument("--host", default=None, help="only this host's snapshots")
+    command.add_argument("--tag", action="append", default=[], help="only snapshots with this tag")
+    command.add_argument("--config", "-c", default=None, metavar="PLATFORM_FILE")
+    command.add_argument("--dry-run", "-n", action="store_true", help="show, delete nothing")
+    command.add_argument("--lock-wait", type=float, default=0.0, metavar="SECONDS")
+    command.add_argument("--prune", action="store_true", help="not implemented yet")
+    command.set_defaults(run="forget:forget_command")
 
     config = sub.add_parser("config", help="platform files: validate, schema, new, docs")
     config_sub = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
     command = config_sub.add_parser("validate", help="check a platform file")
     command.add_argument("file", metavar="PLATFORM_FILE")
-    command.set_defaults(run=platform_commands.config_validate)
+    command.set_defaults(run="platform_commands:config_validate")
     command = config_sub.add_parser("schema", help="print the JSON Schema")
-    command.set_defaults(run=platform_commands.config_schema)
+    command.set_defaults(run="platform_commands:config_schema")
     command = config_sub.add_parser("docs", help="print the Markdown reference (docs/config.md)")
-    command.set_defaults(run=platform_commands.config_docs)
+    command.set_defaults(run="platform_commands:config_docs")
     command = config_sub.add_parser("new", help="write a commented platform file from a preset")
-    command.add_argument("--preset", required=True, choices=platform_commands.PRESETS)
+    command.add_argument("--preset", required=True, choices=PRESETS)
     command.add_argument("--output", "-o", default=None, help="file to write (default: stdout)")
-    command.set_defaults(run=platform_commands.config_new)
+    command.set_defaults(run="platform_commands:config_new")
 
     command = sub.add_parser("discover", help="propose a platform file from a docker-compose.yml")
     command.add_argument("compose_file", metavar="COMPOSE_FILE")
     command.add_argument("--output", "-o", default=None, help="file to write (default: stdout)")
-    command.set_defaults(run=platform_commands.discover_command)
+    command.set_defaults(run="platform_commands:discover_command")
 
     key = sub.add_parser("key", help="manage passphrase keys")
     key_sub = key.add_subparsers(dest="key_command", required=True, metavar="ACTION")
     for name, function, text in (
-        ("list", keys.key_list, "list keys"),
-        ("add", keys.key_add, "add a passphrase"),
-        ("passwd", keys.key_passwd, "change the passphrase used"),
-        ("remove", keys.key_remove, "remove a key"),
+        ("list", "keys:key_list", "list keys"),
+        ("add", "keys:key_add", "add a passphrase"),
+        ("passwd", "keys:key_passwd", "change the passphrase used"),
+        ("remove", "keys:key_remove", "remove a key"),
     ):
         command = key_sub.add_parser(name, help=text)
         _common(command)
@@ -192,7 +211,10 @@ def main(argv: list[str] | None = None) -> int:
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="backslashreplace")
     try:
-        return int(args.run(args) or 0)
+        # Command modules are imported on use: a backup does not pay for YAML and JSON Schema.
+        module, function = args.run.split(":")
+        run = getattr(importlib.import_module(f"safehold.cli.{module}"), function)
+        return int(run(args) or 0)
     except SafeholdError as error:
         print(f"safehold: {error}", file=sys.stderr)
         return error.exit_code

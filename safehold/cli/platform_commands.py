@@ -27,7 +27,6 @@ from safehold.platform.schema import SCHEMA
 from safehold.repo.repository import Repository
 from safehold.repo.snapshots import list_snapshots, resolve
 
-PRESETS = ("kaapana", "klink", "ovena", "chipster")
 EXIT_CRITICAL = 23
 
 

@@ -238,6 +238,7 @@ class Platform:
     hooks: dict[str, list[str]]
     tags: list[str]
     hostname: str | None
+    retention: dict = field(default_factory=dict)  # the `retention:` section (safehold forget)
     document: dict = field(repr=False, default_factory=dict)
 
     def component(self, name: str) -> Component:
@@ -297,6 +298,7 @@ def parse_platform(text: str, source: str, environment: dict[str, str] | None = 
         hooks={key: list(value) for key, value in (resolved.get("hooks") or {}).items()},
         tags=list(resolved.get("tags", [])),
         hostname=resolved.get("hostname"),
+        retention=dict(resolved.get("retention") or {}),
         document=document,
     )
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from safehold.platform.schema import COMPONENT, HOOKS, SCHEMA, SERVICES, VIA
+from safehold.platform.schema import COMPONENT, HOOKS, RETENTION, SCHEMA, SERVICES, VIA
 
 HEADER = """# Platform file reference
 
@@ -54,4 +54,5 @@ def config_reference() -> str:
     lines += _section("via (mapping form)", VIA["oneOf"][1])
     lines += _section("services", SERVICES)
     lines += _section("hooks", HOOKS)
+    lines += _section("retention", RETENTION)
     return HEADER + "\n".join(lines)

@@ -217,6 +217,42 @@ HOOKS = {
     },
 }
 
+# retention: the policy of `safehold forget --config` (safehold/ops/retention.py, docs/retention.md)
+RETENTION = {
+    "type": "object",
+    "additionalProperties": False,
+    "description": "What `safehold forget --config` keeps (its --keep-* options override "
+    "single keys): keep_last, keep_hourly, keep_daily, keep_weekly, keep_monthly, "
+    "keep_yearly (numbers), keep_within (`12h`, `10d`, `2w`, `6m`, `1y`), keep_tags (list; "
+    "`a,b` needs both), group_by (list of host, paths, platform, tags, component); "
+    "see docs/retention.md.",
+    "properties": {
+        **{
+            f"keep_{unit}": {
+                "type": "integer",
+                "minimum": 0,
+                "description": f"keep N {unit} snapshots",
+            }
+            for unit in ("last", "hourly", "daily", "weekly", "monthly", "yearly")
+        },
+        "keep_within": {
+            "type": "string",
+            "pattern": "^([0-9]+[hdwmy])+$",
+            "description": "keep all snapshots this much older than the newest one",
+        },
+        "keep_tags": {
+            "type": "array",
+            "items": {"type": "string"},
+            "description": "keep snapshots carrying all the tags of one entry",
+        },
+        "group_by": {
+            "type": "array",
+            "items": {"enum": ["host", "paths", "platform", "tags", "component"]},
+            "description": "apply the policy per group (default: host, paths, platform)",
+        },
+    },
+}
+
 SCHEMA: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
     "title": "safehold platform file",
@@ -256,5 +292,6 @@ SCHEMA: dict[str, Any] = {
             "items": {"type": "string"},
             "description": "tags added to every snapshot",
         },
+        "retention": RETENTION,
     },
 }

@@ -1,0 +1,3 @@
+"""The platform model: config files, presets, discovery, services, strategies."""
+
+PRESETS = ("kaapana", "klink", "ovena", "chipster")
