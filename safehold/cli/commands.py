@@ -112,6 +112,24 @@ def backup(args: argparse.Namespace) -> int:
     return 0
 
 
+def _snapshot_row(snapshot: dict) -> list[str]:
+    """One line of `safehold snapshots`: a platform snapshot shows its platform, status and
+    downtime; a file snapshot its paths."""
+    downtime = snapshot.get("downtime")
+    return [
+        snapshot["id"][:8],
+        render.timestamp(snapshot["time"]),
+        snapshot["hostname"],
+        f"platform {snapshot['platform']}"
+        if snapshot.get("platform")
+        else ", ".join(snapshot["paths"]),
+        snapshot.get("status", "ok" if not snapshot["summary"]["errors"] else "partial"),
+        render.size(snapshot["summary"]["bytes_total"]),
+        f"{downtime['seconds']:.1f} s" if downtime else "-",
+        ",".join(t for t in snapshot.get("tags", []) if not t.startswith("component:")),
+    ]
+
+
 def snapshots(args: argparse.Namespace) -> int:
     with open_repository(args) as repository:
         found = list_snapshots(repository, host=args.host, tags=args.tag or None)
@@ -124,18 +142,8 @@ def snapshots(args: argparse.Namespace) -> int:
             ]
         )
         return 0
-    rows = [
-        [
-            snapshot["id"][:8],
-            render.timestamp(snapshot["time"]),
-            snapshot["hostname"],
-            ",".join(snapshot.get("tags", [])),
-            render.size(snapshot["summary"]["bytes_total"]),
-            ", ".join(snapshot["paths"]),
-        ]
-        for snapshot in found
-    ]
-    print(render.table(["id", "time", "host", "tags", "size", "paths"], rows))
+    rows = [_snapshot_row(snapshot) for snapshot in found]
+    print(render.table(["id", "time", "host", "what", "status", "size", "downtime", "tags"], rows))
     print(f"{len(found)} snapshot(s)")
     return 0
 

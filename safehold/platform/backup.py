@@ -129,7 +129,8 @@ class PlatformBackup:
             with BlobWriter(self.repository) as writer:
                 with Archiver(self.repository, writer, progress=self.progress) as archiver:
                     self._phases(archiver, parent_trees)
-                    root = archiver.store_directory("", list(self.entries.values()))["subtree"]
+                    root = archiver.store_directory("", list(self.entries.values()), mtime_ns=0)
+                    root = root["subtree"]
                 writer.flush()
             snapshot = self._snapshot(root, parent, started, writer)
             snapshot_id = self.repository.save_snapshot(snapshot)
@@ -205,7 +206,7 @@ class PlatformBackup:
         archiver.one_file_system = bool(component.get("one_file_system", False))
         self.results[component.name].paths = [os.path.abspath(p) for p in component.get("paths")]
         tree_id = archiver.archive(component.get("paths"), parent_tree)
-        entry = archiver.store_directory(component.name, [])
+        entry = archiver.store_directory(component.name, [], mtime_ns=0)
         entry["subtree"] = tree_id
         return entry
 

@@ -77,7 +77,8 @@ def archive_dumps(
             # Counted after the dump: writes in between make these differ from the dump.
             record["rows"], record["rows_exact"] = module.row_counts(settings, target, name), False
         result.databases[name] = record
-    return archiver.store_directory(component.name, entries)
+    # Component folders carry a fixed time, so an unchanged component diffs as unchanged.
+    return archiver.store_directory(component.name, entries, mtime_ns=0)
 
 
 class ServiceRunner:
