@@ -27,7 +27,7 @@ from safehold.repo.repository import Repository, pack_name
 from safehold.repo.snapshots import resolve
 
 # Real PostgreSQL, MariaDB and sshd servers (tests/servers.py).
-pytest_plugins = ["sources_conftest"]
+pytest_plugins = ["sources_conftest", "remote_conftest"]  # real servers: tests/servers.py
 
 PASSPHRASE = "correct horse battery staple"
 FAST_KDF = {"time_cost": 1, "memory_cost": 1024, "parallelism": 1}

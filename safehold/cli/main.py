@@ -18,7 +18,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
         "--repo",
         "-r",
         default=None,
-        help="repository path or file:// URL (default: $SAFEHOLD_REPO)",
+        help="repository: a path, file://, sftp://user@host/path or s3://bucket/prefix "
+        "(default: $SAFEHOLD_REPO)",
     )
     parser.add_argument(
         "--passphrase-file",

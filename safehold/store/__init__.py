@@ -1,167 +1,126 @@
-"""Key/value access to a repository location (file://, later sftp:// and s3://), built on borgstore.
+"""Key/value access to a repository location (a path, file://, sftp:// or s3://), on borgstore.
 
-The contract every store keeps (docs/format.md, "Storage"):
+The contract every store keeps, whatever the backend (docs/format.md, "Storage";
+tests/test_store_conformance.py checks it against each):
 
 - ``save(name, data)`` is atomic and durable: once it returns, the object is on stable storage
-  under its final name, and no reader ever sees a partial object.
-- ``load`` returns exactly what was saved; a missing object raises ``ObjectMissing``.
+  under its final name, and no reader ever sees a partial object (local and sftp write a temp
+  file, fsync it and rename it; an S3 PUT is atomic by itself).
+- ``load`` returns exactly what was saved (or the requested range of it); a missing object
+  raises ``ObjectMissing``; ``list`` of a namespace never written to is empty.
 - objects are immutable: safehold never saves a name twice with different content
-  (locks are the one exception: they are deleted and written anew).
+  (locks are the one exception: a save replaces them, and they are deleted).
 - names are lowercase ASCII ``namespace/hex``; the store knows nothing of encryption.
+- failures are safehold errors naming the location (never credentials): ``StorageError``,
+  ``NoSpace``, ``RepositoryExists``; ``TransientStorageError`` (a StorageError) marks the
+  ones worth retrying, which remote stores do (``safehold.store.wrappers.RetryingStore``).
 
 Locks, caching and encryption live above this layer.
 """
 
 from __future__ import annotations
 
-import errno
-import os
-from collections.abc import Iterator
-from pathlib import Path
-from urllib.parse import unquote, urlparse
+from safehold.store.lazy import import_borgstore
 
-from borgstore.backends import errors as backend_errors
-from borgstore.backends.posixfs import PosixFS
-from borgstore.store import Store as BorgStoreImpl
+BorgStoreImpl = import_borgstore().Store
 
-from safehold.errors import NoSpace, RepositoryExists, StorageError
+from safehold.errors import StorageError
+from safehold.store.base import (
+    NAMESPACES,
+    ObjectMissing,
+    Store,
+    Target,
+    TransientStorageError,
+    redact,
+)
+from safehold.store.local import DurablePosixFS, file_url
+from safehold.store.wrappers import RetryingStore, RetryPolicy, call_with_retries
 
-# Nesting levels per namespace: data/ holds up to millions of packs, so it is spread over
-# 256 directories; everything else is small and flat.
-NAMESPACES = {
-    "meta/": {"levels": [0]},
-    "keys/": {"levels": [0]},
-    "data/": {"levels": [1]},
-    "index/": {"levels": [0]},
-    "snapshots/": {"levels": [0]},
-    "locks/": {"levels": [0]},
-}
+__all__ = [
+    "NAMESPACES",
+    "DurablePosixFS",
+    "ObjectMissing",
+    "Store",
+    "TransientStorageError",
+    "location_exists",
+    "location_is_file",
+    "open_store",
+    "parse_location",
+    "target",
+]
+
+SCHEMES = ("file", "sftp", "s3")
+# Used for remote stores and for probing remote locations; tests may swap it.
+RETRY_POLICY = RetryPolicy()
 
 
-class ObjectMissing(KeyError):
-    """The named object does not exist in the store."""
+def _scheme(location: str) -> str:
+    return location.split("://", 1)[0].lower() if "://" in location else "file"
 
 
-class DurablePosixFS(PosixFS):
-    """borgstore's posixfs backend with the directory entry made durable as well.
+def target(location: str) -> Target:
+    """The target (kind, backend, error mapping, probes) for a path or URL.
 
-    borgstore writes to a temp file, fsyncs it (do_fsync=True) and renames it; a rename is
-    only durable once its directory is fsynced too, which we add here.
+    The sftp and s3 modules (paramiko, boto3) are imported only when used.
     """
+    scheme = _scheme(location)
+    if scheme == "file":
+        from safehold.store import local
 
-    def __init__(self, path: str) -> None:
-        super().__init__(path, do_fsync=True)
+        return local.parse(location)
+    if scheme == "sftp":
+        from safehold.store import sftp
 
-    def store(self, name: str, value: bytes) -> None:  # type: ignore[override]
-        super().store(name, value)
-        directory = os.open(self._validate_join(name).parent, os.O_RDONLY)
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
+        return sftp.parse(location)
+    if scheme == "s3":
+        from safehold.store import s3
 
-
-def _translate(error: BaseException, location: str, name: str = "") -> Exception:
-    """Map a backend or OS error to a safehold error (or ObjectMissing)."""
-    if isinstance(error, backend_errors.ObjectNotFound | FileNotFoundError):
-        return ObjectMissing(name)
-    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
-        return NoSpace(location=location)
-    if isinstance(error, backend_errors.QuotaExceeded):
-        return NoSpace(location=location)
-    if isinstance(error, backend_errors.BackendAlreadyExists):
-        return RepositoryExists(location=location)
-    if isinstance(error, PermissionError):
-        return StorageError(f"permission denied on {location} ({name or 'repository'})")
-    return StorageError(f"{location}: {error}")
-
-
-class Store:
-    """A repository location. See the module docstring for the contract."""
-
-    def __init__(self, location: str, impl: BorgStoreImpl) -> None:
-        self.location = location
-        self._impl = impl
-
-    def create(self) -> None:
-        """Create the location and its namespaces; RepositoryExists if it already holds anything."""
-        self._call(self._impl.create)
-        self._call(self._impl.create_levels)  # opens and closes the store itself
-
-    def open(self) -> Store:
-        """Start using the store (connects where the backend needs it). Returns self."""
-        self._call(self._impl.open)
-        return self
-
-    def close(self) -> None:
-        """Stop using the store."""
-        self._call(self._impl.close)
-
-    def __enter__(self) -> Store:
-        return self.open()
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def load(self, name: str, offset: int = 0, size: int | None = None) -> bytes:
-        """The object's bytes (or ``size`` bytes from ``offset``); ObjectMissing if absent."""
-        return self._call(self._impl.load, name, offset=offset, size=size, name_for_errors=name)
-
-    def save(self, name: str, data: bytes | bytearray | memoryview) -> None:
-        """Write the object atomically and durably under ``name``."""
-        self._call(self._impl.store, name, data, name_for_errors=name)
-
-    def delete(self, name: str) -> None:
-        """Remove the object; ObjectMissing if absent."""
-        self._call(self._impl.delete, name, name_for_errors=name)
-
-    def exists(self, name: str) -> bool:
-        """True if the object exists."""
-        info = self._call(self._impl.info, name, name_for_errors=name)
-        return bool(info.exists)
-
-    def list(self, namespace: str) -> Iterator[tuple[str, int]]:
-        """Yield (name, size) of every object in ``namespace`` (e.g. "data"), in no set order."""
-        try:
-            for info in self._impl.list(namespace):
-                yield f"{namespace}/{info.name}", info.size
-        except (backend_errors.ObjectNotFound, FileNotFoundError):
-            return  # a namespace that was never written to is empty
-        except (backend_errors.BackendError, OSError) as error:
-            raise _translate(error, self.location, namespace) from error
-
-    def _call(self, function, *args, name_for_errors: str = "", **kwargs):  # type: ignore[no-untyped-def]
-        try:
-            return function(*args, **kwargs)
-        except (backend_errors.BackendError, OSError) as error:
-            raise _translate(error, self.location, name_for_errors) from error
+        return s3.parse(location)
+    raise StorageError(
+        f"unsupported repository URL scheme {scheme!r} in {redact(location)}: "
+        "use a path, file://, sftp:// or s3://"
+    )
 
 
 def parse_location(location: str) -> str:
-    """Return a borgstore URL for a plain path or URL. Raises StorageError for unknown schemes."""
-    if "://" not in location:
-        return "file://" + str(Path(location).expanduser().absolute())
-    scheme = urlparse(location).scheme
-    if scheme != "file":
-        raise StorageError(f"unsupported repository URL scheme {scheme!r} in {location}")
-    return location
+    """Return a borgstore-style URL for a plain path or file:// URL (remote URLs unchanged).
+    Raises StorageError for unknown schemes or malformed URLs."""
+    target(location)
+    return file_url(location) if _scheme(location) == "file" else location
 
 
 def open_store(location: str) -> Store:
-    """Return a (not yet opened) Store for a repository location: a path or a file:// URL."""
-    url = parse_location(location)
-    path = unquote(urlparse(url).path)
-    impl = BorgStoreImpl(backend=DurablePosixFS(path), config=NAMESPACES)
-    return Store(location, impl)
+    """Return a (not yet opened) Store for a repository location: a path, a file:// URL,
+    ``sftp://[user@]host[:port]/path`` or ``s3://BUCKET/PREFIX``. Remote stores retry
+    transient failures (RetryingStore)."""
+    where = target(location)
+    try:
+        impl = BorgStoreImpl(backend=where.backend(), config=NAMESPACES)
+    except StorageError:
+        raise
+    except Exception as error:  # building a backend can fail (e.g. an unknown AWS profile)
+        raise StorageError(f"{where.location}: {error}") from error
+    store = Store(where.location, impl, where)
+    if where.kind == "local":
+        return store
+    return RetryingStore(store, RETRY_POLICY)
+
+
+def _probe(location: str, question: str) -> bool:
+    where = target(location)
+    check = where.exists if question == "exists" else where.is_file
+    if where.kind == "local":
+        return check()
+    return call_with_retries(check, "look up the repository", where.location, RETRY_POLICY)
 
 
 def location_exists(location: str) -> bool:
-    """True if a local repository location exists at all (used to tell 'not found' apart)."""
-    url = parse_location(location)
-    return Path(unquote(urlparse(url).path)).exists()
+    """True if the location holds anything at all (used to tell 'not found' apart): locally
+    if the path exists; over sftp if the path is a file or a non-empty directory; on S3 if
+    any object lies under the prefix."""
+    return _probe(location, "exists")
 
 
 def location_is_file(location: str) -> bool:
-    """True if a local repository location is a regular file (so certainly no repository)."""
-    url = parse_location(location)
-    return Path(unquote(urlparse(url).path)).is_file()
+    """True if the location is a single file or object (so certainly no repository)."""
+    return _probe(location, "is_file")

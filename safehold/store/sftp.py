@@ -1,0 +1,251 @@
+"""SFTP repositories: ``sftp://[user@]host[:port]/absolute/path`` on borgstore's sftp backend.
+
+``sftp://user@host/~/repo`` is relative to the account's home directory. Authentication and
+host keys work as for OpenSSH's own client, through paramiko: keys from ssh-agent, from
+``IdentityFile`` in ``~/.ssh/config`` (which may also set ``User``, ``Port`` and ``HostName``
+for a host alias) or ``~/.ssh/id_*``; the server's host key must already be in
+``~/.ssh/known_hosts`` (connect once with ``ssh`` to check and add it), unknown hosts are
+refused. Passwords are not supported.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+from safehold.store.lazy import enable
+
+enable("paramiko")  # before the borgstore backend classes are taken below
+
+import paramiko
+from borgstore.backends import errors as backend_errors
+from borgstore.backends._base import to_bytes, validate_name, validate_value
+from borgstore.backends.sftp import Sftp, with_reconnect
+from borgstore.constants import TMP_SUFFIX
+from paramiko.sftp import CMD_EXTENDED
+
+from safehold.errors import StorageError
+from safehold.store.base import MiB, TransientStorageError, one_line, redact
+
+# paramiko logs connection trouble (with tracebacks) at ERROR level; safehold reports those
+# failures itself, on one line. Without a handler here, Python's last-resort handler would
+# print paramiko's records to stderr.
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
+
+CONNECT_TIMEOUT = 20.0
+# borgstore reconnects and redoes an operation once when the connection drops; the backoff
+# over longer outages is RetryingStore's (safehold.store.wrappers).
+RECONNECT_TRIES = 1
+RECONNECT_WAIT = 0.5
+
+
+class DurableSftp(Sftp):
+    """borgstore's sftp backend, with the temp file fsynced on the server before its rename.
+
+    OpenSSH's sftp-server offers ``fsync@openssh.com``; servers without it get the plain
+    write + rename (still atomic, durable only as far as the server's file system makes it).
+    """
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.fsync_supported = True
+
+    def _fsync(self, handle: paramiko.SFTPFile) -> None:
+        if not self.fsync_supported:
+            return
+        handle.flush()
+        try:
+            self.client._request(CMD_EXTENDED, "fsync@openssh.com", handle.handle)  # type: ignore[union-attr]
+        except OSError as error:
+            if error.errno is not None or "unsupported" not in str(error).lower():
+                raise  # a real failure to sync: the save fails
+            self.fsync_supported = False  # "Operation unsupported": the server lacks it
+
+    def _reconnect(self) -> None:
+        """borgstore's reconnect; if it fails, the old (closed) connection stays in place
+        rather than none, so that later calls fail as "connection lost" (and are retried)
+        instead of tripping over a missing client."""
+        old = self.ssh, self.client
+        try:
+            super()._reconnect()
+        except BaseException:
+            self.ssh, self.client = old
+            raise
+
+    def recover(self) -> None:
+        """Drop the connection and make a new one. RetryingStore calls this before a retry:
+        borgstore reconnects by itself only after some kinds of connection loss."""
+        if self.opened:
+            self._reconnect()
+
+    @with_reconnect
+    def store(self, name: str, value: bytes) -> None:  # type: ignore[override]
+        """Write ``value`` to a temp file, fsync it, rename it over ``name``."""
+        if not self.opened:
+            raise backend_errors.BackendMustBeOpen()
+        validate_name(name)
+        value = to_bytes(validate_value(value))  # paramiko writes bytes, not memoryviews
+        directory = Path(name).parent
+        temp = str(directory / (os.urandom(4).hex() + TMP_SUFFIX))
+
+        def write() -> None:
+            with self.client.open(temp, mode="w") as handle:  # type: ignore[union-attr]
+                handle.set_pipelined(True)
+                handle.write(value)
+                self._fsync(handle)
+
+        try:
+            try:
+                write()
+            except FileNotFoundError:  # the directory is created on first use
+                self._mkdir(str(directory), parents=True, exist_ok=True)
+                write()
+            self.client.posix_rename(temp, name)  # type: ignore[union-attr]
+        except BaseException:
+            try:
+                self.client.unlink(temp)  # type: ignore[union-attr]
+            except Exception:
+                pass
+            raise
+
+
+@dataclass(frozen=True)
+class SftpTarget:
+    """A repository directory on an SFTP server."""
+
+    location: str
+    host: str
+    path: str
+    port: int = 0  # 0: from ~/.ssh/config, else 22
+    user: str | None = None
+    kind: str = "sftp"
+    pack_size: int = 32 * MiB
+    uploads: int = 2
+    precreate_levels: bool = False  # directories are made on first use: no 256 round trips
+    catch: tuple[type[BaseException], ...] = field(default=(paramiko.SSHException,))
+
+    def backend(self) -> DurableSftp:
+        """The borgstore backend for this location (connects on open)."""
+        return DurableSftp(
+            hostname=self.host,
+            path=self.path,
+            port=self.port,
+            username=self.user,
+            connect_timeout=CONNECT_TIMEOUT,
+            reconnect_tries=RECONNECT_TRIES,
+            reconnect_wait=RECONNECT_WAIT,
+        )
+
+    def _where(self) -> str:
+        return f"{self.host}:{self.port}" if self.port else self.host
+
+    def translate(self, error: BaseException, name: str) -> Exception | None:
+        """The safehold error for an ssh/sftp failure, or None for the common mapping."""
+        where = self.location
+        if isinstance(error, paramiko.AuthenticationException):
+            return StorageError(
+                f"{where}: ssh authentication failed for user {self.user or 'from ssh config'}: "
+                "check the key (ssh-agent, IdentityFile in ~/.ssh/config)"
+            )
+        if isinstance(error, paramiko.BadHostKeyException):
+            return StorageError(
+                f"{where}: the host key of {self.host} does not match ~/.ssh/known_hosts: "
+                "refusing to connect (verify the server's key with ssh)"
+            )
+        if isinstance(error, paramiko.SSHException) and "known_hosts" in str(error):
+            return StorageError(
+                f"{where}: the host key of {self._where()} is unknown: connect once with ssh "
+                "to verify it and add it to ~/.ssh/known_hosts"
+            )
+        if isinstance(error, paramiko.ssh_exception.NoValidConnectionsError):
+            reason = one_line(next(iter(error.errors.values()), error))
+            return TransientStorageError(f"{where}: cannot connect to {self._where()} ({reason})")
+        if isinstance(error, socket.gaierror):
+            cause = TransientStorageError if error.errno == socket.EAI_AGAIN else StorageError
+            return cause(f"{where}: cannot resolve host {self.host} ({one_line(error.strerror)})")
+        if _connection_lost(error):
+            detail = one_line(error) or type(error).__name__
+            return TransientStorageError(f"{where}: connection lost ({detail})")
+        if isinstance(error, backend_errors.BackendDoesNotExist):
+            return StorageError(f"{where}: {self.path} does not exist or is not a directory")
+        if isinstance(error, OSError) and error.errno is None and str(error) == "Failure":
+            return StorageError(
+                f"{where}: the sftp server refused to write {name or 'the repository'} "
+                "(SFTP 'Failure': often a full disk or a quota)"
+            )
+        return None
+
+    @contextmanager
+    def _client(self) -> Iterator[paramiko.SFTPClient]:
+        """A short-lived sftp connection (for the probes below), errors translated."""
+        backend = self.backend()
+        try:
+            backend._connect()
+            yield backend.client  # type: ignore[misc]
+        except (OSError, EOFError, paramiko.SSHException) as error:
+            raise self.translate(error, "") or StorageError(f"{self.location}: {error}") from error
+        finally:
+            backend._disconnect()
+
+    def _stat(self, client: paramiko.SFTPClient) -> paramiko.SFTPAttributes | None:
+        try:
+            return client.stat(self.path)
+        except FileNotFoundError:
+            return None
+
+    def exists(self) -> bool:
+        """True if the path is a file or a non-empty directory (an empty one holds nothing)."""
+        with self._client() as client:
+            attributes = self._stat(client)
+            if attributes is None:
+                return False
+            return not stat.S_ISDIR(attributes.st_mode or 0) or bool(client.listdir(self.path))
+
+    def is_file(self) -> bool:
+        """True if the path is a regular file (so certainly no repository)."""
+        with self._client() as client:
+            attributes = self._stat(client)
+        return attributes is not None and stat.S_ISREG(attributes.st_mode or 0)
+
+
+def _connection_lost(error: BaseException) -> bool:
+    if isinstance(error, EOFError | socket.timeout | ConnectionError):
+        return True
+    if isinstance(error, paramiko.SSHException):
+        return True
+    if isinstance(error, backend_errors.BackendError) and "connection was lost" in str(error):
+        return True
+    return isinstance(error, OSError) and str(error) == "Socket is closed"
+
+
+def parse(location: str) -> SftpTarget:
+    """The target for an ``sftp://`` URL; StorageError if the URL is malformed."""
+    shown = redact(location)
+    try:
+        parts = urlsplit(location)
+        port = parts.port or 0
+    except ValueError as error:
+        raise StorageError(f"{shown}: invalid sftp URL ({error})") from None
+    if parts.password is not None:
+        raise StorageError(
+            f"{shown}: passwords in sftp:// URLs are not supported: use an ssh key "
+            "(ssh-agent or IdentityFile in ~/.ssh/config)"
+        )
+    if not parts.hostname:
+        raise StorageError(f"{shown}: no host in the URL: use sftp://[user@]host[:port]/path")
+    if parts.query or parts.fragment:
+        raise StorageError(f"{shown}: an sftp URL takes no ?query or #fragment")
+    path = unquote(parts.path)
+    if path.startswith("/~/"):
+        path = path[3:]  # relative to the login directory
+    if path.strip("/") in ("", "~"):
+        raise StorageError(f"{shown}: no path in the URL: use sftp://[user@]host[:port]/path")
+    user = unquote(parts.username) if parts.username else None
+    return SftpTarget(location=shown, host=parts.hostname, path=path, port=port, user=user)
