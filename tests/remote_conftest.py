@@ -110,22 +110,10 @@ def sftp_server_process() -> Iterator[SftpServer]:
         shutil.rmtree(directory, ignore_errors=True)
 
 
-def _serve(factory: Callable) -> Iterator:
-    try:
-        manager = factory()
-        server = manager.__enter__()
-    except servers.Unavailable as reason:
-        pytest.skip(str(reason))
-    try:
-        yield server
-    finally:
-        manager.__exit__(None, None, None)
-
-
 @pytest.fixture(scope="session")
 def sftp_server() -> Iterator[SftpServer]:
     """An sshd on 127.0.0.1 with the sftp subsystem, accepting the test key for root."""
-    yield from _serve(sftp_server_process)
+    yield from servers.serve(sftp_server_process)
 
 
 @pytest.fixture
@@ -193,7 +181,7 @@ def moto_server_process() -> Iterator[S3Server]:
 @pytest.fixture(scope="session")
 def s3_server() -> Iterator[S3Server]:
     """moto's S3 server on 127.0.0.1 with the bucket ``safehold-test``."""
-    yield from _serve(moto_server_process)
+    yield from servers.serve(moto_server_process)
 
 
 @pytest.fixture

@@ -31,6 +31,22 @@ class Unavailable(Exception):
     """A server cannot be started here (binary missing, or not running as root)."""
 
 
+def serve(factory):  # type: ignore[no-untyped-def]
+    """Yields the server started by ``factory`` (a context manager factory) for a pytest
+    fixture, or skips the test with the reason if the server cannot run here."""
+    import pytest
+
+    try:
+        manager = factory()
+        server = manager.__enter__()
+    except Unavailable as reason:
+        pytest.skip(str(reason))
+    try:
+        yield server
+    finally:
+        manager.__exit__(None, None, None)
+
+
 def free_port() -> int:
     """Returns a TCP port on 127.0.0.1 that was free a moment ago."""
     with socket.socket() as sock:

@@ -7,8 +7,7 @@ sshd on 127.0.0.1 (the same tools, reached through ssh).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager
+from collections.abc import Iterator
 
 import pytest
 import servers
@@ -18,35 +17,22 @@ from safehold.sources.targets import LocalTarget, Target, target_from_via
 __all__ = ["exec_target", "maria_server", "pg_server", "ssh_target", "sshd_server"]
 
 
-def _serve(factory: Callable[[], AbstractContextManager]) -> Iterator:
-    """Yields the server started by factory, or skips if it cannot run here."""
-    try:
-        manager = factory()
-        server = manager.__enter__()
-    except servers.Unavailable as reason:
-        pytest.skip(str(reason))
-    try:
-        yield server
-    finally:
-        manager.__exit__(None, None, None)
-
-
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[servers.PostgresServer]:
     """A PostgreSQL server on 127.0.0.1, password auth for its superuser ``backup``."""
-    yield from _serve(servers.postgres_server)
+    yield from servers.serve(servers.postgres_server)
 
 
 @pytest.fixture(scope="session")
 def maria_server() -> Iterator[servers.MariadbServer]:
     """A MariaDB server on 127.0.0.1, password auth for user ``backup`` (all privileges)."""
-    yield from _serve(servers.mariadb_server)
+    yield from servers.serve(servers.mariadb_server)
 
 
 @pytest.fixture(scope="session")
 def sshd_server() -> Iterator[servers.SshServer]:
     """An sshd on 127.0.0.1 accepting a temporary key for the current user."""
-    yield from _serve(servers.ssh_server)
+    yield from servers.serve(servers.ssh_server)
 
 
 @pytest.fixture(scope="session")

@@ -45,3 +45,14 @@ def required(component: Mapping[str, Any], key: str, kind: str) -> Any:
 def secret_env(variable: str, password: str | None) -> dict[str, str] | None:
     """Returns {variable: password}, or None without a password."""
     return {variable: password} if password else None
+
+
+def counts_from_rows(rows: list[list[str]], program: str) -> dict[str, int]:
+    """Given (table, count) rows printed by a query, return {table: count}.
+
+    Raises SourceError if the output is not of that shape.
+    """
+    try:
+        return {row[0]: int(row[1]) for row in rows}
+    except (IndexError, ValueError):
+        raise SourceError(f"unexpected row count output from {program}: {rows[:3]!r}") from None

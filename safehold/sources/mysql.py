@@ -20,8 +20,7 @@ from collections.abc import Mapping
 from contextlib import AbstractContextManager
 from typing import IO, Any
 
-from safehold.sources import SourceError
-from safehold.sources.common import copy_checked, incomplete, required, secret_env
+from safehold.sources.common import copy_checked, counts_from_rows, incomplete, required, secret_env
 from safehold.sources.targets import Target
 
 DUMP_END = b"-- Dump completed"
@@ -160,11 +159,7 @@ def restore(
 
 def row_counts(component: Mapping[str, Any], target: Target, database: str) -> dict[str, int]:
     """Returns the exact row count of every base table of database, keyed by table name."""
-    rows = query(component, target, _ROW_COUNTS, database)
-    try:
-        return {row[0]: int(row[1]) for row in rows}
-    except (IndexError, ValueError):
-        raise SourceError(f"unexpected row count output: {rows[:3]!r}") from None
+    return counts_from_rows(query(component, target, _ROW_COUNTS, database), "mariadb")
 
 
 def server_version(component: Mapping[str, Any], target: Target) -> str:

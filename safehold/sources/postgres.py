@@ -20,8 +20,14 @@ from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager
 from typing import IO, Any
 
-from safehold.sources import SourceError
-from safehold.sources.common import CHUNK, copy_checked, incomplete, required, secret_env
+from safehold.sources.common import (
+    CHUNK,
+    copy_checked,
+    counts_from_rows,
+    incomplete,
+    required,
+    secret_env,
+)
 from safehold.sources.targets import Target
 
 DUMP_END = b"-- PostgreSQL database dump complete"
@@ -210,11 +216,7 @@ def restore_globals(component: Mapping[str, Any], target: Target, stream: IO[byt
 
 def row_counts(component: Mapping[str, Any], target: Target, database: str) -> dict[str, int]:
     """Returns the exact row count of every table of database, keyed ``schema.table``."""
-    rows = query(component, target, _ROW_COUNTS, database)
-    try:
-        return {row[0]: int(row[1]) for row in rows}
-    except (IndexError, ValueError):
-        raise SourceError(f"unexpected row count output from psql: {rows[:3]!r}") from None
+    return counts_from_rows(query(component, target, _ROW_COUNTS, database), "psql")
 
 
 def server_version(component: Mapping[str, Any], target: Target) -> str:
