@@ -280,32 +280,8 @@ def per_round_table(rounds: list[dict[str, dict[str, Backup]]]) -> str:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    """The command line options."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--size-gb", type=float, default=1.0, help="data set scale (default 1.0)")
-    parser.add_argument("--rounds", type=int, default=3, help="rounds (default 3)")
-    parser.add_argument("--seed", type=int, default=1, help="data set seed (default 1)")
-    parser.add_argument(
-        "--workdir",
-        default=DEFAULT_WORKDIR,
-        help=f"data and repository (default {DEFAULT_WORKDIR})",
-    )
-    parser.add_argument("--json-out", default=None, help="also write the results as JSON here")
-    parser.add_argument(
-        "--safehold",
-        default=f"{shlex.quote(sys.executable)} -m safehold",
-        help="command that runs safehold (default: this Python -m safehold)",
-    )
-    parser.add_argument(
-        "--quiet-threshold",
-        type=float,
-        default=0.15,
-        help="before each timed backup wait until other processes use at most this share of "
-        "all CPUs (default 0.15; 1 disables the wait)",
-    )
-    parser.add_argument(
-        "--max-wait", type=float, default=600.0, help="stop waiting for quiet after this many s"
-    )
+    """The command line options (shared with run.py)."""
+    parser = run.common_arguments(__doc__.split("\n\n")[0], 1.0, DEFAULT_WORKDIR)
     return parser.parse_args(argv)
 
 

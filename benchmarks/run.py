@@ -550,24 +550,20 @@ def per_round_table(rounds: list[dict[str, RoundResult]]) -> str:
 # ---------------------------------------------------------------- main
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--size-gb", type=float, default=2.0, help="data set scale (default 2.0)")
+def common_arguments(description: str, size_gb: float, workdir: str) -> argparse.ArgumentParser:
+    """The options every benchmark here shares: scale, rounds, seed, places, quiet waiting."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument(
+        "--size-gb", type=float, default=size_gb, help=f"data set scale (default {size_gb})"
+    )
     parser.add_argument("--rounds", type=int, default=3, help="rounds (default 3)")
     parser.add_argument("--seed", type=int, default=1, help="data set seed (default 1)")
-    parser.add_argument(
-        "--workdir",
-        default=DEFAULT_WORKDIR,
-        help=f"data, repositories and restores (default {DEFAULT_WORKDIR})",
-    )
+    parser.add_argument("--workdir", default=workdir, help=f"working folder (default {workdir})")
     parser.add_argument("--json-out", default=None, help="also write the results as JSON here")
     parser.add_argument(
         "--safehold",
         default=f"{shlex.quote(sys.executable)} -m safehold",
         help="command that runs safehold (default: this Python -m safehold)",
-    )
-    parser.add_argument(
-        "--restic", default=shutil.which("restic") or "restic", help="command that runs restic"
     )
     parser.add_argument(
         "--quiet-threshold",
@@ -581,6 +577,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=float,
         default=600.0,
         help="stop waiting for a quiet machine after this many seconds",
+    )
+    return parser
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = common_arguments(__doc__.split("\n\n")[0], 2.0, DEFAULT_WORKDIR)
+    parser.add_argument(
+        "--restic", default=shutil.which("restic") or "restic", help="command that runs restic"
     )
     return parser.parse_args(argv)
 
