@@ -161,3 +161,41 @@ def test_percent_selection_is_random_but_reproducible() -> None:
         PACKS, "20%", random.Random(5)
     )
     assert len(set(select_packs(PACKS, "20%", random.Random(5)))) == 10
+
+
+# ------------------------------------------------------------------ PostgreSQL COPY row counting
+
+
+@pytest.mark.parametrize(
+    "header, name",
+    [
+        (b"COPY public.items (id, note) FROM stdin;", "public.items"),
+        (b'COPY "Archive"."Old Notes" (id) FROM stdin;', "Archive.Old Notes"),
+        (b'COPY public."say ""hi""" (a) FROM stdin;', 'public.say "hi"'),
+        (b'COPY "a.b".c FROM stdin;', "a.b.c"),
+    ],
+)
+def test_copy_header_table_names(header, name) -> None:
+    from safehold.sources.counting import table_name
+
+    assert table_name(header) == name
+
+
+def test_copy_counter_counts_rows_in_any_chunking() -> None:
+    import io
+    import random
+
+    from safehold.sources.counting import PostgresCopyCounter
+
+    rows = b"".join(b"%d\tnote\\n%d\n" % (i, i) for i in range(500))
+    dump = (
+        b"SET x;\nCOPY public.items (id, note) FROM stdin;\n" + rows + b"\\.\n\n"
+        b'COPY "Archive"."Old Notes" (a) FROM stdin;\n\\.\n'
+        b"COPY public.t3 (a) FROM stdin;\n1\n2\n\\.\n-- end\n"
+    )
+    for trial in range(50):
+        counter = PostgresCopyCounter(io.BytesIO(dump))
+        chooser = random.Random(trial)
+        while counter.readinto(bytearray(chooser.randint(1, 64))):
+            pass
+        assert counter.counts == {"public.items": 500, "Archive.Old Notes": 0, "public.t3": 2}

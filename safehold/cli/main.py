@@ -163,6 +163,17 @@ def build_parser() -> argparse.ArgumentParser:
     command.add_argument("--prune", action="store_true", help="not implemented yet")
     command.set_defaults(run="forget:forget_command")
 
+    # drill (safehold/cli/drill.py, safehold/ops/drill.py; docs/operations.md)
+    command = sub.add_parser("drill", help="prove a platform snapshot restorable, in scratch space")
+    _common(command)
+    command.add_argument("snapshot", nargs="?", metavar="SNAPSHOT", help="default: the latest")
+    command.add_argument("--config", "-c", required=True, metavar="PLATFORM_FILE")
+    command.add_argument(
+        "--random-older", action="store_true", help="drill a random older snapshot instead"
+    )
+    command.add_argument("--scratch", default=None, metavar="DIR", help="restore below DIR")
+    command.set_defaults(run="drill:drill_command")
+
     config = sub.add_parser("config", help="platform files: validate, schema, new, docs")
     config_sub = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
     command = config_sub.add_parser("validate", help="check a platform file")

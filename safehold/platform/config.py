@@ -239,6 +239,7 @@ class Platform:
     tags: list[str]
     hostname: str | None
     retention: dict = field(default_factory=dict)  # the `retention:` section (safehold forget)
+    drill: dict = field(default_factory=dict)  # the `drill:` section (safehold drill)
     document: dict = field(repr=False, default_factory=dict)
 
     def component(self, name: str) -> Component:
@@ -299,6 +300,7 @@ def parse_platform(text: str, source: str, environment: dict[str, str] | None = 
         tags=list(resolved.get("tags", [])),
         hostname=resolved.get("hostname"),
         retention=dict(resolved.get("retention") or {}),
+        drill=dict(resolved.get("drill") or {}),
         document=document,
     )
 

@@ -253,6 +253,55 @@ RETENTION = {
     },
 }
 
+# drill: what `safehold drill --config` checks (safehold/ops/drill.py, docs/operations.md)
+DRILL_CHECK = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["component", "sql"],
+    "properties": {
+        "name": {"type": "string", "description": "label in the drill result (default: the SQL)"},
+        "component": {"type": "string", "description": "a postgres, mysql or sqlite component"},
+        "database": {
+            "type": "string",
+            "description": "database as backed up (sqlite: the file or its base name); "
+            "default: the component's only one",
+        },
+        "sql": {"type": "string", "description": "query run on the restored copy, never live"},
+        "expect": {
+            "anyOf": [{"type": "string"}, {"type": "number"}],
+            "description": "first value of the first row: `42`, `text`, or a quoted comparison "
+            "such as `'>= 1'`; without it the query only has to succeed",
+        },
+    },
+}
+
+DRILL = {
+    "type": "object",
+    "additionalProperties": False,
+    "description": "What `safehold drill --config` does beyond restoring everything into "
+    "scratch space and comparing row counts: scratch (directory, default the system temp "
+    "dir), throwaway_servers (default true: start PostgreSQL/MariaDB here when installed; "
+    "false: scratch databases `<name>_safehold_drill` on the configured servers), checks "
+    "(list of {component, database, sql, expect, name}); see docs/operations.md.",
+    "properties": {
+        "scratch": {
+            "type": "string",
+            "description": "directory below which the drill restores (--scratch overrides)",
+        },
+        "throwaway_servers": {
+            "type": "boolean",
+            "default": True,
+            "description": "restore dumps into servers started here when their programs are "
+            "installed; false: into scratch databases on the configured servers",
+        },
+        "checks": {
+            "type": "array",
+            "items": DRILL_CHECK,
+            "description": "SQL run on the restored databases, with the expected answer",
+        },
+    },
+}
+
 SCHEMA: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
     "title": "safehold platform file",
@@ -293,5 +342,6 @@ SCHEMA: dict[str, Any] = {
             "description": "tags added to every snapshot",
         },
         "retention": RETENTION,
+        "drill": DRILL,
     },
 }

@@ -167,6 +167,8 @@ class Index:
             number, offset, length, raw_length, blob_type = pending
             return Location(self._pack(number), offset, length, raw_length, blob_type)
         keys, records = self._sorted
+        if not len(keys):
+            return None  # a new repository: no search at all
         key = int.from_bytes(blob_id[:8], "big")
         position = int(np.searchsorted(keys, np.uint64(key)))
         rest = blob_id[8:]

@@ -30,19 +30,19 @@ class PackBuilder:
     """Collects sealed blobs for one pack. Not thread-safe: the caller serialises ``add``."""
 
     def __init__(self) -> None:
-        self.buffer = bytearray()
+        self.parts: list[bytes] = []  # joined once at the end: no growing buffer to copy
+        self.size = 0
         self.entries: list[PackEntry] = []
         self.ids: set[bytes] = set()
 
     def add(self, blob_type: int, blob_id: bytes, sealed: bytes, raw_length: int) -> None:
-        self.entries.append(
-            PackEntry(blob_type, blob_id, len(self.buffer), len(sealed), raw_length)
-        )
+        self.entries.append(PackEntry(blob_type, blob_id, self.size, len(sealed), raw_length))
         self.ids.add(blob_id)
-        self.buffer += sealed
+        self.parts.append(sealed)
+        self.size += len(sealed)
 
     def __len__(self) -> int:
-        return len(self.buffer)
+        return self.size
 
     def finish(self, cipher: Cipher) -> tuple[bytes, bytes]:
         """Append the sealed header; return (pack id, pack bytes). The id is BLAKE3 of the bytes."""
@@ -50,10 +50,9 @@ class PackBuilder:
             PACK_RECORD.pack(e.blob_type, e.blob_id, e.length, e.raw_length) for e in self.entries
         )
         sealed_header = cipher.seal(header, PACK_HEADER_AAD)
-        self.buffer += sealed_header
-        self.buffer += PACK_TRAILER.pack(len(sealed_header))
-        data, self.buffer = self.buffer, bytearray()  # handed over, not copied
-        return blake3.blake3(data, max_threads=blake3.blake3.AUTO).digest(), data  # type: ignore[return-value]
+        data = b"".join([*self.parts, sealed_header, PACK_TRAILER.pack(len(sealed_header))])
+        self.parts, self.size = [], 0
+        return blake3.blake3(data, max_threads=blake3.blake3.AUTO).digest(), data
 
 
 def pack_id_of(data: bytes) -> bytes:

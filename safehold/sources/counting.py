@@ -54,7 +54,7 @@ class PostgresCopyCounter:
                 end = lines.index(b"\n", start)
                 header = lines[start:end]
                 if header.endswith(b"FROM stdin;"):
-                    self._table = header.split(b" ")[1].decode(errors="replace").replace('"', "")
+                    self._table = table_name(header)
                     self.counts.setdefault(self._table, 0)
                 position = end + 1
                 continue
@@ -73,3 +73,39 @@ def _line_starting(lines: bytes, prefix: bytes, position: int) -> int:
         return position
     found = lines.find(b"\n" + prefix, position)
     return found + 1 if found >= 0 else -1
+
+
+def table_name(header: bytes) -> str:
+    """``schema.table`` from a ``COPY schema.table (...) FROM stdin;`` line, with quoted
+    identifiers unquoted (``"Old Notes"`` -> ``Old Notes``, ``""`` -> ``"``)."""
+    text = header[len(b"COPY ") :].decode(errors="replace")
+    parts, position = [], 0
+    while position < len(text):
+        if text[position] == '"':
+            name, position = _quoted(text, position + 1)
+        else:
+            end = position
+            while end < len(text) and text[end] not in ". (":
+                end += 1
+            name, position = text[position:end], end
+        parts.append(name)
+        if position < len(text) and text[position] == ".":
+            position += 1
+            continue
+        break
+    return ".".join(parts)
+
+
+def _quoted(text: str, position: int) -> tuple[str, int]:
+    """Read a quoted identifier whose opening quote is just before ``position``."""
+    name = []
+    while position < len(text):
+        if text[position] == '"':
+            if text[position + 1 : position + 2] == '"':
+                name.append('"')
+                position += 2
+                continue
+            return "".join(name), position + 1
+        name.append(text[position])
+        position += 1
+    return "".join(name), position

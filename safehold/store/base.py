@@ -30,6 +30,7 @@ NAMESPACES = {
     "data/": {"levels": [1]},
     "index/": {"levels": [0]},
     "snapshots/": {"levels": [0]},
+    "drills/": {"levels": [0]},
     "locks/": {"levels": [0]},
 }
 

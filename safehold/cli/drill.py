@@ -1,0 +1,116 @@
+"""The drill command: restore a platform snapshot into scratch space, check it, time it.
+
+Its options are declared in main.py (the parser must not import this module).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from safehold.cli import render
+from safehold.cli.platform_commands import open_for_platform
+from safehold.ops.drill import Drill, DrillFailed, DrillResult, choose_snapshot, save_drill
+from safehold.platform.config import load_platform
+
+
+def _log(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    if args.quiet or args.json:
+        return lambda text: None
+    return lambda text: print(f"  {text}", file=sys.stderr)
+
+
+def drill_command(args: argparse.Namespace) -> int:
+    """`safehold drill --config FILE [SNAPSHOT|--random-older]`: exit 0 if everything restored
+    and checked out, DrillFailed (25) otherwise; the result is stored in the repository."""
+    platform = load_platform(args.config)
+    with open_for_platform(args, platform.repository) as repository, repository.lock():
+        snapshot, notes = choose_snapshot(
+            repository, platform, args.snapshot, random_older=args.random_older
+        )
+        drill = Drill(repository, platform, snapshot, scratch=args.scratch, log=_log(args))
+        result = drill.run()
+        result.notes[:0] = notes
+        record = result.record()
+        stored = save_drill(repository, record)
+    if stored is None:
+        result.notes.append(
+            "the drill result was not stored: this safehold's store has no drills/ namespace"
+        )
+    _report_problems(result)
+    if args.json:
+        render.print_json({**record, "notes": result.notes, "stored_as": stored})
+    elif not args.quiet:
+        _print_summary(result, record, stored)
+    if result.failed:
+        what = [c.name for c in result.components if c.status == "failed"]
+        what += [f"check {c['name']!r}" for c in result.checks if c["status"] == "failed"]
+        raise DrillFailed(snapshot=snapshot["id"][:8], what=", ".join(what))
+    return 0
+
+
+def _report_problems(result: DrillResult) -> None:
+    for component in result.components:
+        for failure in component.failures:
+            print(f"safehold: drill: {component.name}: {failure}", file=sys.stderr)
+        for warning in component.warnings:
+            print(f"safehold: warning: {component.name}: {warning}", file=sys.stderr)
+        for note in component.notes:
+            print(f"safehold: note: {component.name}: {note}", file=sys.stderr)
+    for check in result.checks:
+        if check["status"] == "failed":
+            print(
+                f"safehold: drill: check {check['name']!r} ({check['component']}): "
+                f"{check['message']}",
+                file=sys.stderr,
+            )
+    for note in result.notes:
+        print(f"safehold: note: {note}", file=sys.stderr)
+
+
+def _details(component) -> str:  # type: ignore[no-untyped-def]
+    if component.type == "files":
+        return f"{component.files} files, {render.size(component.bytes)} read back"
+    if component.type == "command":
+        return f"dump of {render.size(component.bytes)} read back"
+    tables = sum(d["tables"] for d in component.databases.values())
+    rows = sum(d["rows"] for d in component.databases.values())
+    return f"{len(component.databases)} database(s), {tables} tables, {rows} rows"
+
+
+def _seconds(value: float) -> str:
+    return f"{value:.2f} s" if value < 10 else f"{value:.0f} s"
+
+
+def _print_summary(result: DrillResult, record: dict, stored: str | None) -> None:
+    verdict = "FAILED" if result.failed else "PASSED"
+    print(
+        f"drill of snapshot {result.snapshot[:8]} (platform {result.platform}, backed up "
+        f"{render.timestamp(result.snapshot_time)}): {verdict}"
+    )
+    rows = [
+        [
+            c.name,
+            c.type,
+            c.status,
+            _seconds(c.restore_seconds),
+            _seconds(c.verify_seconds),
+            c.restored_into,
+            _details(c),
+        ]
+        for c in result.components
+    ]
+    headers = ["component", "type", "result", "restore", "verify", "restored into", "details"]
+    print(render.table(headers, rows))
+    if result.checks:
+        checks = [
+            [c["name"], c["component"], c["status"], c["value"] or "", c["expected"] or ""]
+            for c in result.checks
+        ]
+        print(render.table(["check", "component", "result", "value", "expected"], checks))
+    print(
+        f"estimated restore time (RTO): {_seconds(record['rto_seconds'])} "
+        f"(the drill took {_seconds(result.duration)})"
+    )
+    if stored:
+        print(f"drill result stored as {stored[:15]}")
