@@ -42,7 +42,6 @@ from safehold.platform.config import load_platform
 from safehold.repo.snapshots import resolve
 from safehold.sources import mysql, postgres
 from safehold.sources.targets import LocalTarget
-from safehold.store import base as store_base
 from tests.conftest import (
     blob_place,
     flip_byte,
@@ -57,17 +56,6 @@ _numbers = count(1)
 
 def _unique(prefix: str) -> str:
     return f"{prefix}_{os.getpid()}_{next(_numbers)}"
-
-
-@pytest.fixture(autouse=True)
-def drills_namespace(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Makes the store know ``drills/`` until that line lands in safehold/store/base.py
-    (NAMESPACES); then this fixture does nothing."""
-    if "drills/" in store_base.NAMESPACES:
-        return
-    monkeypatch.setitem(store_base.NAMESPACES, "drills/", {"levels": [0]})
-    names = "|".join(re.escape(namespace) for namespace in store_base.NAMESPACES)
-    monkeypatch.setattr(store_base, "NAME", re.compile(f"(?:{names})[a-z0-9][a-z0-9_-]*"))
 
 
 @pytest.fixture
