@@ -3,7 +3,7 @@
 # config), describe it in a platform file, back it up into a local repository (hot+cold:
 # copied while "running", then the changes again with the service stopped), change it,
 # back it up again, restore everything into scratch space, prove the restore identical,
-# and verify the repository.
+# verify the repository, and end with a restore drill (what a scheduled drill proves).
 # Everything lives in ./demo-data; run it again to add snapshots, delete the folder to start over.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -90,3 +90,5 @@ live=$(sqlite3 "$platform/db/index.sqlite" "select count(*) from studies")
 [ "$rows" = "$live" ] && echo "restored platform is identical: files match, database has $rows rows"
 step "safehold check --read-data"
 safehold check --read-data
+step "safehold drill --config platform.yaml (restore into scratch space, check, time it)"
+safehold drill --config "$demo/platform.yaml"
