@@ -159,3 +159,34 @@ def test_damaged_directory_tree_spares_the_rest_of_the_restore(
     assert result.code == 13
     assert (target / "healthy.bin").read_bytes() == (source / "healthy.bin").read_bytes()
     assert (target / "victim.bin").read_bytes() == (source / "victim.bin").read_bytes()
+
+
+def test_a_tree_entry_named_dotdot_is_never_restored_outside_the_target(tmp_path) -> None:
+    """Defence in depth: even an authenticated tree with '..' or '/' in a name stays inside."""
+    from safehold.archive.entries import FILE, synthetic_entry
+    from safehold.archive.restorer import Restorer
+    from safehold.repo.format import BLOB_DATA, BLOB_TREE
+    from safehold.repo.writer import BlobWriter
+    from tests.conftest import init_repository, open_repository
+
+    repository = open_repository(init_repository(tmp_path / "repo"))
+    content = b"escaped"
+    blob_id = repository.cipher.blob_id(content)
+    entries = [
+        synthetic_entry(name, FILE, size=len(content), content=[blob_id])
+        for name in (b"..", b"a/../../x", b"ok")
+    ]
+    from safehold.archive.entries import encode_tree
+
+    data = encode_tree(sorted(entries, key=lambda entry: entry["name"]))
+    tree_id = repository.cipher.blob_id(data)
+    with BlobWriter(repository) as writer:
+        writer.add(BLOB_DATA, blob_id, content)
+        writer.add(BLOB_TREE, tree_id, data)
+        writer.flush()
+    target = tmp_path / "target" / "inner"
+    stats = Restorer(repository, str(target)).restore({"type": "dir", "subtree": tree_id}, "/")
+    assert (target / "ok").read_bytes() == content
+    assert sorted(p.name for p in (tmp_path / "target").iterdir()) == ["inner"]
+    assert len(stats.damaged) == 2
+    assert not (tmp_path / "x").exists()

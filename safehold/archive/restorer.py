@@ -126,7 +126,16 @@ class Restorer:
     def _restore_entry(
         self, entry: dict, path: bytes, snapshot_path: bytes, parent_selected: bool
     ) -> None:
-        selected = self._selected(snapshot_path, entry["name"], parent_selected)
+        name = entry["name"]
+        if b"/" in name or name in (b"", b".", b".."):
+            # Authenticated trees never hold such names; refuse them all the same rather than
+            # write outside the target.
+            with self._lock:
+                self.stats.damaged.append(
+                    {"path": os.fsdecode(path), "message": f"invalid name {name!r} in the tree"}
+                )
+            return
+        selected = self._selected(snapshot_path, name, parent_selected)
         if selected is None:
             return
         kind = entry["type"]
