@@ -11,9 +11,13 @@ want_packages() {  # want_packages COMMAND PACKAGE ...: queue PACKAGE if COMMAND
 }
 want_packages python3 python3
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_apt+=(python3-venv)
-for extra in "$@"; do
-    IFS=: read -r command package <<<"$extra"
-    want_packages "$command" "$package"
+for extra in "$@"; do  # CHECK:PACKAGE, CHECK a command name or an absolute path (glob)
+    IFS=: read -r check package <<<"$extra"
+    if [[ $check == /* ]]; then
+        compgen -G "$check" >/dev/null || need_apt+=("$package")
+    else
+        want_packages "$check" "$package"
+    fi
 done
 if ((${#need_apt[@]})); then
     echo "installing Debian packages: ${need_apt[*]}"
