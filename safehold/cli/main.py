@@ -128,6 +128,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     command.set_defaults(run="commands:restore")
 
+    # copy (safehold/cli/copy.py, safehold/ops/copy.py; docs/backends.md)
+    command = sub.add_parser("copy", help="copy snapshots to another repository")
+    _common(command)
+    command.add_argument("snapshots", nargs="*", metavar="SNAPSHOT", help="default: all missing")
+    command.add_argument("--to", required=True, metavar="LOCATION", help="target repository")
+    command.add_argument(
+        "--to-passphrase-file",
+        default=None,
+        help="read the target's passphrase from FILE (default: $SAFEHOLD_TO_PASSPHRASE)",
+    )
+    command.set_defaults(run="copy:copy_command")
+
     command = sub.add_parser("diff", help="show what changed between two snapshots")
     _common(command)
     command.add_argument("first", metavar="SNAPSHOT1")
