@@ -140,6 +140,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     command.set_defaults(run="copy:copy_command")
 
+    # unlock (safehold/cli/unlock.py, safehold/store/locks.py)
+    command = sub.add_parser("unlock", help="remove locks whose holder is gone (never live ones)")
+    _common(command)
+    command.set_defaults(run="unlock:unlock_command")
+
     command = sub.add_parser("diff", help="show what changed between two snapshots")
     _common(command)
     command.add_argument("first", metavar="SNAPSHOT1")

@@ -68,7 +68,7 @@ class Lock:
                 other = json.loads(self.store.load(name))
             except (ObjectMissing, ValueError):
                 continue
-            if self.clock() - other.get("time", 0) > self.stale_after:
+            if is_stale(other, self.clock(), self.stale_after):
                 try:
                     self.store.delete(name)
                 except ObjectMissing:
@@ -120,3 +120,35 @@ class Lock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+def _process_gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False  # it exists, under another user
+    return False
+
+
+def is_stale(document: dict, now: float, stale_after: float = STALE_AFTER) -> bool:
+    """True if a lock's holder is certainly gone: not refreshed for ``stale_after`` seconds, or
+    held by a process of this host that no longer exists."""
+    if now - document.get("time", 0) > stale_after:
+        return True
+    same_host = document.get("host") == socket.gethostname()
+    return same_host and isinstance(document.get("pid"), int) and _process_gone(document["pid"])
+
+
+def list_locks(store: Store, now: float) -> list[dict]:
+    """Every lock in the store: its document plus ``name``, ``age`` (s) and ``stale``."""
+    found = []
+    for name, _size in list(store.list("locks")):
+        try:
+            document = json.loads(store.load(name))
+        except (ObjectMissing, ValueError):
+            continue
+        age = now - document.get("time", 0)
+        found.append(dict(document, name=name, age=age, stale=is_stale(document, now)))
+    return found
