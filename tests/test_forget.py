@@ -123,7 +123,7 @@ def test_reasons_in_the_table(repo: Path, template: dict) -> None:
     assert "keep 3 snapshot(s):" in result.out and "remove 1 snapshot(s):" in result.out
     assert "last, tag nightly" in result.out
     assert "removed 1 snapshot(s), kept 3" in result.out
-    assert "until prune (not implemented yet)" in result.out
+    assert "their data stays in the repository until prune" in result.out
 
 
 def test_json_output(repo: Path, template: dict) -> None:
@@ -176,7 +176,7 @@ def test_lock_wait_proceeds_once_the_backup_is_done(repo: Path, template: dict) 
 @pytest.mark.parametrize(
     ("args", "code", "message"),
     [
-        (["--keep-last", "1", "--prune"], 2, "prune is not implemented yet"),
+        (["--keep-last", "1", "--prune", "--max-unused", "lots"], 2, "--max-unused takes"),
         ([], 2, "empty retention policy"),
         (["--keep-last", "0", "--keep-daily", "0"], 2, "empty retention policy"),
         (["--keep-last", "-1"], 2, "keep_last must be a whole number"),
@@ -195,9 +195,18 @@ def test_refusals_change_nothing(
     assert repo_state(repo) == before
 
 
-def test_prune_is_refused_before_anything_else(tmp_path: Path) -> None:
-    result = run_cli("forget", "--repo", tmp_path / "nowhere", "--keep-last", "1", "--prune")
-    assert_one_line_error(result, 2, "prune is not implemented yet")
+def test_prune_options_are_checked_before_anything_else(tmp_path: Path) -> None:
+    result = run_cli(
+        "forget",
+        "--repo",
+        tmp_path / "nowhere",
+        "--keep-last",
+        "1",
+        "--prune",
+        "--max-repack-size",
+        "lots",
+    )
+    assert_one_line_error(result, 2, "--max-repack-size takes a size")
 
 
 # ------------------------------------------------------------------ selection and grouping

@@ -50,7 +50,7 @@ def backup_paths(
     hostname = hostname or socket.gethostname()
     absolute = [os.path.abspath(path) for path in paths]
     started = clock()
-    with repository.lock():
+    with repository.lock() as lock:
         if parent is None and not force:
             parent = find_parent(repository, hostname, absolute)
         with BlobWriter(repository) as writer:
@@ -91,6 +91,7 @@ def backup_paths(
                 "warnings": stats.warnings,
             },
         }
+        lock.verify()  # a stale lock may have let a prune delete data this snapshot needs
         snapshot_id = repository.save_snapshot(snapshot)
     return BackupResult(snapshot_id, dict(snapshot, id=snapshot_id), stats, writer.stats)
 

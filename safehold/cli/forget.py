@@ -10,18 +10,18 @@ import time
 
 from safehold.cli import render
 from safehold.cli.session import open_repository
-from safehold.errors import UsageError
 from safehold.ops.forget import forget
 from safehold.ops.retention import COUNT_KEYS, Decision, Group, parse_group_by, require_policy
 
 
 def forget_command(args: argparse.Namespace) -> int:
     """`safehold forget`: decide, show, and (without --dry-run) delete snapshot objects."""
-    if args.prune:
-        raise UsageError(
-            "prune is not implemented yet: run forget without --prune (it removes snapshots "
-            "only; their data stays in the repository until prune exists)"
-        )
+    if args.prune:  # usage errors before anything is deleted
+        from safehold.cli.prune import parse_max_unused, parse_size
+
+        parse_max_unused(args.max_unused)
+        if args.max_repack_size:
+            parse_size(args.max_repack_size, "--max-repack-size")
     platform = None
     if args.config:  # imported on use, like the other platform commands (YAML, JSON Schema)
         from safehold.platform.config import load_platform
@@ -60,6 +60,11 @@ def forget_command(args: argparse.Namespace) -> int:
             if show
             else None,
         )
+        pruned = None
+        if args.prune and not args.dry_run:  # a second lock: prune decides afresh
+            from safehold.cli.prune import prune_repository
+
+            pruned = prune_repository(repository, args, show=False)
     decision = result.decision
     if args.json:
         render.print_json(
@@ -70,6 +75,7 @@ def forget_command(args: argparse.Namespace) -> int:
                 "groups": [_group_json(group) for group in decision.groups],
                 "removed": result.removed,
             }
+            | ({"prune": pruned.as_dict()} if pruned else {})
         )
     elif show:
         if result.dry_run:
@@ -81,8 +87,13 @@ def forget_command(args: argparse.Namespace) -> int:
         else:
             print(
                 f"removed {len(result.removed)} snapshot(s), kept {len(decision.keep)}; "
-                "their data stays in the repository until prune (not implemented yet)"
+                + ("pruned" if pruned else "their data stays in the repository until prune")
             )
+        if pruned:
+            from safehold.cli.prune import describe_plan, summary
+
+            print(describe_plan(pruned))
+            print(summary(pruned))
     return 0
 
 

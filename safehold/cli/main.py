@@ -177,8 +177,23 @@ def build_parser() -> argparse.ArgumentParser:
     command.add_argument("--config", "-c", default=None, metavar="PLATFORM_FILE")
     command.add_argument("--dry-run", "-n", action="store_true", help="show, delete nothing")
     command.add_argument("--lock-wait", type=float, default=0.0, metavar="SECONDS")
-    command.add_argument("--prune", action="store_true", help="not implemented yet")
+    command.add_argument("--prune", action="store_true", help="prune after forgetting")
+    command.add_argument("--max-unused", default="5%", metavar="N%|SIZE", help="with --prune")
+    command.add_argument("--max-repack-size", default=None, metavar="SIZE", help="with --prune")
     command.set_defaults(run="forget:forget_command")
+
+    # prune (safehold/cli/prune.py, safehold/ops/prune.py; docs/format.md "Prune")
+    command = sub.add_parser("prune", help="delete data no snapshot needs, repack packs")
+    _common(command)
+    command.add_argument(
+        "--max-unused", default="5%", metavar="N%|SIZE", help="unused data to tolerate (5%%)"
+    )
+    command.add_argument(
+        "--max-repack-size", default=None, metavar="SIZE", help="read at most SIZE of packs"
+    )
+    command.add_argument("--dry-run", "-n", action="store_true", help="show, change nothing")
+    command.add_argument("--lock-wait", type=float, default=0.0, metavar="SECONDS")
+    command.set_defaults(run="prune:prune_command")
 
     # drill (safehold/cli/drill.py, safehold/ops/drill.py; docs/operations.md)
     command = sub.add_parser("drill", help="prove a platform snapshot restorable, in scratch space")

@@ -13,9 +13,10 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from safehold.archive.entries import DIR, decode_tree
+from safehold.archive.entries import decode_tree
 from safehold.crypto import AuthenticationFailed
 from safehold.errors import IntegrityError, UsageError
+from safehold.ops.treewalk import content_ids, walk_trees
 from safehold.repo.index import Location
 from safehold.repo.pack import pack_id_of, read_header
 from safehold.repo.repository import Repository, pack_name
@@ -142,30 +143,20 @@ def _check_snapshots(repository: Repository, index, result: CheckResult) -> None
             result.errors.append(str(error.fields["message"]))
             continue
         result.snapshots += 1
-        stack = [snapshot["tree"]]  # type: ignore[index]
-        while stack:
-            tree_id = stack.pop()
-            if tree_id in seen_trees:
-                continue
-            seen_trees.add(tree_id)
-            try:
-                entries = decode_tree(repository.load_blob(tree_id))
-            except IntegrityError as error:
-                result.errors.append(
-                    f"{name}: tree {tree_id.hex()[:16]}: {error.fields['message']}"
-                )
-                continue
+
+        def report(tree_id: bytes, error: IntegrityError, name: str = name) -> None:
+            result.errors.append(f"{name}: tree {tree_id.hex()[:16]}: {error.fields['message']}")
+
+        load = lambda tree_id: decode_tree(repository.load_blob(tree_id))  # noqa: E731
+        for _tree_id, entries in walk_trees(snapshot["tree"], load, seen_trees, report):  # type: ignore[index]
             result.trees += 1
-            for entry in entries:
-                if entry["type"] == DIR:
-                    stack.append(entry["subtree"])
-                for blob_id in entry.get("content") or []:
-                    result.blobs_referenced += 1
-                    if index.lookup(blob_id) is None:
-                        result.errors.append(
-                            f"{name}: {entry['name']!r} needs blob {blob_id.hex()[:16]}, "
-                            "which is not indexed"
-                        )
+            for entry, blob_id in content_ids(entries):
+                result.blobs_referenced += 1
+                if index.lookup(blob_id) is None:
+                    result.errors.append(
+                        f"{name}: {entry['name']!r} needs blob {blob_id.hex()[:16]}, "
+                        "which is not indexed"
+                    )
 
 
 def _read_packs(

@@ -123,7 +123,7 @@ class PlatformBackup:
     def run(self) -> PlatformBackupResult:
         run_hooks(self.platform.hooks, "before_backup", log=self.log)
         started = self.clock()
-        with self.repository.lock():
+        with self.repository.lock() as lock:
             parent = previous_platform_snapshot(self.repository, self.platform.name, self.hostname)
             parent_trees = self._component_trees(parent)
             with BlobWriter(self.repository) as writer:
@@ -133,6 +133,7 @@ class PlatformBackup:
                     root = root["subtree"]
                 writer.flush()
             snapshot = self._snapshot(root, parent, started, writer)
+            lock.verify()  # a stale lock may have let a prune delete data this snapshot needs
             snapshot_id = self.repository.save_snapshot(snapshot)
         result = PlatformBackupResult(
             snapshot_id, dict(snapshot, id=snapshot_id), list(self.results.values())

@@ -48,6 +48,8 @@ class Lock:
         self.name = "locks/" + os.urandom(16).hex()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._last_written: float | None = None  # monotonic time of the last successful write
+        self._lapsed = False  # once a gap between writes was long enough to look stale
 
     def _document(self) -> bytes:
         return json.dumps(
@@ -95,6 +97,7 @@ class Lock:
                     f"{kind} (host {holder.get('host')}, pid {holder.get('pid')})"
                 )
             time.sleep(min(1.0, max(0.05, deadline - time.monotonic())))
+        self._last_written = time.monotonic()
         self._thread = threading.Thread(target=self._refresh, name="lock-refresh", daemon=True)
         self._thread.start()
         return self
@@ -104,7 +107,36 @@ class Lock:
             try:
                 self.store.save(self.name, self._document())
             except Exception:
-                pass
+                continue  # the gap grows; verify() notices if it grows too long
+            self._note_written()
+
+    def _note_written(self) -> None:
+        now = time.monotonic()
+        if self._last_written is None or now - self._last_written > self.stale_after / 2:
+            self._lapsed = True
+        self._last_written = now
+
+    def verify(self) -> None:
+        """Raise RepositoryLocked unless this lock was live all along and still exists.
+
+        Call it just before a write that relies on the lock having been respected, e.g. a
+        backup's snapshot: if the lock ever went long enough without a refresh to look stale
+        to another host, or was removed as stale, an exclusive operation (prune) may have run
+        meanwhile and deleted data this process counted on.
+        """
+        last = self._last_written
+        if self._lapsed or last is None or time.monotonic() - last > self.stale_after / 2:
+            raise RepositoryLocked(
+                "no longer by this process: its lock was not refreshed for minutes, so a prune "
+                "may have run; nothing was written: run the command again"
+            )
+        try:
+            self.store.load(self.name)
+        except ObjectMissing:
+            raise RepositoryLocked(
+                "no longer by this process: its lock was removed as stale, so a prune may "
+                "have run; nothing was written: run the command again"
+            ) from None
 
     def release(self) -> None:
         self._stop.set()

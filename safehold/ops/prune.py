@@ -1,0 +1,368 @@
+"""Prune: delete the data no snapshot needs, repack packs that are mostly unused.
+
+Under the exclusive lock (no backup, restore, check or forget runs meanwhile): mark every blob
+reachable from every snapshot, choose one copy of each, then per pack compare used and unused
+bytes. In this order, each step durable before the next (docs/format.md, "Prune"):
+
+1. copy the used sealed blobs of the packs chosen for repacking, byte for byte, into new packs;
+2. write one new set of index files listing every blob that stays, superseding all old ones;
+3. delete the old index files;
+4. delete the packs nothing needs any more (empty, repacked, or never indexed).
+
+A crash between any two writes leaves a repository whose index covers every snapshot: at
+worst duplicate index entries or packs no index lists, which check reports as notes and the
+next prune removes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from safehold.errors import IntegrityError, RepositoryLocked
+from safehold.ops.prune_table import ENTRY_DTYPE, BlobTable, TreeMarks
+from safehold.ops.treewalk import content_ids, walk_trees
+from safehold.repo.pack import PackBuilder
+from safehold.repo.repository import Repository, pack_name
+from safehold.store import ObjectMissing
+from safehold.store.locks import Lock
+
+INDEX_FILE_RECORDS = 65536  # records per new index file (about 3 MiB)
+
+
+@dataclass
+class PrunePlan:
+    """What prune found and decided; ``done`` is filled in as it carries the plan out."""
+
+    snapshots: int = 0
+    blobs_used: int = 0
+    packs_total: int = 0
+    bytes_total: int = 0
+    bytes_used: int = 0  # sealed blobs needed (one copy each)
+    bytes_unused: int = 0  # sealed blobs not needed, and packs no index lists
+    delete: list[bytes] = field(default_factory=list)  # indexed packs with nothing used
+    repack: list[bytes] = field(default_factory=list)
+    unindexed: list[bytes] = field(default_factory=list)  # packs no index lists
+    bytes_delete: int = 0  # file sizes of delete + unindexed
+    bytes_repack: int = 0  # file sizes of the packs to repack
+    bytes_repack_used: int = 0  # what repacking copies
+    bytes_unused_after: int = 0
+    dry_run: bool = True
+    done: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def changes(self) -> bool:
+        return bool(self.delete or self.repack or self.unindexed)
+
+    def as_dict(self) -> dict:
+        """A JSON-able summary (pack ids in hex)."""
+        return {
+            "dry_run": self.dry_run,
+            "snapshots": self.snapshots,
+            "blobs_used": self.blobs_used,
+            "packs_total": self.packs_total,
+            "bytes_total": self.bytes_total,
+            "bytes_used": self.bytes_used,
+            "bytes_unused": self.bytes_unused,
+            "packs_delete": [p.hex() for p in self.delete],
+            "packs_unindexed": [p.hex() for p in self.unindexed],
+            "packs_repack": [p.hex() for p in self.repack],
+            "bytes_delete": self.bytes_delete,
+            "bytes_repack": self.bytes_repack,
+            "bytes_repack_used": self.bytes_repack_used,
+            "bytes_unused_after": self.bytes_unused_after,
+            "done": self.done,
+        }
+
+
+def prune(
+    repository: Repository,
+    *,
+    max_unused: float | int = 0.05,
+    max_repack_size: int | None = None,
+    dry_run: bool = False,
+    wait: float = 0.0,
+    progress: Callable[[str], None] | None = None,
+    before_changes: Callable[[PrunePlan], None] | None = None,
+) -> PrunePlan:
+    """Plan and (unless ``dry_run``) carry out a prune; returns the plan with what was done.
+
+    ``max_unused``: a float below 1 is the share of the repository's pack data that may stay
+    unused; an int is a number of bytes. ``max_repack_size`` caps the bytes of packs read for
+    repacking. Raises RepositoryLocked (exit 14) if another process holds the repository
+    for longer than ``wait`` seconds, IntegrityError if a tree cannot be read or a snapshot
+    needs a blob the index does not list (nothing is changed then).
+    """
+    report = progress or (lambda message: None)
+    if dry_run:
+        return plan_prune(repository, max_unused, max_repack_size, report)[0]
+    with repository.lock(exclusive=True, wait=wait) as lock:
+        plan, table, keep = plan_prune(repository, max_unused, max_repack_size, report)
+        plan.dry_run = False
+        if before_changes is not None:
+            before_changes(plan)
+        if plan.changes:
+            _carry_out(repository, lock, plan, table, keep, report)
+    return plan
+
+
+# ------------------------------------------------------------------------------ planning
+
+
+def plan_prune(
+    repository: Repository,
+    max_unused: float | int,
+    max_repack_size: int | None,
+    report: Callable[[str], None],
+) -> tuple[PrunePlan, BlobTable, np.ndarray]:
+    """Mark, choose copies and packs; returns (plan, table, mask of the copies kept)."""
+    plan = PrunePlan()
+    report("loading index")
+    table = BlobTable.load(repository)
+    stored = {bytes.fromhex(n.split("/", 1)[1]): size for n, size in repository.store.list("data")}
+    report("marking used blobs")
+    _mark_snapshots(repository, table, plan)
+    packs = len(table.packs)
+    pack_of = table.pack.astype(np.int64)
+    missing = [table.packs[n] for n in range(packs) if table.packs[n] not in stored]
+    if missing:
+        raise IntegrityError(
+            f"pack {missing[0].hex()} is listed in the index but missing "
+            f"({len(missing)} such pack(s)); prune changed nothing: run 'safehold check'"
+        )
+    # Bytes of blobs per pack, each (pack, offset) once: two index files may list one pack.
+    place = (pack_of << 32) | table.offset.astype(np.int64)
+    _, first = np.unique(place, return_index=True)
+    single = np.zeros(len(table), dtype=bool)
+    single[first] = True
+    blob_bytes = np.bincount(pack_of[single], weights=table.length[single], minlength=packs)
+    keep = _choose_copies(table, pack_of, blob_bytes, single, packs)
+    used = np.bincount(pack_of[keep], weights=table.length[keep], minlength=packs)
+    unused = blob_bytes - used
+    plan.blobs_used = int(keep.sum())
+    plan.packs_total = len(stored)
+    plan.bytes_total = int(sum(stored.values()))
+    plan.bytes_used = int(used.sum())
+    plan.delete = [table.packs[n] for n in range(packs) if used[n] == 0]
+    indexed = set(table.packs)
+    plan.unindexed = sorted(pack for pack in stored if pack not in indexed)
+    plan.bytes_delete = sum(stored[p] for p in plan.delete + plan.unindexed)
+    plan.bytes_unused = int(unused.sum()) + sum(stored[p] for p in plan.unindexed)
+    allowed = _allowed_unused(max_unused, plan.bytes_used)
+    remaining = float(unused[used > 0].sum())
+    budget = float("inf") if max_repack_size is None else max_repack_size
+    for number in sorted(np.flatnonzero((used > 0) & (unused > 0)), key=lambda n: -unused[n]):
+        if remaining <= allowed:
+            break
+        pack_id = table.packs[number]
+        if plan.bytes_repack + stored[pack_id] > budget:
+            continue
+        plan.repack.append(pack_id)
+        plan.bytes_repack += stored[pack_id]
+        plan.bytes_repack_used += int(used[number])
+        remaining -= unused[number]
+    plan.bytes_unused_after = int(remaining)
+    return plan, table, keep
+
+
+def _allowed_unused(max_unused: float | int, used: int) -> float:
+    if isinstance(max_unused, int):
+        return float(max_unused)
+    if max_unused >= 1:
+        return float("inf")
+    return used * max_unused / (1 - max_unused)  # so that unused / (used + unused) <= share
+
+
+def _mark_snapshots(repository: Repository, table: BlobTable, plan: PrunePlan) -> None:
+    seen = TreeMarks(table)
+    for name in repository.snapshot_names():
+        snapshot = repository.load_object(name)
+        plan.snapshots += 1
+        root = snapshot["tree"]  # type: ignore[index]
+        load = lambda tree_id: table.load_tree(repository, tree_id)  # noqa: E731
+        for _tree_id, entries in walk_trees(root, load, seen):
+            missing = table.mark([blob_id for _entry, blob_id in content_ids(entries)])
+            if missing:
+                raise IntegrityError(
+                    f"{name} needs blob {missing[0].hex()[:16]}, which is not indexed; "
+                    "prune changed nothing: run 'safehold check'"
+                )
+
+
+def _choose_copies(
+    table: BlobTable, pack_of: np.ndarray, blob_bytes: np.ndarray, single: np.ndarray, packs: int
+) -> np.ndarray:
+    """One entry per needed blob: the copy in the pack with the largest share of needed
+    bytes (so that after an interrupted prune the new, full packs win), ties by pack number."""
+    needed = np.flatnonzero(table.used)
+    keep = np.zeros(len(table), dtype=bool)
+    if not len(needed):
+        return keep
+    mask = table.used & single
+    reach = np.bincount(pack_of[mask], weights=table.length[mask], minlength=packs)
+    share = reach / np.maximum(blob_bytes, 1)
+    ids = table.ids[needed]
+    group = np.cumsum(np.concatenate([[True], ids[1:] != ids[:-1]])) - 1
+    order = np.lexsort((pack_of[needed], -share[pack_of[needed]], group))
+    firsts = np.concatenate([[True], group[order][1:] != group[order][:-1]])
+    keep[needed[order][firsts]] = True
+    return keep
+
+
+# ------------------------------------------------------------------------------ doing
+
+
+def _carry_out(
+    repository: Repository,
+    lock: Lock,
+    plan: PrunePlan,
+    table: BlobTable,
+    keep: np.ndarray,
+    report: Callable[[str], None],
+) -> None:
+    done = plan.done
+    done.update(packs_written=0, bytes_written=0, blobs_repacked=0, index_files_written=0)
+    done.update(index_files_deleted=0, packs_deleted=0, bytes_deleted=0)
+    rewrite = bool(plan.delete or plan.repack)
+    if rewrite:
+        new_entries = _repack(repository, plan, table, keep, report)
+        report("writing the new index")
+        _write_index(repository, plan, table, keep, new_entries)
+        _assert_still_exclusive(repository, lock)
+        report("deleting the old index")
+        for name in table.index_names:
+            _delete(repository, name)
+            done["index_files_deleted"] += 1
+    _assert_still_exclusive(repository, lock)
+    report("deleting packs")
+    sizes = dict(repository.store.list("data"))
+    for pack_id in plan.delete + plan.repack + plan.unindexed:
+        name = pack_name(pack_id)
+        _delete(repository, name)
+        done["packs_deleted"] += 1
+        done["bytes_deleted"] += sizes.get(name, 0)
+
+
+def _repack(
+    repository: Repository,
+    plan: PrunePlan,
+    table: BlobTable,
+    keep: np.ndarray,
+    report: Callable[[str], None],
+) -> np.ndarray:
+    """Copy the kept blobs of the packs to repack into new packs; returns their index entries.
+
+    Holds one source pack and the pack being built at a time. Every blob is authenticated and
+    checked against its id before it is copied: prune never makes a damaged copy the only one.
+    """
+    rows: list[tuple] = []
+    targets = {pack_id: n for n, pack_id in enumerate(table.packs)}
+    builder = PackBuilder()
+    pack_size = repository.config["pack_size"]
+    for count, pack_id in enumerate(plan.repack, 1):
+        report(f"repacking pack {count} of {len(plan.repack)}")
+        positions = np.flatnonzero(keep & (table.pack == targets[pack_id]))
+        data = repository.store.load(pack_name(pack_id))
+        for position in positions[np.argsort(table.offset[positions])]:
+            location = table.location(int(position))
+            sealed = data[location.offset : location.offset + location.length]
+            blob_id = bytes(table.ids[position]).ljust(32, b"\0")
+            repository.open_blob(blob_id, location, sealed)  # raises IntegrityError if damaged
+            builder.add(location.blob_type, blob_id, sealed, location.raw_length)
+            if len(builder) >= pack_size:
+                rows += _ship(repository, builder, plan)
+        del data
+    rows += _ship(repository, builder, plan)
+    return np.array(rows, dtype=[("id", "S32"), ("pack", "S32")] + ENTRY_DTYPE.descr[2:])
+
+
+def _ship(repository: Repository, builder: PackBuilder, plan: PrunePlan) -> list[tuple]:
+    if not builder.entries:
+        return []
+    entries = builder.entries
+    pack_id, data = builder.finish(repository.cipher)
+    repository.store.save(pack_name(pack_id), data)
+    plan.done["packs_written"] += 1
+    plan.done["bytes_written"] += len(data)
+    plan.done["blobs_repacked"] += len(entries)
+    builder.entries, builder.ids = [], set()
+    return [(e.blob_id, pack_id, e.offset, e.length, e.raw_length, e.blob_type) for e in entries]
+
+
+def _write_index(
+    repository: Repository,
+    plan: PrunePlan,
+    table: BlobTable,
+    keep: np.ndarray,
+    new_entries: np.ndarray,
+) -> None:
+    """Write the index files of everything that stays: all entries of the packs kept (unused
+    ones too, so the next prune still sees their unused bytes) and the repacked blobs."""
+    numbers = {pack_id: n for n, pack_id in enumerate(table.packs)}
+    gone = {numbers[p] for p in plan.delete + plan.repack}
+    stays = ~np.isin(table.pack, np.array(sorted(gone), dtype="<u4"))
+    rows = np.flatnonzero(stays)
+    # Each (pack, offset) once, grouped by pack.
+    place = (table.pack[rows].astype(np.int64) << 32) | table.offset[rows].astype(np.int64)
+    _, first = np.unique(place, return_index=True)
+    rows = rows[first]
+    supersedes = [bytes.fromhex(name.split("/", 1)[1]) for name in table.index_names]
+    old_packs = np.array([np.bytes_(p) for p in table.packs] or [b""], dtype="S32")
+    kept = np.empty(len(rows), dtype=new_entries.dtype)
+    kept["id"] = table.ids[rows]
+    kept["pack"] = old_packs[table.pack[rows]]
+    for name in ("offset", "length", "raw", "type"):
+        kept[name] = getattr(table, name)[rows]
+    everything = np.concatenate([kept, new_entries])
+    del kept, rows
+    for start in range(0, len(everything), INDEX_FILE_RECORDS):
+        chunk = everything[start : start + INDEX_FILE_RECORDS]
+        pack_ids, local = np.unique(chunk["pack"], return_inverse=True)
+        records = np.empty(len(chunk), dtype=ENTRY_DTYPE)
+        records["id"] = chunk["id"]
+        records["pack"] = local
+        for name in ("offset", "length", "raw", "type"):
+            records[name] = chunk[name]
+        repository.save_object(
+            "index/" + os.urandom(32).hex(),
+            {
+                "version": 1,
+                "packs": [bytes(p).ljust(32, b"\0") for p in pack_ids],
+                "records": records.tobytes(),
+                "supersedes": supersedes,
+            },
+        )
+        plan.done["index_files_written"] += 1
+
+
+def _delete(repository: Repository, name: str) -> None:
+    try:
+        repository.store.delete(name)
+    except ObjectMissing:
+        pass  # gone already: the outcome is the same
+
+
+def _assert_still_exclusive(repository: Repository, lock: Lock) -> None:
+    """Refuse to delete anything unless our exclusive lock is intact, fresh, and alone.
+
+    If prune stalled so long that its lock went stale, a backup may have started and taken
+    the index for granted: then the deletions stop here (the index written so far is
+    complete, so the repository stays consistent) and the next prune finishes the job.
+    """
+    others = [name for name, _ in repository.store.list("locks") if name != lock.name]
+    try:
+        document = json.loads(repository.store.load(lock.name))
+    except (ObjectMissing, ValueError):
+        document = None
+    age = time.time() - document.get("time", 0) if document else None
+    if others or age is None or age > lock.stale_after / 2:
+        raise RepositoryLocked(
+            "by another process: prune's own lock was lost or went stale (did prune stall "
+            "for minutes?); it stopped before deleting more and the repository is consistent: "
+            "run prune again"
+        )
