@@ -13,14 +13,14 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+from safehold.ops.scratch_servers import free_port, port_open
 
 PG_PASSWORD = "pg s3cret 'quoted' $x"
 MARIADB_PASSWORD = 'maria s3cret "quoted" $x'
@@ -49,29 +49,14 @@ def serve(factory):  # type: ignore[no-untyped-def]
         manager.__exit__(None, None, None)
 
 
-def free_port() -> int:
-    """Returns a TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def wait_for_port(
     port: int, process: subprocess.Popen | None = None, log: Path | None = None
 ) -> None:
     """Waits until 127.0.0.1:port accepts connections. Raises RuntimeError (with the log's
     tail) if the process exits first or START_TIMEOUT passes."""
-    deadline = time.monotonic() + START_TIMEOUT
-    while time.monotonic() < deadline:
-        if process is not None and process.poll() is not None:
-            break
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.1)
-    tail = log.read_text(errors="replace")[-2000:] if log and log.exists() else ""
-    raise RuntimeError(f"server on port {port} did not start:\n{tail}")
+    if not port_open(port, process, START_TIMEOUT):
+        tail = log.read_text(errors="replace")[-2000:] if log and log.exists() else ""
+        raise RuntimeError(f"server on port {port} did not start:\n{tail}")
 
 
 def _need(*paths: str) -> None:

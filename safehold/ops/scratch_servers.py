@@ -159,17 +159,24 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _wait_for_port(port: int, process: subprocess.Popen | None, log: str, what: str) -> None:
-    deadline = time.monotonic() + START_TIMEOUT
+def port_open(port: int, process: subprocess.Popen | None, timeout: float) -> bool:
+    """Wait until 127.0.0.1:port accepts connections; False if ``process`` exits first or
+    ``timeout`` seconds pass."""
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:
-            break
+            return False
         try:
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
+            return True
         except OSError:
             time.sleep(0.1)
-    raise ScratchServerError(f"the throwaway {what} did not start: {_tail(log)}")
+    return False
+
+
+def _wait_for_port(port: int, process: subprocess.Popen | None, log: str, what: str) -> None:
+    if not port_open(port, process, START_TIMEOUT):
+        raise ScratchServerError(f"the throwaway {what} did not start: {_tail(log)}")
 
 
 def _tail(path: str, lines: int = 3) -> str:
