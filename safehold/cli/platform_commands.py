@@ -57,6 +57,7 @@ def backup_platform(args: argparse.Namespace) -> int:
     platform = load_platform(args.config)
     with open_for_platform(args, platform.repository) as repository:
         result = PlatformBackup(repository, platform, tags=args.tag, log=_log(args)).run()
+        copy_problems = _copy_offsite(repository, platform, result.snapshot_id, args)
     snapshot = result.snapshot
     if args.json:
         render.print_json(
@@ -102,13 +103,47 @@ def backup_platform(args: argparse.Namespace) -> int:
                 f"safehold: {component.name}: could not read {error['path']}: {error['message']}",
                 file=sys.stderr,
             )
+    for problem in copy_problems:
+        print(f"safehold: backup saved, but {problem}", file=sys.stderr)
     if result.status == "failed":
         raise CriticalComponentFailed(
             names=", ".join(
                 c.name for c in result.components if c.status == "failed" and c.critical
             )
         )
-    return EXIT_PARTIAL if result.status == "partial" else 0
+    return EXIT_PARTIAL if result.status == "partial" or copy_problems else 0
+
+
+def _copy_offsite(repository: Repository, platform, snapshot_id: str, args) -> list[str]:  # type: ignore[no-untyped-def]
+    """Copy the new snapshot to every `copies:` repository; returns one line per failure."""
+    import os
+
+    from safehold.ops.copy import copy_snapshots
+
+    problems = []
+    for copy in platform.copies:
+        try:
+            secret = _copy_passphrase(copy, os.environ)
+            with Repository.open(copy["to"], secret) as target:
+                outcome = copy_snapshots(repository, target, [snapshot_id])
+            for item in outcome.copied:
+                _log(args)(f"copied to {copy['to']}: {render.size(item.bytes_added_stored)} new")
+        except SafeholdError as error:
+            problems.append(f"the copy to {copy['to']} failed: {error}")
+    return problems
+
+
+def _copy_passphrase(copy: dict, environment) -> bytes:  # type: ignore[no-untyped-def]
+    if copy.get("passphrase_file"):
+        try:
+            with open(copy["passphrase_file"], "rb") as handle:
+                return handle.readline().rstrip(b"\r\n")
+        except OSError as error:
+            raise UsageError(f"cannot read {copy['passphrase_file']}: {error.strerror}") from None
+    variable = copy.get("passphrase_env", "SAFEHOLD_TO_PASSPHRASE")
+    if variable not in environment:
+        raise UsageError(f"no passphrase for it: set {variable}")
+    return environment[variable].encode()
 
 
 def _confirm(args: argparse.Namespace, steps: list[str]) -> None:

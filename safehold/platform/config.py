@@ -239,6 +239,7 @@ class Platform:
     tags: list[str]
     hostname: str | None
     retention: dict = field(default_factory=dict)  # the `retention:` section (safehold forget)
+    copies: list = field(default_factory=list)  # the `copies:` section (copy after backup)
     drill: dict = field(default_factory=dict)  # the `drill:` section (safehold drill)
     document: dict = field(repr=False, default_factory=dict)
 
@@ -300,6 +301,7 @@ def parse_platform(text: str, source: str, environment: dict[str, str] | None = 
         tags=list(resolved.get("tags", [])),
         hostname=resolved.get("hostname"),
         retention=dict(resolved.get("retention") or {}),
+        copies=[{"to": c} if isinstance(c, str) else dict(c) for c in resolved.get("copies", [])],
         drill=dict(resolved.get("drill") or {}),
         document=document,
     )

@@ -302,6 +302,36 @@ DRILL = {
     },
 }
 
+COPIES = {
+    "type": "array",
+    "description": "off-site copies: after each backup its snapshot is copied to each of these "
+    "repositories (only missing chunks travel; each has its own key)",
+    "items": {
+        "oneOf": [
+            {
+                "type": "string",
+                "description": "a repository location; its passphrase from $SAFEHOLD_TO_PASSPHRASE",
+            },
+            {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["to"],
+                "properties": {
+                    "to": {"type": "string", "description": "the target repository location"},
+                    "passphrase_env": {
+                        "type": "string",
+                        "description": "environment variable with its passphrase",
+                    },
+                    "passphrase_file": {
+                        "type": "string",
+                        "description": "file whose first line is its passphrase",
+                    },
+                },
+            },
+        ]
+    },
+}
+
 SCHEMA: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
     "title": "safehold platform file",
@@ -342,6 +372,7 @@ SCHEMA: dict[str, Any] = {
             "description": "tags added to every snapshot",
         },
         "retention": RETENTION,
+        "copies": COPIES,
         "drill": DRILL,
     },
 }
