@@ -162,6 +162,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     command.set_defaults(run="commands:check_repository")
 
+    # repair (safehold/cli/repair.py, safehold/ops/repair.py; docs/format.md "Repair")
+    repair = sub.add_parser("repair", help="rebuild the index, or salvage damaged snapshots")
+    repair_sub = repair.add_subparsers(dest="repair_command", required=True, metavar="ACTION")
+    for name, function, text in (
+        ("index", "repair:repair_index_command", "rebuild the index from the pack headers"),
+        ("snapshots", "repair:repair_snapshots_command", "drop what cannot be read"),
+    ):
+        command = repair_sub.add_parser(name, help=text)
+        _common(command)
+        command.add_argument("--dry-run", "-n", action="store_true", help="show, change nothing")
+        command.add_argument("--lock-wait", type=float, default=0.0, metavar="SECONDS")
+        command.set_defaults(run=function)
+
     # forget (safehold/cli/forget.py, safehold/ops/retention.py; docs/retention.md)
     command = sub.add_parser("forget", help="remove snapshots by a retention policy")
     _common(command)
@@ -205,6 +218,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     command.add_argument("--scratch", default=None, metavar="DIR", help="restore below DIR")
     command.set_defaults(run="drill:drill_command")
+
+    # metrics, report (safehold/cli/status.py, safehold/ops/status.py; docs/operations.md)
+    command = sub.add_parser("metrics", help="write Prometheus metrics (textfile collector)")
+    _common(command)
+    command.add_argument("--config", "-c", default=None, metavar="PLATFORM_FILE")
+    command.add_argument("--output", "-o", default=None, help="write FILE atomically")
+    command.set_defaults(run="status:metrics_command")
+
+    command = sub.add_parser("report", help="platforms' backups, drills and warnings (exit 3)")
+    _common(command)
+    command.add_argument("--config", "-c", default=None, metavar="PLATFORM_FILE")
+    command.add_argument("--expect-every", default="1d", metavar="INTERVAL", help="backups (1d)")
+    command.add_argument("--drill-every", default="7d", metavar="INTERVAL", help="drills (7d)")
+    command.add_argument("--failures", type=int, default=3, metavar="N", help="last N backups")
+    command.set_defaults(run="status:report_command")
 
     config = sub.add_parser("config", help="platform files: validate, schema, new, docs")
     config_sub = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")

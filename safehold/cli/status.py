@@ -1,0 +1,166 @@
+"""safehold metrics (Prometheus text format) and safehold report: the state of platforms.
+
+The numbers come from safehold/ops/status.py; docs/operations.md "Monitoring and reports".
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from safehold.cli import render
+from safehold.cli.platform_commands import open_for_platform
+from safehold.errors import EXIT_PARTIAL, UsageError
+from safehold.ops.drill_records import list_drills
+from safehold.ops.status import (
+    Policy,
+    human_duration,
+    metrics_text,
+    parse_interval,
+    platform_status,
+    platforms_in,
+    repository_totals,
+)
+from safehold.platform.config import load_platform
+from safehold.repo.snapshots import list_snapshots
+
+clock = time.time  # tests move it
+
+
+def _interval(text: str, option: str) -> float:
+    try:
+        return parse_interval(text)
+    except ValueError as error:
+        raise UsageError(f"{option}: {error}") from None
+
+
+def _collect(args: argparse.Namespace, policy: Policy, now: float) -> tuple[list[dict], dict]:
+    """(the status of each platform asked for, the repository totals)."""
+    platform = load_platform(args.config) if args.config else None
+    with open_for_platform(args, platform.repository if platform else None) as repository:
+        snapshots = list_snapshots(repository)
+        drills = list_drills(repository)
+    names = [platform.name] if platform else platforms_in(snapshots)
+    if not names:
+        raise UsageError("no platform snapshots in this repository: pass --config PLATFORM_FILE")
+    statuses = [platform_status(name, snapshots, drills, now, policy) for name in names]
+    return statuses, repository_totals(snapshots)
+
+
+def metrics_command(args: argparse.Namespace) -> int:
+    statuses, totals = _collect(args, Policy(), clock())
+    text = metrics_text(statuses, totals)
+    if not args.output:
+        sys.stdout.write(text)
+        return 0
+    write_atomically(Path(args.output), text)
+    return 0
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Write via a temporary file in the same directory and a rename: a reader (node_exporter's
+    textfile collector) sees the old file or the new one, never a half-written one."""
+    handle, temporary = tempfile.mkstemp(dir=path.parent or ".", prefix=f".{path.name}.")
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as out:
+            out.write(text)
+            out.flush()
+            os.fsync(out.fileno())
+        os.chmod(temporary, 0o644)
+        os.replace(temporary, path)
+    except BaseException:
+        try:
+            os.unlink(temporary)
+        except OSError:
+            pass
+        raise
+
+
+def report_command(args: argparse.Namespace) -> int:
+    if args.failures < 1:
+        raise UsageError("--failures: give a number of backups, at least 1")
+    policy = Policy(
+        _interval(args.expect_every, "--expect-every"),
+        _interval(args.drill_every, "--drill-every"),
+        args.failures,
+    )
+    now = clock()
+    statuses, totals = _collect(args, policy, now)
+    warnings = [w for status in statuses for w in status["warnings"]]
+    if args.json:
+        render.print_json({"time": now, "platforms": statuses, "repository": totals})
+    elif not args.quiet:
+        for status in statuses:
+            _print_platform(status)
+        ratio = totals["dedup_ratio"]
+        print(
+            f"repository: {totals['snapshots']} snapshot(s), "
+            f"{render.size(totals['logical_bytes'])} backed up, "
+            f"{render.size(totals['stored_bytes'])} stored"
+            + (f", dedup ratio {ratio:.2f}" if ratio else "")
+        )
+        print(f"{len(warnings)} warning(s)" if warnings else "no warnings")
+    for warning in warnings:
+        print(f"safehold: warning: {warning['message']}", file=sys.stderr)
+    return EXIT_PARTIAL if warnings else 0
+
+
+def _age(view: dict | None) -> str:
+    if view is None:
+        return "never"
+    return f"{render.timestamp(view['time'])} ({human_duration(max(view['age_seconds'], 0))} ago)"
+
+
+def _growth(growth: dict | None) -> str:
+    if growth is None:
+        return ""
+    sign = "+" if growth["bytes"] >= 0 else "-"
+    text = f"{sign}{render.size(abs(growth['bytes']))}"
+    return text + (f" ({growth['percent']:+.1f}%)" if growth["percent"] is not None else "")
+
+
+def _print_platform(status: dict) -> None:
+    print(f"platform {status['platform']}: {status['snapshots']} snapshot(s)")
+    last = status["last_backup"]
+    if last:
+        print(f"  last backup: {_age(last)}, status {last['status']}")
+        downtime = f"{last['downtime_seconds']:.1f} s" if last["stopped"] else "none"
+        print(f"  downtime of the last backup: {downtime}")
+    good = status["last_good"]
+    if good:
+        print(
+            f"  last good backup: {_age(good)}, "
+            f"{render.size(good['bytes'])} {_growth(good['growth'])}".rstrip()
+        )
+    drill = status["drill"]
+    if drill:
+        print(
+            f"  last drill: {_age(drill)}, {drill['status']}, "
+            f"estimated restore time (RTO) {human_duration(drill['rto_seconds'])}"
+        )
+    else:
+        print("  last drill: never")
+    rows = [
+        [
+            c["name"],
+            c["type"],
+            c["last_backup"]["status"] or "",
+            _age(c["last_good"]),
+            render.size(c["last_good"]["bytes"]) if c["last_good"] else "",
+            _growth(c["last_good"]["growth"]) if c["last_good"] else "",
+            c["drill"]["status"] if c["drill"] else "",
+            human_duration(c["drill"]["restore_seconds"]) if c["drill"] else "",
+        ]
+        for c in status["components"]
+    ]
+    if rows:
+        print(
+            render.table(
+                ["component", "type", "last", "last good", "size", "growth", "drill", "restore"],
+                rows,
+            )
+        )

@@ -1,0 +1,318 @@
+"""Repair: rebuild the index from the packs, salvage snapshots that refer to lost data.
+
+``repair index`` (docs/format.md, "Repair"): under the exclusive lock, read every pack, one at
+a time; a pack whose BLAKE3 does not match its name or whose header cannot be read is reported
+and left out (never deleted). The entries of all good packs' headers become a new set of index
+files naming every old index file in ``supersedes``; once they are durable the old index files
+are deleted (the order prune uses, so a crash leaves the union of old and new: correct).
+
+``repair snapshots``: under the exclusive lock, every snapshot whose trees cannot all be read,
+or that needs a data blob no index lists (or that lives in a pack that is gone), is copied into
+a new snapshot without the unreadable subtrees and the files with missing blobs; the new
+snapshot records ``repaired_from`` and ``dropped_paths``. The damaged snapshot is deleted only
+after the new one is saved. Intact snapshots are not touched.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from safehold.archive.entries import DIR, FILE, decode_tree, encode_tree
+from safehold.crypto import AuthenticationFailed
+from safehold.errors import IntegrityError, RepositoryLocked
+from safehold.repo.format import BLOB_TREE
+from safehold.repo.index import encode_index_file
+from safehold.repo.pack import pack_id_of, read_header
+from safehold.repo.repository import Repository
+from safehold.repo.writer import BlobWriter
+from safehold.store import ObjectMissing
+from safehold.store.locks import Lock
+
+INDEX_FILE_RECORDS = 100_000  # records per new index file (about 4.7 MiB)
+
+
+# ------------------------------------------------------------------------------ index
+
+
+@dataclass
+class IndexRepair:
+    """What ``repair index`` found and did."""
+
+    dry_run: bool = True
+    packs: int = 0
+    packs_read: int = 0
+    blobs: int = 0
+    damaged: list[tuple[str, str]] = field(default_factory=list)  # (pack hex, reason)
+    index_files_old: int = 0
+    index_files_written: int = 0
+    index_files_deleted: int = 0
+
+    def as_dict(self) -> dict:
+        return {
+            "dry_run": self.dry_run,
+            "packs": self.packs,
+            "packs_read": self.packs_read,
+            "blobs": self.blobs,
+            "damaged_packs": [{"pack": pack, "reason": reason} for pack, reason in self.damaged],
+            "index_files_old": self.index_files_old,
+            "index_files_written": self.index_files_written,
+            "index_files_deleted": self.index_files_deleted,
+        }
+
+
+def repair_index(
+    repository: Repository,
+    *,
+    dry_run: bool = False,
+    wait: float = 0.0,
+    progress: Callable[[str], None] | None = None,
+) -> IndexRepair:
+    """Rebuild the index from the pack headers (see the module docstring).
+
+    Holds one pack and at most INDEX_FILE_RECORDS pending index records in memory. With
+    ``dry_run`` every pack is read and checked but nothing is written or deleted.
+    """
+    report = progress or (lambda message: None)
+    result = IndexRepair(dry_run=dry_run)
+    with repository.lock(exclusive=True, wait=wait) as lock:
+        old_names = repository.index_names()
+        result.index_files_old = len(old_names)
+        supersedes = [bytes.fromhex(name.split("/", 1)[1]) for name in old_names]
+        pending: list[tuple[bytes, bytes, int, int, int, int]] = []
+
+        def flush() -> None:
+            nonlocal pending
+            if pending and not dry_run:
+                packs, records = encode_index_file(pending)
+                repository.save_object(
+                    "index/" + os.urandom(32).hex(),
+                    {"version": 1, "packs": packs, "records": records, "supersedes": supersedes},
+                )
+                result.index_files_written += 1
+            pending = []
+
+        stored = sorted(repository.store.list("data"))
+        result.packs = len(stored)
+        for number, (name, _size) in enumerate(stored, 1):
+            report(f"reading pack {number} of {len(stored)}")
+            pack_hex = name.split("/", 1)[1]
+            data = b""  # drop the previous pack before loading the next: one pack in memory
+            try:
+                data = repository.store.load(name)
+            except ObjectMissing:
+                continue  # deleted meanwhile (cannot happen under the lock): nothing to list
+            result.packs_read += 1
+            if pack_id_of(data) != bytes.fromhex(pack_hex):
+                result.damaged.append((pack_hex, "its content does not match its name"))
+                continue
+            try:
+                entries = read_header(repository.cipher, data)
+            except (ValueError, AuthenticationFailed) as error:
+                result.damaged.append((pack_hex, f"header unreadable ({error or 'modified'})"))
+                continue
+            pack_id = bytes.fromhex(pack_hex)
+            for entry in entries:
+                pending.append(
+                    (
+                        entry.blob_id,
+                        pack_id,
+                        entry.offset,
+                        entry.length,
+                        entry.raw_length,
+                        entry.blob_type,
+                    )
+                )
+                result.blobs += 1
+                if len(pending) >= INDEX_FILE_RECORDS:
+                    flush()
+        flush()
+        if not dry_run:
+            assert_still_exclusive(repository, lock)
+            report("deleting the old index files")
+            for name in old_names:
+                _delete(repository, name)
+                result.index_files_deleted += 1
+    repository._index = None  # the next use loads the new index
+    return result
+
+
+# ------------------------------------------------------------------------------ snapshots
+
+
+@dataclass
+class SnapshotRepair:
+    """One damaged snapshot and its replacement (``new_id`` is None in a dry run)."""
+
+    old_id: str
+    new_id: str | None
+    dropped: list[bytes]
+
+
+@dataclass
+class SnapshotsRepair:
+    dry_run: bool = True
+    snapshots: int = 0
+    repaired: list[SnapshotRepair] = field(default_factory=list)
+    unreadable: list[str] = field(default_factory=list)  # snapshot objects that do not decrypt
+
+    def as_dict(self) -> dict:
+        return {
+            "dry_run": self.dry_run,
+            "snapshots": self.snapshots,
+            "repaired": [
+                {
+                    "snapshot": item.old_id,
+                    "new_snapshot": item.new_id,
+                    "dropped": [path.decode("utf-8", "backslashreplace") for path in item.dropped],
+                }
+                for item in self.repaired
+            ],
+            "unreadable": self.unreadable,
+        }
+
+
+class _Salvage:
+    """Rebuilds trees without what cannot be read; results are cached per tree id."""
+
+    def __init__(self, repository: Repository, writer: BlobWriter | None) -> None:
+        self.repository = repository
+        self.index = repository.index
+        self.packs = {bytes.fromhex(n.split("/", 1)[1]) for n, _ in repository.store.list("data")}
+        self.writer = writer
+        # tree id -> (new tree id or None if unreadable, dropped paths relative to the tree)
+        self.done: dict[bytes, tuple[bytes | None, list[bytes]]] = {}
+
+    def available(self, blob_id: bytes) -> bool:
+        location = self.index.lookup(blob_id)
+        return location is not None and location.pack_id in self.packs
+
+    def tree(self, tree_id: bytes) -> tuple[bytes | None, list[bytes]]:
+        """(new id of the tree, or None if it cannot be read; paths dropped below it)."""
+        if tree_id in self.done:
+            return self.done[tree_id]
+        try:
+            if not self.available(tree_id):
+                raise IntegrityError(f"tree {tree_id.hex()[:16]} is not available")
+            entries = decode_tree(self.repository.load_blob(tree_id))
+        except (IntegrityError, ValueError, KeyError, TypeError):
+            self.done[tree_id] = (None, [])
+            return None, []
+        kept: list[dict] = []
+        dropped: list[bytes] = []
+        for entry in entries:
+            name = entry["name"]
+            if entry["type"] == DIR:
+                new_id, below = self.tree(entry["subtree"])
+                if new_id is None:
+                    dropped.append(name)
+                    continue
+                dropped += [name + b"/" + path for path in below]
+                if new_id != entry["subtree"]:
+                    entry = dict(entry, subtree=new_id)
+            elif entry["type"] == FILE and not all(
+                self.available(blob_id) for blob_id in entry.get("content") or []
+            ):
+                dropped.append(name)
+                continue
+            kept.append(entry)
+        new_id = tree_id
+        if dropped:
+            data = encode_tree(kept)
+            new_id = self.repository.cipher.blob_id(data)
+            if self.writer is not None:
+                self.writer.add(BLOB_TREE, new_id, data)
+        self.done[tree_id] = (new_id, dropped)
+        return new_id, dropped
+
+
+def repair_snapshots(
+    repository: Repository,
+    *,
+    dry_run: bool = False,
+    wait: float = 0.0,
+    progress: Callable[[str], None] | None = None,
+) -> SnapshotsRepair:
+    """Replace each damaged snapshot by a copy without what cannot be read (module docstring).
+
+    Raises IntegrityError (nothing changed) if an index file cannot be read: then the index
+    must be rebuilt first ('safehold repair index'), or readable data would be dropped.
+    """
+    report = progress or (lambda message: None)
+    result = SnapshotsRepair(dry_run=dry_run)
+    with repository.lock(exclusive=True, wait=wait) as lock:
+        repository._index = None
+        try:
+            repository.index  # noqa: B018 (load it now: a damaged index file stops us here)
+        except IntegrityError as error:
+            raise IntegrityError(
+                f"{error.fields['message']}; nothing was changed: run 'safehold repair index' first"
+            ) from error
+        writer = None if dry_run else BlobWriter(repository)
+        try:
+            salvage = _Salvage(repository, writer)
+            plans: list[tuple[str, dict, bytes, list[bytes]]] = []
+            for name in repository.snapshot_names():
+                report(f"walking {name}")
+                try:
+                    snapshot = repository.load_object(name)
+                except IntegrityError:
+                    result.unreadable.append(name.split("/", 1)[1])
+                    continue
+                assert isinstance(snapshot, dict)
+                result.snapshots += 1
+                root = snapshot["tree"]
+                new_root, dropped = salvage.tree(root)
+                if new_root is None:  # not even the root tree can be read: keep an empty one
+                    data = encode_tree([])
+                    new_root, dropped = repository.cipher.blob_id(data), [b""]
+                    if writer is not None:
+                        writer.add(BLOB_TREE, new_root, data)
+                if not dropped:
+                    continue
+                paths = [b"/" + path for path in dropped]
+                plans.append((name, snapshot, new_root, paths))
+            if writer is not None:
+                writer.flush()  # new trees in packs, listed by an index file, before snapshots
+        finally:
+            if writer is not None:
+                writer.close()
+        for name, snapshot, new_root, paths in plans:
+            old_id = name.split("/", 1)[1]
+            if dry_run:
+                result.repaired.append(SnapshotRepair(old_id, None, paths))
+                continue
+            copy = dict(snapshot, tree=new_root, repaired_from=old_id, dropped_paths=paths)
+            new_id = repository.save_snapshot(copy)
+            assert_still_exclusive(repository, lock)
+            _delete(repository, name)
+            result.repaired.append(SnapshotRepair(old_id, new_id, paths))
+    return result
+
+
+# ------------------------------------------------------------------------------ shared
+
+
+def _delete(repository: Repository, name: str) -> None:
+    try:
+        repository.store.delete(name)
+    except ObjectMissing:
+        pass  # gone already: the outcome is the same
+
+
+def assert_still_exclusive(repository: Repository, lock: Lock) -> None:
+    """Refuse to delete unless our exclusive lock is intact, fresh and alone (as prune)."""
+    others = [name for name, _ in repository.store.list("locks") if name != lock.name]
+    try:
+        document = json.loads(repository.store.load(lock.name))
+    except (ObjectMissing, ValueError):
+        document = None
+    age = time.time() - document.get("time", 0) if document else None
+    if others or age is None or age > lock.stale_after / 2:
+        raise RepositoryLocked(
+            "by another process: repair's own lock was lost or went stale; it stopped before "
+            "deleting anything more and the repository is consistent: run it again"
+        )
