@@ -11,6 +11,7 @@ import sys
 from safehold.cli import render
 from safehold.cli.platform_commands import open_for_platform
 from safehold.ops.drill import Drill, DrillFailed, DrillResult, choose_snapshot, save_drill
+from safehold.ops.notify import drill_event, notify
 from safehold.platform.config import load_platform
 
 
@@ -42,6 +43,7 @@ def drill_command(args: argparse.Namespace) -> int:
         render.print_json({**record, "notes": result.notes, "stored_as": stored})
     elif not args.quiet:
         _print_summary(result, record, stored)
+    notify(platform.notify, drill_event(platform, result))
     if result.failed:
         what = [c.name for c in result.components if c.status == "failed"]
         what += [f"check {c['name']!r}" for c in result.checks if c["status"] == "failed"]

@@ -11,6 +11,7 @@ from pathlib import Path
 from safehold.cli import render
 from safehold.cli.session import passphrase
 from safehold.errors import EXIT_PARTIAL, SafeholdError, UsageError
+from safehold.ops.notify import backup_event, notify
 from safehold.platform.backup import PlatformBackup
 from safehold.platform.config import (
     ConfigError,
@@ -105,6 +106,7 @@ def backup_platform(args: argparse.Namespace) -> int:
             )
     for problem in copy_problems:
         print(f"safehold: backup saved, but {problem}", file=sys.stderr)
+    notify(platform.notify, backup_event(platform, result, copy_problems))
     if result.status == "failed":
         raise CriticalComponentFailed(
             names=", ".join(

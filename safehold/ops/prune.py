@@ -16,20 +16,17 @@ next prune removes.
 
 from __future__ import annotations
 
-import json
 import os
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from safehold.errors import IntegrityError, RepositoryLocked
+from safehold.errors import IntegrityError
 from safehold.ops.prune_table import ENTRY_DTYPE, BlobTable, TreeMarks
 from safehold.ops.treewalk import content_ids, walk_trees
 from safehold.repo.pack import PackBuilder
 from safehold.repo.repository import Repository, pack_name
-from safehold.store import ObjectMissing
 from safehold.store.locks import Lock
 
 INDEX_FILE_RECORDS = 65536  # records per new index file (about 3 MiB)
@@ -233,17 +230,17 @@ def _carry_out(
         new_entries = _repack(repository, plan, table, keep, report)
         report("writing the new index")
         _write_index(repository, plan, table, keep, new_entries)
-        _assert_still_exclusive(repository, lock)
+        lock.ensure_exclusive("prune")
         report("deleting the old index")
         for name in table.index_names:
-            _delete(repository, name)
+            repository.store.discard(name)
             done["index_files_deleted"] += 1
-    _assert_still_exclusive(repository, lock)
+    lock.ensure_exclusive("prune")
     report("deleting packs")
     sizes = dict(repository.store.list("data"))
     for pack_id in plan.delete + plan.repack + plan.unindexed:
         name = pack_name(pack_id)
-        _delete(repository, name)
+        repository.store.discard(name)
         done["packs_deleted"] += 1
         done["bytes_deleted"] += sizes.get(name, 0)
 
@@ -338,31 +335,3 @@ def _write_index(
             },
         )
         plan.done["index_files_written"] += 1
-
-
-def _delete(repository: Repository, name: str) -> None:
-    try:
-        repository.store.delete(name)
-    except ObjectMissing:
-        pass  # gone already: the outcome is the same
-
-
-def _assert_still_exclusive(repository: Repository, lock: Lock) -> None:
-    """Refuse to delete anything unless our exclusive lock is intact, fresh, and alone.
-
-    If prune stalled so long that its lock went stale, a backup may have started and taken
-    the index for granted: then the deletions stop here (the index written so far is
-    complete, so the repository stays consistent) and the next prune finishes the job.
-    """
-    others = [name for name, _ in repository.store.list("locks") if name != lock.name]
-    try:
-        document = json.loads(repository.store.load(lock.name))
-    except (ObjectMissing, ValueError):
-        document = None
-    age = time.time() - document.get("time", 0) if document else None
-    if others or age is None or age > lock.stale_after / 2:
-        raise RepositoryLocked(
-            "by another process: prune's own lock was lost or went stale (did prune stall "
-            "for minutes?); it stopped before deleting more and the repository is consistent: "
-            "run prune again"
-        )

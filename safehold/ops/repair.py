@@ -15,22 +15,19 @@ after the new one is saved. Intact snapshots are not touched.
 
 from __future__ import annotations
 
-import json
 import os
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from safehold.archive.entries import DIR, FILE, decode_tree, encode_tree
 from safehold.crypto import AuthenticationFailed
-from safehold.errors import IntegrityError, RepositoryLocked
+from safehold.errors import IntegrityError
 from safehold.repo.format import BLOB_TREE
 from safehold.repo.index import encode_index_file
 from safehold.repo.pack import pack_id_of, read_header
 from safehold.repo.repository import Repository
 from safehold.repo.writer import BlobWriter
 from safehold.store import ObjectMissing
-from safehold.store.locks import Lock
 
 INDEX_FILE_RECORDS = 100_000  # records per new index file (about 4.7 MiB)
 
@@ -131,10 +128,10 @@ def repair_index(
                     flush()
         flush()
         if not dry_run:
-            assert_still_exclusive(repository, lock)
+            lock.ensure_exclusive("repair")
             report("deleting the old index files")
             for name in old_names:
-                _delete(repository, name)
+                repository.store.discard(name)
                 result.index_files_deleted += 1
     repository._index = None  # the next use loads the new index
     return result
@@ -287,32 +284,7 @@ def repair_snapshots(
                 continue
             copy = dict(snapshot, tree=new_root, repaired_from=old_id, dropped_paths=paths)
             new_id = repository.save_snapshot(copy)
-            assert_still_exclusive(repository, lock)
-            _delete(repository, name)
+            lock.ensure_exclusive("repair")
+            repository.store.discard(name)
             result.repaired.append(SnapshotRepair(old_id, new_id, paths))
     return result
-
-
-# ------------------------------------------------------------------------------ shared
-
-
-def _delete(repository: Repository, name: str) -> None:
-    try:
-        repository.store.delete(name)
-    except ObjectMissing:
-        pass  # gone already: the outcome is the same
-
-
-def assert_still_exclusive(repository: Repository, lock: Lock) -> None:
-    """Refuse to delete unless our exclusive lock is intact, fresh and alone (as prune)."""
-    others = [name for name, _ in repository.store.list("locks") if name != lock.name]
-    try:
-        document = json.loads(repository.store.load(lock.name))
-    except (ObjectMissing, ValueError):
-        document = None
-    age = time.time() - document.get("time", 0) if document else None
-    if others or age is None or age > lock.stale_after / 2:
-        raise RepositoryLocked(
-            "by another process: repair's own lock was lost or went stale; it stopped before "
-            "deleting anything more and the repository is consistent: run it again"
-        )

@@ -241,6 +241,7 @@ class Platform:
     retention: dict = field(default_factory=dict)  # the `retention:` section (safehold forget)
     copies: list = field(default_factory=list)  # the `copies:` section (copy after backup)
     drill: dict = field(default_factory=dict)  # the `drill:` section (safehold drill)
+    notify: dict = field(default_factory=dict)  # the `notify:` section (ops/notify.py)
     document: dict = field(repr=False, default_factory=dict)
 
     def component(self, name: str) -> Component:
@@ -303,6 +304,7 @@ def parse_platform(text: str, source: str, environment: dict[str, str] | None = 
         retention=dict(resolved.get("retention") or {}),
         copies=[{"to": c} if isinstance(c, str) else dict(c) for c in resolved.get("copies", [])],
         drill=dict(resolved.get("drill") or {}),
+        notify=dict(resolved.get("notify") or {}),
         document=document,
     )
 

@@ -332,6 +332,99 @@ COPIES = {
     },
 }
 
+# notify: where `backup --config` and `drill` report (safehold/ops/notify.py, docs/operations.md)
+_NOTIFY_WHEN = {
+    "on": {
+        "type": "array",
+        "items": {"enum": ["failure", "success"]},
+        "description": "override `notify.on` for this channel",
+    },
+    "events": {
+        "type": "array",
+        "items": {"enum": ["backup", "drill"]},
+        "description": "what this channel hears about (default both; healthchecks: backup)",
+    },
+}
+
+
+def _http_channel(description: str, **extra: Any) -> dict:
+    return {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["url"],
+        "description": description,
+        "properties": {
+            "url": {"type": "string", "description": "http(s) URL (may be `${VAR}`)"},
+            **extra,
+            **_NOTIFY_WHEN,
+        },
+    }
+
+
+NOTIFY = {
+    "type": "object",
+    "additionalProperties": False,
+    "description": "Notifications after each platform backup and drill: on (`[failure]` "
+    "or `[failure, success]`), and channels webhook, ntfy, healthchecks, email; a "
+    "notification that fails never changes the result; see docs/operations.md.",
+    "properties": {
+        "on": {
+            "type": "array",
+            "items": {"enum": ["failure", "success"]},
+            "default": ["failure"],
+            "description": "when to notify: `failure` (failed or partial), `success`",
+        },
+        "webhook": _http_channel("POST a JSON document to this URL"),
+        "ntfy": _http_channel(
+            "POST the summary line to an ntfy topic URL",
+            token={"type": "string", "description": "access token, as `${VAR}`"},
+        ),
+        "healthchecks": _http_channel(
+            "ping a healthchecks.io-style URL (URL/fail on failure; by default on "
+            "success too, for backups only)"
+        ),
+        "email": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["host", "from", "to"],
+            "description": "send a mail through an SMTP server",
+            "properties": {
+                "host": {"type": "string", "description": "SMTP server"},
+                "port": {
+                    "type": "integer",
+                    "minimum": 1,
+                    "maximum": 65535,
+                    "description": "SMTP port (default 587 with starttls, else 25)",
+                },
+                "from": {"type": "string", "description": "sender address"},
+                "to": {
+                    "type": "array",
+                    "items": {"type": "string"},
+                    "minItems": 1,
+                    "description": "recipient addresses",
+                },
+                "starttls": {
+                    "type": "boolean",
+                    "default": False,
+                    "description": "upgrade the connection with STARTTLS (certificate checked)",
+                },
+                "user": {"type": "string", "description": "SMTP login (may be `${VAR}`)"},
+                "password": {
+                    "type": "string",
+                    "pattern": "^\\$\\{[A-Za-z_][A-Za-z0-9_]*\\}$",
+                    "description": "password: only as `${VAR}` (from the environment); "
+                    "never literal",
+                },
+                "password_file": {
+                    "type": "string",
+                    "description": "file whose first line is the password",
+                },
+                **_NOTIFY_WHEN,
+            },
+        },
+    },
+}
+
 SCHEMA: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
     "title": "safehold platform file",
@@ -374,5 +467,6 @@ SCHEMA: dict[str, Any] = {
         "retention": RETENTION,
         "copies": COPIES,
         "drill": DRILL,
+        "notify": NOTIFY,
     },
 }

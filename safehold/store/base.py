@@ -187,6 +187,13 @@ class Store:
         """Remove the object; ObjectMissing if absent."""
         self._call(self._impl.delete, check_name(name), name_for_errors=name)
 
+    def discard(self, name: str) -> None:
+        """Remove the object if it is there (a retried cleanup finds it gone: same outcome)."""
+        try:
+            self.delete(name)
+        except ObjectMissing:
+            pass
+
     def exists(self, name: str) -> bool:
         """True if the object exists."""
         info = self._call(self._impl.info, check_name(name), name_for_errors=name)

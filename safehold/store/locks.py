@@ -138,6 +138,25 @@ class Lock:
                 "have run; nothing was written: run the command again"
             ) from None
 
+    def ensure_exclusive(self, operation: str) -> None:
+        """Raise RepositoryLocked unless this lock is still stored, fresh and the only one.
+
+        Exclusive operations call it before each round of deletions: if they stalled so long
+        that their lock went stale, a backup may have started meanwhile, so they stop (having
+        written everything they need first, the repository is consistent) and are run again.
+        """
+        others = [name for name, _ in self.store.list("locks") if name != self.name]
+        try:
+            document = json.loads(self.store.load(self.name))
+        except (ObjectMissing, ValueError):
+            document = None
+        age = self.clock() - document.get("time", 0) if document else None
+        if others or age is None or age > self.stale_after / 2:
+            raise RepositoryLocked(
+                f"by another process: {operation}'s own lock was lost or went stale; it stopped "
+                f"before deleting more and the repository is consistent: run {operation} again"
+            )
+
     def release(self) -> None:
         self._stop.set()
         if self._thread is not None:
