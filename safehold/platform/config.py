@@ -241,7 +241,7 @@ class Platform:
     retention: dict = field(default_factory=dict)  # the `retention:` section (safehold forget)
     copies: list = field(default_factory=list)  # the `copies:` section (copy after backup)
     drill: dict = field(default_factory=dict)  # the `drill:` section (safehold drill)
-    notify: dict = field(default_factory=dict)  # the `notify:` section (ops/notify.py)
+    notify: dict = field(repr=False, default_factory=dict)  # `notify:` (ops/notify.py): secrets
     document: dict = field(repr=False, default_factory=dict)
 
     def component(self, name: str) -> Component:
