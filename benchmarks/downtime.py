@@ -367,11 +367,7 @@ def main(argv: list[str] | None = None) -> int:
     bench = make_bench(args, workdir, source)
     env = environment(bench, manifest)
     rounds = [run_round(bench, number) for number in range(args.rounds)]
-    document = report(command_line, env, rounds)
-    if args.json_out:
-        with open(args.json_out, "w") as handle:
-            json.dump(document, handle, indent=2)
-        print(f"\nJSON written to {args.json_out}")
+    run.write_json(args.json_out, report(command_line, env, rounds))
     return 0
 
 

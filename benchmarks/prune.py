@@ -261,13 +261,8 @@ def report(
 ) -> dict:
     rows = summary_rows(rounds)
     data = env["data"]
-    print(f"\n## prune: safehold vs restic, medians of {len(rounds)} alternating rounds\n")
-    print(f"Command: `{command_line}`  ")
-    print(f"Date: {env['date']}; machine: {env['machine']}; kernel {env['kernel']}  ")
-    print(
-        f"Versions: {env['versions']['safehold']} (tree {env['safehold_tree']}), "
-        f"{env['versions']['restic']}; Python {env['python']}  "
-    )
+    title = f"prune: safehold vs restic, medians of {len(rounds)} alternating rounds"
+    run.print_header(title, command_line, env)
     print(
         f"Data: {data['files']} files, {data['bytes'] / 1e9:.2f} GB "
         f"(scale {args.size_gb} GB, seed {args.seed}); 4 backups (original, three different "
@@ -328,11 +323,7 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
         rounds.append(run_round(tools, workdir, number, guard, check=number == 0))
-    document = report(args, command_line, env, facts, rounds)
-    if args.json_out:
-        with open(args.json_out, "w") as handle:
-            json.dump(document, handle, indent=2)
-        print(f"\nJSON written to {args.json_out}")
+    run.write_json(args.json_out, report(args, command_line, env, facts, rounds))
     return 0
 
 

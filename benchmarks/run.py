@@ -621,18 +621,33 @@ def environment(tools: list[Tool], manifest: dict) -> dict:
     }
 
 
+def print_header(title: str, command_line: str, env: dict) -> None:
+    """The heading lines every comparison report starts with: what ran, when, which versions."""
+    print(f"\n## {title}\n")
+    print(f"Command: `{command_line}`  ")
+    print(f"Date: {env['date']}; machine: {env['machine']}; kernel {env['kernel']}  ")
+    print(
+        f"Versions: {env['versions']['safehold']} (tree {env['safehold_tree']}), "
+        f"{env['versions']['restic']}; Python {env['python']}  "
+    )
+
+
+def write_json(path: str | None, document: dict) -> None:
+    """Write the results document to ``path`` (if one was asked for)."""
+    if path:
+        with open(path, "w") as handle:
+            json.dump(document, handle, indent=2)
+        print(f"\nJSON written to {path}")
+
+
 def report(
     args: argparse.Namespace, command_line: str, env: dict, rounds: list[dict[str, RoundResult]]
 ) -> dict:
     """Print the results and return them as a JSON-able document."""
     rows = summary_rows(rounds)
     data = env["data"]
-    print(f"\n## safehold vs restic, medians of {len(rounds)} alternating rounds\n")
-    print(f"Command: `{command_line}`  ")
-    print(f"Date: {env['date']}; machine: {env['machine']}; kernel {env['kernel']}  ")
-    print(
-        f"Versions: {env['versions']['safehold']} (tree {env['safehold_tree']}), "
-        f"{env['versions']['restic']}; Python {env['python']}  "
+    print_header(
+        f"safehold vs restic, medians of {len(rounds)} alternating rounds", command_line, env
     )
     print(
         f"Data: {data['files']} files, {data['bytes'] / 1e9:.2f} GB "
@@ -688,11 +703,7 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
         rounds.append(Round(number, tools, workdir, source, args.seed, guard).run())
-    document = report(args, command_line, env, rounds)
-    if args.json_out:
-        with open(args.json_out, "w") as handle:
-            json.dump(document, handle, indent=2)
-        print(f"\nJSON written to {args.json_out}")
+    write_json(args.json_out, report(args, command_line, env, rounds))
     return 0
 
 
