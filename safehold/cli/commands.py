@@ -18,7 +18,7 @@ from safehold.archive.restorer import Restorer
 from safehold.cli import render
 from safehold.cli.session import open_repository, passphrase, repository_location
 from safehold.errors import EXIT_PARTIAL, IntegrityError, UsageError
-from safehold.ops.check import check
+from safehold.ops.check import check, parse_max_duration
 from safehold.repo.repository import Repository
 from safehold.repo.snapshots import list_snapshots, resolve, split_spec
 
@@ -301,8 +301,15 @@ def diff(args: argparse.Namespace) -> int:
 
 
 def check_repository(args: argparse.Namespace) -> int:
+    limit = getattr(args, "max_duration", None)
+    max_duration = None if limit is None else parse_max_duration(limit)
     with open_repository(args) as repository, repository.lock():
-        result = check(repository, read_data=args.read_data, subset=args.read_data_subset)
+        result = check(
+            repository,
+            read_data=args.read_data,
+            subset=args.read_data_subset,
+            max_duration=max_duration,
+        )
     if args.json:
         render.print_json(
             {
@@ -314,6 +321,9 @@ def check_repository(args: argparse.Namespace) -> int:
                 "packs": result.packs,
                 "packs_read": result.packs_read,
                 "bytes_read": result.bytes_read,
+                "complete": result.complete,
+                "packs_selected": result.packs_selected,
+                "packs_done": result.packs_done,
             }
         )
     else:
@@ -331,7 +341,14 @@ def check_repository(args: argparse.Namespace) -> int:
                 else ""
             ),
         )
+        if not result.complete:
+            _say(
+                args,
+                f"incomplete: --max-duration spent after reading {result.packs_read} packs "
+                f"({result.packs_done} of {result.packs_selected} done in this round); "
+                "the next run with --max-duration resumes after the last pack read",
+            )
     if not result.ok:
         raise IntegrityError(f"check found {len(result.errors)} problem(s), listed above")
-    _say(args, "no errors found")
+    _say(args, "no errors found" if result.complete else "no errors found so far (incomplete)")
     return 0

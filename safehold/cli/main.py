@@ -160,6 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N%|n/t",
         help="read and authenticate a part of the data",
     )
+    command.add_argument("--max-duration", metavar="30s|10m|2h", help="stop, resume next run")
     command.set_defaults(run="commands:check_repository")
 
     # repair (safehold/cli/repair.py, safehold/ops/repair.py; docs/format.md "Repair")

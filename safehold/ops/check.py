@@ -5,13 +5,19 @@ every blob it names is indexed, every indexed pack exists and is long enough. Da
 (--read-data): each selected pack is read whole, its BLAKE3 must equal its name, its header
 must agree with the index, and every blob must decrypt and match its id.
 Packs no index lists are reported as notes, not errors (a backup may have been interrupted).
+With max_duration, reading stops after the pack during which the time ran out; the packs read
+are remembered in check-progress.json in the local cache, and the next such run resumes there.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import random
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from safehold.archive.entries import decode_tree
 from safehold.crypto import AuthenticationFailed
@@ -33,6 +39,9 @@ class CheckResult:
     packs: int = 0
     packs_read: int = 0
     bytes_read: int = 0
+    complete: bool = True  # False: --max-duration stopped reading, the next run resumes
+    packs_selected: int = 0  # packs this round of --read-data covers
+    packs_done: int = 0  # of those, read by this run or by the runs it resumes
 
     @property
     def ok(self) -> bool:
@@ -57,6 +66,45 @@ def parse_subset(text: str) -> tuple[str, float | tuple[int, int]]:
     )
 
 
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600}
+
+
+def parse_max_duration(text: str) -> float:
+    """Parse --max-duration: a positive number with a unit s, m or h (30s, 10m, 2h)."""
+    try:
+        seconds = float(text[:-1]) * _DURATION_UNITS[text[-1:]]
+        if seconds > 0:
+            return seconds
+    except (KeyError, ValueError):
+        pass
+    raise UsageError(f"--max-duration takes a duration such as 30s, 10m or 2h, not {text!r}")
+
+
+def progress_path(repository: Repository) -> Path:
+    """Where --max-duration keeps the packs read so far: the local cache, per repository."""
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(cache) / "safehold" / str(repository.config["id"]) / "check-progress.json"
+
+
+def _load_progress(path: Path, subset: str | None) -> set[bytes]:
+    """The packs already read in this round, if the saved round is for the same subset."""
+    try:
+        state = json.loads(path.read_text())
+        if state.get("subset") != (subset or "all"):
+            return set()
+        return {bytes.fromhex(pack) for pack in state["done"]}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return set()  # no progress, or unreadable: start over
+
+
+def _save_progress(path: Path, subset: str | None, done: set[bytes]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(path.name + ".tmp")
+    state = {"subset": subset or "all", "done": sorted(pack.hex() for pack in done)}
+    temporary.write_text(json.dumps(state))
+    os.replace(temporary, path)
+
+
 def select_packs(packs: list[bytes], subset: str | None, rng: random.Random) -> list[bytes]:
     """The packs to read for --read-data (all) or --read-data-subset."""
     if subset is None:
@@ -76,8 +124,17 @@ def check(
     subset: str | None = None,
     rng: random.Random | None = None,
     progress: Callable[[str], None] | None = None,
+    max_duration: float | None = None,
+    clock: Callable[[], float] = time.monotonic,
 ) -> CheckResult:
-    """Check the repository; returns the findings (never raises for damage it can name)."""
+    """Check the repository; returns the findings (never raises for damage it can name).
+
+    With max_duration (seconds), pack reading stops once that much time (by ``clock``) has
+    passed since the start, after the current pack; the next run with max_duration resumes.
+    """
+    if max_duration is not None and not (read_data or subset):
+        raise UsageError("--max-duration limits --read-data or --read-data-subset")
+    started = clock()
     result = CheckResult()
     report = progress or (lambda message: None)
     report("loading index")
@@ -112,6 +169,9 @@ def check(
             rng or random.Random(),
             result,
             report,
+            max_duration,
+            clock,
+            started,
         )
     return result
 
@@ -167,12 +227,32 @@ def _read_packs(
     rng: random.Random,
     result: CheckResult,
     report: Callable[[str], None],
+    max_duration: float | None = None,
+    clock: Callable[[], float] = time.monotonic,
+    started: float = 0.0,
 ) -> None:
     expected: dict[bytes, list[tuple[bytes, Location]]] = {}
     for blob_id, location in index.entries():
         expected.setdefault(location.pack_id, []).append((blob_id, location))
-    for number, pack_id in enumerate(select_packs(packs, subset, rng), 1):
+    state_path = progress_path(repository) if max_duration is not None else None
+    done = _load_progress(state_path, subset) & set(packs) if state_path else set()
+    if done and subset is not None and parse_subset(subset)[0] == "percent":
+        # A percentage round: sample only what the earlier runs of this round left to read.
+        target = len(select_packs(packs, subset, random.Random(0)))
+        rest = [pack for pack in packs if pack not in done]
+        selected = rng.sample(rest, max(0, min(len(rest), target - len(done))))
+    else:
+        selected = [pack for pack in select_packs(packs, subset, rng) if pack not in done]
+        target = len(done) + len(selected)
+    result.packs_selected = target
+    result.packs_done = len(done)
+    for number, pack_id in enumerate(selected, 1):
+        if max_duration is not None and number > 1 and clock() - started >= max_duration:
+            result.complete = False
+            break
         report(f"reading pack {number}")
+        done.add(pack_id)
+        result.packs_done += 1
         try:
             data = repository.store.load(pack_name(pack_id))
         except ObjectMissing:
@@ -200,3 +280,8 @@ def _read_packs(
                 repository.open_blob(blob_id, location, sealed)
             except IntegrityError as error:
                 result.errors.append(str(error.fields["message"]))
+    if state_path is not None:
+        if result.complete:
+            state_path.unlink(missing_ok=True)  # the round is done: the next run starts over
+        else:
+            _save_progress(state_path, subset, done)
