@@ -43,6 +43,7 @@ from safehold.ops.drill_records import (
 from safehold.ops.drill_verify import verify_files
 from safehold.platform import sources_bridge
 from safehold.platform.config import Component, ConfigError, Platform
+from safehold.platform.services import Terminated, signals_raise
 from safehold.repo.repository import Repository
 
 __all__ = [
@@ -183,10 +184,10 @@ class Drill:
                 "choose another --scratch if the drill runs out of space"
             )
         try:
-            with scratch_servers.signals_raise():
+            with signals_raise():
                 for component in components:
                     result.components.append(self._component(component, root))
-        except scratch_servers.Terminated as signal_name:
+        except Terminated as signal_name:
             raise DrillInterrupted(
                 f"terminated by {signal_name} during the drill; its scratch space and "
                 "throwaway servers were removed"

@@ -5,7 +5,8 @@ scratch space, on a free loopback port, with a random password for its one super
 (``safehold_drill``), and yields a :class:`ScratchServer`: the settings that the source modules
 (``safehold.sources.postgres`` / ``.mysql``) take to reach it. Leaving the block always stops the
 server and removes its directory, whatever happened inside (an error, Ctrl-C, or SIGTERM/SIGHUP
-while :func:`signals_raise` is active); a second Ctrl-C during that cleanup is ignored.
+while ``safehold.platform.services.signals_raise`` is active); a second Ctrl-C during that
+cleanup is ignored.
 
 PostgreSQL runs ``initdb`` and ``pg_ctl`` as an unprivileged user (``postgres``, else
 ``nobody``) when safehold runs as root; MariaDB runs ``mariadb-install-db`` and ``mariadbd
@@ -45,10 +46,6 @@ class ScratchServerError(SafeholdError):
     exit_code = 25
 
 
-class Terminated(BaseException):
-    """Raised while :func:`signals_raise` is active when SIGTERM or SIGHUP arrives."""
-
-
 @dataclass
 class ScratchServer:
     """A running throwaway server: how to reach it, and what it is."""
@@ -71,24 +68,6 @@ class ScratchServer:
 
 def _main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
-
-
-@contextmanager
-def signals_raise() -> Iterator[None]:
-    """Within the block, SIGTERM and SIGHUP raise :class:`Terminated` (so cleanups run)."""
-    if not _main_thread():
-        yield
-        return
-
-    def handler(signum: int, _frame: object) -> None:
-        raise Terminated(signal.Signals(signum).name)
-
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGHUP)}
-    try:
-        yield
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
 
 
 @contextmanager

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import shlex
 import signal
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -98,14 +99,21 @@ def replica_queries(services: dict) -> list[tuple[str, list[str]]]:
     ]
 
 
-class _Terminated(BaseException):
-    """Raised inside the cold phase when the process is asked to stop (SIGTERM, SIGHUP)."""
+class Terminated(BaseException):
+    """Raised while :func:`signals_raise` is active when SIGTERM or SIGHUP arrives."""
 
 
 @contextmanager
-def _signals_raise() -> Iterator[None]:
+def signals_raise() -> Iterator[None]:
+    """Within the block, SIGTERM and SIGHUP raise :class:`Terminated`, so that cleanups (starting
+    services again, removing throwaway servers) run. Outside the main thread, where handlers
+    cannot be installed, it does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
     def handler(signum: int, _frame: object) -> None:
-        raise _Terminated(signal.Signals(signum).name)
+        raise Terminated(signal.Signals(signum).name)
 
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGHUP)}
     try:
@@ -160,13 +168,13 @@ def stopped(
     stop = stop_commands(services, replicas)
     start = dict(start_commands(services, replicas))
     try:
-        with _signals_raise():
+        with signals_raise():
             for what, argv in stop:
                 downtime.stopped.append(what)  # before running: a half-done stop is undone too
                 log(f"stopping {what}")
                 runner.run(argv, timeout=timeout)
             yield downtime
-    except _Terminated as signal_name:
+    except Terminated as signal_name:
         raise ServiceError(
             f"terminated by {signal_name} during the cold phase; services were started again"
         ) from None
