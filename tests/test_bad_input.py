@@ -201,15 +201,9 @@ def test_unknown_option_is_a_usage_error(repo: Path) -> None:
 SETPRIV = shutil.which("setpriv")
 
 
-@pytest.mark.skipif(
-    not IS_ROOT or SETPRIV is None,
-    reason="needs root and setpriv to drop the capability to read anything",
-)
-def test_unreadable_file_is_named_and_the_rest_is_saved(repo: Path, tmp_path: Path) -> None:
-    source = tmp_path / "src"
-    write_file(source / "readable.txt", b"anyone may read this")
-    secret = write_file(source / "secret.txt", b"nobody may read this", 0o000)
-    # Root without CAP_DAC_OVERRIDE / CAP_DAC_READ_SEARCH obeys file permissions.
+def _backup_obeying_permissions(repo: Path, source: Path) -> subprocess.CompletedProcess:
+    """`safehold backup` as root without CAP_DAC_OVERRIDE / CAP_DAC_READ_SEARCH, so that file
+    permissions apply to it."""
     command = [
         SETPRIV,
         "--bounding-set",
@@ -223,9 +217,20 @@ def test_unreadable_file_is_named_and_the_rest_is_saved(repo: Path, tmp_path: Pa
         str(source),
     ]
     env = dict(os.environ, SAFEHOLD_PASSPHRASE=PASSPHRASE, PYTHONDONTWRITEBYTECODE="1")
-    result = subprocess.run(
+    return subprocess.run(
         command, capture_output=True, text=True, env=env, timeout=120, check=False
     )
+
+
+@pytest.mark.skipif(
+    not IS_ROOT or SETPRIV is None,
+    reason="needs root and setpriv to drop the capability to read anything",
+)
+def test_unreadable_file_is_named_and_the_rest_is_saved(repo: Path, tmp_path: Path) -> None:
+    source = tmp_path / "src"
+    write_file(source / "readable.txt", b"anyone may read this")
+    secret = write_file(source / "secret.txt", b"nobody may read this", 0o000)
+    result = _backup_obeying_permissions(repo, source)
     assert result.returncode == 3, result.stderr
     assert f"could not read {secret}: Permission denied" in result.stderr
     assert "Traceback" not in result.stderr
@@ -245,22 +250,7 @@ def test_unwritable_repository_is_a_storage_error_and_saves_no_snapshot(
     for level in (with_snapshot / "data").iterdir():
         os.chmod(level, 0o555)
     before = repo_state(with_snapshot)
-    command = [
-        SETPRIV,
-        "--bounding-set",
-        "-dac_override,-dac_read_search",
-        sys.executable,
-        "-m",
-        "safehold",
-        "backup",
-        "--repo",
-        str(with_snapshot),
-        str(source),
-    ]
-    env = dict(os.environ, SAFEHOLD_PASSPHRASE=PASSPHRASE, PYTHONDONTWRITEBYTECODE="1")
-    result = subprocess.run(
-        command, capture_output=True, text=True, env=env, timeout=120, check=False
-    )
+    result = _backup_obeying_permissions(with_snapshot, source)
     assert result.returncode == 15, result.stderr
     assert result.stderr.startswith("safehold: storage error: permission denied")
     assert len(result.stderr.strip().splitlines()) == 1
