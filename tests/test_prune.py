@@ -3,7 +3,9 @@ lock, dry runs, and crashes at every kind of write or delete (the next prune fin
 
 from __future__ import annotations
 
+import os
 import random
+import time
 from pathlib import Path
 
 import pytest
@@ -176,6 +178,37 @@ def test_packs_no_index_lists_are_removed(history) -> None:
     plan = prune_json(repo)
     assert plan["packs_unindexed"] == [stray.hex()]
     assert check_ok(repo)["notes"] == []
+
+
+def test_temp_files_of_interrupted_writes_are_removed(history) -> None:
+    """A process killed between borgstore's temp-file write and its rename leaves the temp file
+    (invisible to listing); prune removes those, but in locks/ only stale ones, as another
+    process may be writing its lock right now."""
+    repo, source, _expected = history
+    pack_dir = next(d for d in sorted((repo / "data").iterdir()) if any(d.iterdir()))
+    leftovers = {
+        pack_dir / "tmpkilled1.tmp": 5000,
+        repo / "index" / "tmpkilled2.tmp": 300,
+        repo / "snapshots" / "tmpkilled3.tmp": 200,
+        repo / "locks" / "tmpold.tmp": 100,
+    }
+    for path, size in leftovers.items():
+        path.write_bytes(b"x" * size)
+    old = time.time() - 3600
+    os.utime(repo / "locks" / "tmpold.tmp", (old, old))
+    fresh = repo / "locks" / "tmpfresh.tmp"
+    fresh.write_bytes(b"y" * 100)
+    dry = prune_json(repo, "--dry-run")
+    assert sorted(dry["temporaries"]) == sorted(str(p.relative_to(repo)) for p in leftovers)
+    assert dry["bytes_temporaries"] == sum(leftovers.values())
+    assert all(path.exists() for path in leftovers)  # a dry run removes nothing
+    text = run_cli("prune", "--repo", repo)
+    assert text.code == 0, text.err
+    assert "removed 4 temp file(s) of interrupted writes" in text.out
+    assert not any(path.exists() for path in leftovers)
+    assert fresh.exists()  # possibly another process's lock being written
+    assert check_ok(repo)["notes"] == []
+    assert backup_json(repo, source)["files_unchanged"] == len(list(source.iterdir()))
 
 
 def test_a_running_backup_blocks_prune(history) -> None:

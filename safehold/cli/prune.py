@@ -80,6 +80,14 @@ def describe_plan(plan: PrunePlan) -> str:
             f"to repack: {len(plan.repack)} pack(s), {size(plan.bytes_repack)}, "
             f"keeping {size(plan.bytes_repack_used)} of them",
             f"unused afterwards: {size(plan.bytes_unused_after)}",
+            *(
+                [
+                    f"temp files of interrupted writes: {len(plan.temporaries)}, "
+                    f"{size(plan.bytes_temporaries)}"
+                ]
+                if plan.temporaries
+                else []
+            ),
         ]
     )
 
@@ -99,4 +107,9 @@ def summary(plan: PrunePlan) -> str:
         f"({done['blobs_repacked']} blob(s) repacked) and {done['index_files_written']} "
         f"index file(s) replacing {done['index_files_deleted']}; freed {size(freed)}, "
         f"{size(plan.bytes_unused_after)} still unused"
+        + (
+            f"; removed {done['temporaries_deleted']} temp file(s) of interrupted writes"
+            if done.get("temporaries_deleted")
+            else ""
+        )
     )

@@ -27,7 +27,7 @@ from safehold.ops.prune_table import ENTRY_DTYPE, BlobTable, TreeMarks
 from safehold.ops.treewalk import content_ids, walk_trees
 from safehold.repo.pack import PackBuilder
 from safehold.repo.repository import Repository, pack_name
-from safehold.store.locks import Lock
+from safehold.store.locks import STALE_AFTER, Lock
 
 INDEX_FILE_RECORDS = 65536  # records per new index file (about 3 MiB)
 
@@ -45,6 +45,8 @@ class PrunePlan:
     delete: list[bytes] = field(default_factory=list)  # indexed packs with nothing used
     repack: list[bytes] = field(default_factory=list)
     unindexed: list[bytes] = field(default_factory=list)  # packs no index lists
+    temporaries: list[str] = field(default_factory=list)  # temp files of killed writes
+    bytes_temporaries: int = 0
     bytes_delete: int = 0  # file sizes of delete + unindexed
     bytes_repack: int = 0  # file sizes of the packs to repack
     bytes_repack_used: int = 0  # what repacking copies
@@ -54,7 +56,7 @@ class PrunePlan:
 
     @property
     def changes(self) -> bool:
-        return bool(self.delete or self.repack or self.unindexed)
+        return bool(self.delete or self.repack or self.unindexed or self.temporaries)
 
     def as_dict(self) -> dict:
         """A JSON-able summary (pack ids in hex)."""
@@ -69,6 +71,8 @@ class PrunePlan:
             "packs_delete": [p.hex() for p in self.delete],
             "packs_unindexed": [p.hex() for p in self.unindexed],
             "packs_repack": [p.hex() for p in self.repack],
+            "temporaries": self.temporaries,
+            "bytes_temporaries": self.bytes_temporaries,
             "bytes_delete": self.bytes_delete,
             "bytes_repack": self.bytes_repack,
             "bytes_repack_used": self.bytes_repack_used,
@@ -150,6 +154,9 @@ def plan_prune(
     plan.unindexed = sorted(pack for pack in stored if pack not in indexed)
     plan.bytes_delete = sum(stored[p] for p in plan.delete + plan.unindexed)
     plan.bytes_unused = int(unused.sum()) + sum(stored[p] for p in plan.unindexed)
+    leftovers = repository.store.temporaries(min_age_locks=STALE_AFTER)
+    plan.temporaries = [relative for relative, _ in leftovers]
+    plan.bytes_temporaries = sum(size for _, size in leftovers)
     allowed = _allowed_unused(max_unused, plan.bytes_used)
     remaining = float(unused[used > 0].sum())
     budget = float("inf") if max_repack_size is None else max_repack_size
@@ -243,6 +250,10 @@ def _carry_out(
         repository.store.discard(name)
         done["packs_deleted"] += 1
         done["bytes_deleted"] += sizes.get(name, 0)
+    done["temporaries_deleted"] = 0
+    for relative in plan.temporaries:
+        repository.store.remove_temporary(relative)
+        done["temporaries_deleted"] += 1
 
 
 def _repack(

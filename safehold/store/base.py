@@ -209,6 +209,33 @@ class Store:
         except self._catch as error:
             raise self.translate(error, namespace) from error
 
+    def temporaries(self, min_age_locks: float) -> list[tuple[str, int]]:
+        """Temp files that killed writes left behind, as (relative path, size).
+
+        Only meaningful under the exclusive lock (nobody else is writing then), except in
+        locks/, where others may be announcing themselves: there only temp files older than
+        ``min_age_locks`` seconds count. Backends without temp files (s3) or without a way to
+        find them (sftp, for now) report none.
+        """
+        find = getattr(self.target, "temporaries", None)
+        if find is None:
+            return []
+        try:
+            return [
+                (relative, size)
+                for relative, size, age in find()
+                if not relative.startswith("locks") or age > min_age_locks
+            ]
+        except OSError as error:
+            raise self.translate(error, "temporaries") from error
+
+    def remove_temporary(self, relative: str) -> None:
+        """Remove one temp file reported by ``temporaries``."""
+        try:
+            self.target.remove_temporary(relative)  # type: ignore[union-attr]
+        except OSError as error:
+            raise self.translate(error, relative) from error
+
     def translate(self, error: BaseException, name: str = "") -> Exception:
         """The safehold error (or ObjectMissing) for a backend exception."""
         if isinstance(error, backend_errors.ObjectNotFound):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -50,6 +52,32 @@ class LocalTarget:
     def translate(self, error: BaseException, name: str) -> Exception | None:
         """Nothing beyond the common mapping (safehold.store.base.translate_common)."""
         return None
+
+    def temporaries(self) -> Iterator[tuple[str, int, float]]:
+        """(relative path, size, age in seconds) of each temp file a write left behind.
+
+        borgstore writes ``<random>.tmp`` next to the object and renames it; a process killed
+        in between leaves the temp file, which ``list`` never shows (its name is not valid).
+        """
+        now = time.time()
+        for namespace in self.path.iterdir() if self.path.is_dir() else ():
+            if not namespace.is_dir():
+                continue
+            for directory in (namespace, *(d for d in namespace.iterdir() if d.is_dir())):
+                for entry in os.scandir(directory):
+                    if entry.name.endswith(".tmp") and entry.is_file(follow_symlinks=False):
+                        info = entry.stat(follow_symlinks=False)
+                        relative = os.path.relpath(entry.path, self.path)
+                        yield relative, info.st_size, now - info.st_mtime
+
+    def remove_temporary(self, relative: str) -> None:
+        """Remove one temp file found by ``temporaries`` (gone already: fine)."""
+        if not relative.endswith(".tmp") or ".." in relative.split(os.sep):
+            raise ValueError(f"not a temporary file: {relative}")
+        try:
+            (self.path / relative).unlink()
+        except FileNotFoundError:
+            pass
 
     def exists(self) -> bool:
         """True if anything exists at the path."""

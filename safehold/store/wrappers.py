@@ -78,6 +78,12 @@ class StoreWrapper(Store):
     def list(self, namespace: str) -> Iterator[tuple[str, int]]:
         return self.inner.list(namespace)
 
+    def temporaries(self, min_age_locks: float) -> list[tuple[str, int]]:
+        return self.inner.temporaries(min_age_locks)
+
+    def remove_temporary(self, relative: str) -> None:
+        self.inner.remove_temporary(relative)
+
     def translate(self, error: BaseException, name: str = "") -> Exception:
         return self.inner.translate(error, name)
 
