@@ -117,3 +117,9 @@ class SourceNotFound(SafeholdError):
     """backup source {path} does not exist: check the path"""
 
     exit_code = 19
+
+
+class NoDeleteMode(SafeholdError):
+    """{operation} refused: {reason} is in no-delete mode, so safehold deletes and overwrites nothing; use a key that may delete (docs/backends.md, "No-delete mode")"""
+
+    exit_code = 26

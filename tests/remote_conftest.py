@@ -68,8 +68,9 @@ class SftpServer:
 
 
 @contextmanager
-def sftp_server_process() -> Iterator[SftpServer]:
-    """servers.py's sshd set-up with ``Subsystem sftp internal-sftp`` added to its config."""
+def sftp_server_process(sftp_options: str = "") -> Iterator[SftpServer]:
+    """servers.py's sshd set-up with ``Subsystem sftp internal-sftp`` added to its config
+    (plus ``sftp_options``, e.g. ``-P remove,rmdir`` for an account that cannot delete)."""
     servers._need("/usr/sbin/sshd", "ssh-keygen")
     if os.geteuid() != 0:
         raise servers.Unavailable("sshd on a test port needs root to log users in")
@@ -83,7 +84,7 @@ def sftp_server_process() -> Iterator[SftpServer]:
         shutil.copy(directory / "client_key.pub", directory / "authorized_keys")
         config = servers._SSHD_CONFIG.format(port=port, dir=directory)
         if "Subsystem" not in config:
-            config += "Subsystem sftp internal-sftp\n"
+            config += f"Subsystem sftp internal-sftp {sftp_options}\n"
         (directory / "sshd_config").write_text(config)
         home = directory / "home"
         (home / ".ssh").mkdir(parents=True)

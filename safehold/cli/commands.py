@@ -30,7 +30,9 @@ def _say(args: argparse.Namespace, text: str) -> None:
 
 def init(args: argparse.Namespace) -> int:
     location = repository_location(args)
-    repository = Repository.init(location, passphrase(args, confirm=True))
+    repository = Repository.init(
+        location, passphrase(args, confirm=True), no_delete=bool(getattr(args, "no_delete", False))
+    )
     repository.close()
     if args.json:
         render.print_json({"location": location, "id": repository.config["id"]})

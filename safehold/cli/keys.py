@@ -19,6 +19,7 @@ def key_list(args: argparse.Namespace) -> int:
                 "hostname": document.get("hostname"),
                 "username": document.get("username"),
                 "kdf": document.get("kdf"),
+                "no_delete": bool(document.get("no_delete")),
             }
             for name, document in repository.key_documents()
         ]
@@ -27,7 +28,7 @@ def key_list(args: argparse.Namespace) -> int:
     else:
         print(
             render.table(
-                ["", "id", "created", "host", "user"],
+                ["", "id", "created", "host", "user", "mode"],
                 [
                     [
                         "*" if row["current"] else "",
@@ -35,6 +36,7 @@ def key_list(args: argparse.Namespace) -> int:
                         render.timestamp(row["created"] or 0),
                         row["hostname"] or "",
                         row["username"] or "",
+                        "no-delete" if row["no_delete"] else "",
                     ]
                     for row in rows
                 ],
@@ -46,18 +48,21 @@ def key_list(args: argparse.Namespace) -> int:
 def key_add(args: argparse.Namespace) -> int:
     with open_repository(args) as repository:
         secret = new_passphrase(args)
-        name = repository.add_key(secret)
+        no_delete = bool(getattr(args, "no_delete", False)) or repository.key_no_delete
+        name = repository.add_key(secret, no_delete=no_delete)
     if not args.quiet:
-        print(f"key {name.split('/', 1)[1][:8]} added")
+        mode = " (no-delete)" if no_delete else ""
+        print(f"key {name.split('/', 1)[1][:8]} added{mode}")
     return 0
 
 
 def key_passwd(args: argparse.Namespace) -> int:
     with open_repository(args) as repository:
+        repository.require_delete("key passwd")  # it deletes the old key: use key add instead
         secret = new_passphrase(args)
         name = repository.add_key(secret)
         # The new key is durable before the old one goes: a crash leaves both, never neither.
-        repository.remove_key(repository.key_name)
+        repository.remove_key(repository.key_name, "key passwd")
     if not args.quiet:
         print(
             f"passphrase changed (key {name.split('/', 1)[1][:8]} replaces "
@@ -68,6 +73,7 @@ def key_passwd(args: argparse.Namespace) -> int:
 
 def key_remove(args: argparse.Namespace) -> int:
     with open_repository(args) as repository:
+        repository.require_delete("key remove")
         names = [name for name, _ in repository.key_documents()]
         matches = [name for name in names if name.split("/", 1)[1].startswith(args.key_id.lower())]
         if len(matches) != 1:

@@ -31,13 +31,32 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", "-q", action="store_true", help="print only errors")
 
 
+def _schedule_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", "-c", required=True, metavar="PLATFORM_FILE")
+    parser.add_argument("--repo", "-r", default=None, help="overrides `repository:`")
+    parser.add_argument("--passphrase-file", default=None, help="default: $SAFEHOLD_PASSPHRASE")
+    parser.add_argument(
+        "--state-dir", default=None, help="last runs and checks (default ~/.cache/safehold)"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="safehold", description=__doc__)
     parser.add_argument("--version", action="version", version=f"safehold {__version__}")
+    parser.add_argument(
+        "--log-json",
+        action="store_true",
+        help="stderr as one JSON object per line and event (before the command)",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     command = sub.add_parser("init", help="create a repository")
     _common(command)
+    command.add_argument(
+        "--no-delete",
+        action="store_true",
+        help="for good: safehold never deletes or overwrites anything in this repository",
+    )
     command.set_defaults(run="commands:init")
 
     command = sub.add_parser("backup", help="back up files and directories, or a whole platform")
@@ -230,10 +249,47 @@ def build_parser() -> argparse.ArgumentParser:
     command = sub.add_parser("report", help="platforms' backups, drills and warnings (exit 3)")
     _common(command)
     command.add_argument("--config", "-c", default=None, metavar="PLATFORM_FILE")
-    command.add_argument("--expect-every", default="1d", metavar="INTERVAL", help="backups (1d)")
-    command.add_argument("--drill-every", default="7d", metavar="INTERVAL", help="drills (7d)")
+    command.add_argument(
+        "--expect-every", default=None, metavar="INTERVAL", help="backups (schedule, else 1d)"
+    )
+    command.add_argument(
+        "--drill-every", default=None, metavar="INTERVAL", help="drills (schedule, else 7d)"
+    )
+    command.add_argument("--state-dir", default=None, help="where checks are recorded")
     command.add_argument("--failures", type=int, default=3, metavar="N", help="last N backups")
     command.set_defaults(run="status:report_command")
+
+    # daemon, schedule (safehold/cli/schedule.py, safehold/ops/daemon.py; docs/operations.md)
+    command = sub.add_parser("daemon", help="run a platform's schedule: backups, checks, drills")
+    _schedule_options(command)
+    command.add_argument(
+        "--metrics-port", type=int, default=None, metavar="PORT", help="serve /metrics (off)"
+    )
+    command.add_argument(
+        "--metrics-address", default="127.0.0.1", help="loopback address for /metrics"
+    )
+    command.set_defaults(run="schedule:daemon_command")
+    schedule = sub.add_parser("schedule", help="show, install (systemd, cron) or run a schedule")
+    schedule_sub = schedule.add_subparsers(dest="schedule_command", required=True, metavar="ACTION")
+    command = schedule_sub.add_parser("show", help="the next run times of each job")
+    _schedule_options(command)
+    command.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    command.add_argument("--count", type=int, default=3, help="next runs per job (3)")
+    command.set_defaults(run="schedule:schedule_show")
+    command = schedule_sub.add_parser("install", help="write systemd timers or crontab lines")
+    _schedule_options(command)
+    kind = command.add_mutually_exclusive_group(required=True)
+    kind.add_argument("--systemd", action="store_true", help=".service + .timer per job")
+    kind.add_argument("--cron", action="store_true", help="crontab lines (stdout or --output)")
+    command.add_argument(
+        "--output", "-o", default=None, metavar="DIR", help="(default /etc/systemd/system)"
+    )
+    command.add_argument("--force", action="store_true", help="overwrite existing files")
+    command.set_defaults(run="schedule:schedule_install")
+    command = schedule_sub.add_parser("run", help="run one job now, as the daemon would")
+    command.add_argument("job", choices=["backup", "copy", "prune", "check", "drill"])
+    _schedule_options(command)
+    command.set_defaults(run="schedule:schedule_run")
 
     config = sub.add_parser("config", help="platform files: validate, schema, new, docs")
     config_sub = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
@@ -271,6 +327,12 @@ def build_parser() -> argparse.ArgumentParser:
                 help="read the new passphrase from FILE "
                 "(default: $SAFEHOLD_NEW_PASSPHRASE or a prompt)",
             )
+        if name == "add":
+            command.add_argument(
+                "--no-delete",
+                action="store_true",
+                help="the new key can back up, restore and check, but not forget, prune or repair",
+            )
         if name == "remove":
             command.add_argument("key_id", metavar="KEY_ID")
         command.set_defaults(run=function)
@@ -283,6 +345,19 @@ def main(argv: list[str] | None = None) -> int:
     for stream in (sys.stdout, sys.stderr):  # a strange file name must never crash the output
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="backslashreplace")
+    if args.log_json:
+        from safehold.cli.log import JsonLines
+
+        plain, sys.stderr = sys.stderr, JsonLines(sys.stderr)  # type: ignore[assignment]
+        try:
+            return _run(args)
+        finally:
+            sys.stderr.flush()
+            sys.stderr = plain
+    return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         # Command modules are imported on use: a backup does not pay for YAML and JSON Schema.
         module, function = args.run.split(":")

@@ -16,18 +16,21 @@ from safehold.store.locks import STALE_AFTER, list_locks
 def unlock_command(args: argparse.Namespace) -> int:
     """Remove stale locks; report live ones (exit 14 if any remains)."""
     with open_repository(args) as repository:
+        repository.require_delete("unlock")
         locks = list_locks(repository.store, time.time())
         for lock in locks:
             if lock["stale"]:
-                try:
-                    repository.store.delete(lock["name"])
-                except ObjectMissing:
-                    pass
+                for name in lock["names"]:  # one object, or several for an append-only lock
+                    try:
+                        repository.store.delete(name)
+                    except ObjectMissing:
+                        pass
     live = [lock for lock in locks if not lock["stale"]]
     if args.json:
         render.print_json(
             [
-                {k: v for k, v in lock.items() if k != "name"} | {"removed": lock["stale"]}
+                {k: v for k, v in lock.items() if k not in ("name", "names")}
+                | {"removed": lock["stale"]}
                 for lock in locks
             ]
         )

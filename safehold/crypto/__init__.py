@@ -48,12 +48,14 @@ class MasterKey:
         seed = int.from_bytes(os.urandom(8), "little") & 0x7FFF_FFFF_FFFF_FFFF
         return cls(os.urandom(32), os.urandom(32), seed)
 
-    def to_bytes(self) -> bytes:
+    def to_bytes(self, **extra: object) -> bytes:
+        """msgpack of the key material plus ``extra`` fields (a key file's sealed flags)."""
         return msgpack.packb(
             {
                 "encryption_key": self.encryption_key,
                 "id_key": self.id_key,
                 "chunker_seed": self.chunker_seed,
+                **extra,
             }
         )
 
@@ -113,13 +115,20 @@ def wrap_key(
     username: str,
     now: float | None = None,
     kdf: dict | None = None,
+    no_delete: bool = False,
 ) -> dict:
-    """Seal the master key under a passphrase; returns the key-file document (JSON-ready)."""
+    """Seal the master key under a passphrase; returns the key-file document (JSON-ready).
+
+    ``no_delete`` marks the key as one under which safehold deletes and overwrites nothing.
+    The flag that counts is sealed with the key material (so it cannot be stripped by editing
+    the JSON without the passphrase); the plain ``no_delete`` field only informs ``key list``.
+    """
     params = dict(KDF_DEFAULTS, **(kdf or {}))
     salt = os.urandom(16)
     kek = AESGCM(_derive(passphrase, salt, params))
     nonce = os.urandom(NONCE_SIZE)
-    sealed = nonce + kek.encrypt(nonce, master_key.to_bytes(), b"safehold-master-key")
+    extra = {"no_delete": True} if no_delete else {}
+    sealed = nonce + kek.encrypt(nonce, master_key.to_bytes(**extra), b"safehold-master-key")
     return {
         "version": 1,
         "kdf": "argon2id",
@@ -129,11 +138,17 @@ def wrap_key(
         "created": time.time() if now is None else now,
         "hostname": hostname,
         "username": username,
+        **extra,
     }
 
 
 def unwrap_key(document: dict, passphrase: bytes) -> MasterKey:
     """Return the master key sealed in a key-file document; AuthenticationFailed if wrong."""
+    return unwrap_key_flags(document, passphrase)[0]
+
+
+def unwrap_key_flags(document: dict, passphrase: bytes) -> tuple[MasterKey, dict]:
+    """The master key and the key file's sealed flags (``{"no_delete": True}`` or ``{}``)."""
     if document.get("kdf") != "argon2id":
         raise AuthenticationFailed(f"unknown key derivation {document.get('kdf')!r}")
     kek = AESGCM(_derive(passphrase, base64.b64decode(document["salt"]), document))
@@ -142,4 +157,6 @@ def unwrap_key(document: dict, passphrase: bytes) -> MasterKey:
         plain = kek.decrypt(sealed[:NONCE_SIZE], sealed[NONCE_SIZE:], b"safehold-master-key")
     except InvalidTag as error:
         raise AuthenticationFailed("wrong passphrase") from error
-    return MasterKey.from_bytes(plain)
+    fields = msgpack.unpackb(plain)
+    flags = {"no_delete": True} if fields.get("no_delete") else {}
+    return MasterKey.from_bytes(plain), flags

@@ -69,7 +69,8 @@ def forget(
             select_snapshots(repository, **selection), policy, now=now, group_by=group_by, tz=tz
         )
         return ForgetResult(decision, dry_run=True)
-    with repository.lock(exclusive=True, wait=wait):
+    repository.require_delete("forget")  # no-delete mode: exit 26, nothing changed
+    with repository.lock(exclusive=True, wait=wait, operation="forget"):
         decision = apply_policy(
             select_snapshots(repository, **selection), policy, now=now, group_by=group_by, tz=tz
         )

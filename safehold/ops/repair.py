@@ -75,7 +75,8 @@ def repair_index(
     """
     report = progress or (lambda message: None)
     result = IndexRepair(dry_run=dry_run)
-    with repository.lock(exclusive=True, wait=wait) as lock:
+    repository.require_delete("repair index")  # no-delete mode: exit 26, nothing read
+    with repository.lock(exclusive=True, wait=wait, operation="repair index") as lock:
         old_names = repository.index_names()
         result.index_files_old = len(old_names)
         supersedes = [bytes.fromhex(name.split("/", 1)[1]) for name in old_names]
@@ -240,7 +241,8 @@ def repair_snapshots(
     """
     report = progress or (lambda message: None)
     result = SnapshotsRepair(dry_run=dry_run)
-    with repository.lock(exclusive=True, wait=wait) as lock:
+    repository.require_delete("repair snapshots")  # no-delete mode: exit 26, nothing read
+    with repository.lock(exclusive=True, wait=wait, operation="repair snapshots") as lock:
         repository._index = None
         try:
             repository.index  # noqa: B018 (load it now: a damaged index file stops us here)

@@ -11,9 +11,10 @@ from collections.abc import Callable, Iterator
 
 import msgpack
 
-from safehold.crypto import AuthenticationFailed, Cipher, MasterKey, unwrap_key, wrap_key
+from safehold.crypto import AuthenticationFailed, Cipher, MasterKey, unwrap_key_flags, wrap_key
 from safehold.errors import (
     IntegrityError,
+    NoDeleteMode,
     NotARepository,
     RepositoryNotFound,
     UnsupportedFormat,
@@ -32,6 +33,7 @@ from safehold.repo.format import (
 from safehold.repo.index import Index, Location
 from safehold.store import ObjectMissing, Store, location_exists, location_is_file, open_store
 from safehold.store.locks import Lock
+from safehold.store.nodelete import NoDeleteStore
 
 DEFAULT_CONFIG = {
     "chunker": {"min_size": 256 * 1024, "avg_size": 1024 * 1024, "max_size": 4 * 1024 * 1024},
@@ -55,11 +57,20 @@ def pack_name(pack_id: bytes) -> str:
 class Repository:
     """An opened repository. Create with ``Repository.init`` or ``Repository.open``."""
 
-    def __init__(self, store: Store, cipher: Cipher, config: dict, key_name: str) -> None:
+    def __init__(
+        self,
+        store: Store,
+        cipher: Cipher,
+        config: dict,
+        key_name: str,
+        *,
+        key_no_delete: bool = False,
+    ) -> None:
         self.store = store
         self.cipher = cipher
         self.config = config
         self.key_name = key_name
+        self.key_no_delete = key_no_delete  # the key used was added with --no-delete
         self._index: Index | None = None
         self._index_lock = threading.Lock()
 
@@ -73,8 +84,12 @@ class Repository:
         *,
         kdf: dict | None = None,
         config: dict | None = None,
+        no_delete: bool = False,
     ) -> Repository:
-        """Create a new repository at ``location`` (a path or URL) and return it opened."""
+        """Create a new repository at ``location`` (a path or URL) and return it opened.
+
+        ``no_delete`` makes the whole repository no-delete for good (``no_delete: true`` in
+        its config, which is never rewritten): see ``Repository.no_delete``."""
         store = open_store(location)
         store.create()
         store.open()
@@ -83,6 +98,7 @@ class Repository:
         full_config = {
             **DEFAULT_CONFIG,
             **(config or {}),
+            **({"no_delete": True} if no_delete else {}),
             "version": FORMAT_VERSION,
             "id": os.urandom(16).hex(),
         }
@@ -94,6 +110,8 @@ class Repository:
         repository.save_object(CONFIG_NAME, full_config)
         # The marker is written last: a half-initialised location is not taken for a repository.
         store.save(MARKER_NAME, MARKER_TEXT)
+        if repository.no_delete:
+            repository.store = NoDeleteStore(store, repository.no_delete_reason)
         return repository
 
     @classmethod
@@ -123,15 +141,19 @@ class Repository:
         for key_name in key_names:
             try:
                 document = json.loads(store.load(key_name))
-                master_key = unwrap_key(document, secret)
+                master_key, flags = unwrap_key_flags(document, secret)
             except (AuthenticationFailed, ValueError, KeyError):
                 continue
-            repository = cls(store, Cipher(master_key), {}, key_name)
+            repository = cls(
+                store, Cipher(master_key), {}, key_name, key_no_delete=bool(flags.get("no_delete"))
+            )
             repository.config = repository.load_object(CONFIG_NAME)
             if repository.config.get("version", 0) > FORMAT_VERSION:
                 raise UnsupportedFormat(
                     found=repository.config["version"], supported=FORMAT_VERSION
                 )
+            if repository.no_delete:  # every delete is refused below the commands too
+                repository.store = NoDeleteStore(store, repository.no_delete_reason)
             return repository
         store.close()
         raise WrongPassphrase(count=len(key_names))
@@ -145,9 +167,38 @@ class Repository:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def lock(self, *, exclusive: bool = False, wait: float = 0.0) -> Lock:
-        """Return a (not yet acquired) lock; use it as a context manager."""
-        return Lock(self.store, exclusive=exclusive, wait=wait)
+    # ---------------------------------------------------------------- no-delete mode
+
+    @property
+    def no_delete(self) -> bool:
+        """True if safehold must delete and overwrite nothing here: the repository was created
+        with ``init --no-delete``, or it was opened with a key added with ``key add
+        --no-delete``. Backups, restores and checks work (with append-only locks); forget,
+        prune, repair, unlock and key passwd/remove are refused (NoDeleteMode, exit 26)."""
+        return self.key_no_delete or bool(self.config.get("no_delete"))
+
+    @property
+    def no_delete_reason(self) -> str:
+        if self.config.get("no_delete"):
+            return "this repository (created with 'init --no-delete')"
+        return "the key this repository was opened with (added with 'key add --no-delete')"
+
+    def require_delete(self, operation: str) -> None:
+        """Raise NoDeleteMode (exit 26) if ``operation`` would delete or overwrite here."""
+        if self.no_delete:
+            raise NoDeleteMode(operation=operation, reason=self.no_delete_reason)
+
+    def lock(
+        self, *, exclusive: bool = False, wait: float = 0.0, operation: str | None = None
+    ) -> Lock:
+        """Return a (not yet acquired) lock; use it as a context manager.
+
+        Exclusive locks are taken only by operations that delete (forget, prune, repair), so
+        in no-delete mode they are refused here. Shared locks are append-only there: new lock
+        objects, never an overwrite or a delete (safehold/store/locks.py)."""
+        if exclusive:
+            self.require_delete(operation or "an exclusive operation (forget, prune, repair)")
+        return Lock(self.store, exclusive=exclusive, wait=wait, append_only=self.no_delete)
 
     # ---------------------------------------------------------------- sealed objects
 
@@ -171,17 +222,28 @@ class Repository:
         for name, _size in sorted(self.store.list("keys")):
             yield name, json.loads(self.store.load(name))
 
-    def add_key(self, passphrase: bytes, kdf: dict | None = None) -> str:
-        """Add a key file wrapping this repository's master key; returns its name."""
+    def add_key(
+        self, passphrase: bytes, kdf: dict | None = None, *, no_delete: bool = False
+    ) -> str:
+        """Add a key file wrapping this repository's master key; returns its name.
+
+        A key added while the repository is opened with a no-delete key is no-delete too:
+        such a key cannot make one that may delete."""
         hostname, username = _identity()
         document = wrap_key(
-            self.cipher.master_key, passphrase, hostname=hostname, username=username, kdf=kdf
+            self.cipher.master_key,
+            passphrase,
+            hostname=hostname,
+            username=username,
+            kdf=kdf,
+            no_delete=no_delete or self.key_no_delete,
         )
         name = "keys/" + os.urandom(16).hex()
         self.store.save(name, json.dumps(document).encode())
         return name
 
-    def remove_key(self, name: str) -> None:
+    def remove_key(self, name: str, operation: str = "key remove") -> None:
+        self.require_delete(operation)
         self.store.delete(name)
 
     # ---------------------------------------------------------------- index

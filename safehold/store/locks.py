@@ -8,6 +8,14 @@ never wedges a repository. Locks hold no secrets and are the only objects writte
 Acquisition: write our lock, then list all locks; if a live conflicting lock exists, remove ours
 and retry until ``wait`` runs out. Writing before looking means two racing lockers both see each
 other and at least one backs off.
+
+**Append-only form** (no-delete mode, docs/format.md "Locks"): a lock may not be rewritten or
+deleted, so each write is a new object ``locks/<lock id>-<13-digit ms time>``; the newest
+object of a lock id is its state, and releasing writes one more with ``"released": true``.
+The time in the name makes a stale lock recognisable without loading it. Before writing, such a
+locker looks first (so waiting for a conflicting lock leaves nothing behind), then writes and
+looks again as above; if it must back off it writes its release. Lockers that may delete remove
+the objects of finished and stale locks (and the older objects of live ones) as they go.
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from safehold.errors import RepositoryLocked
 from safehold.store import ObjectMissing, Store
@@ -26,8 +35,56 @@ REFRESH_INTERVAL = 60.0
 STALE_AFTER = 300.0
 
 
+@dataclass
+class LockState:
+    """One lock as found in the store: all its objects, its newest document, and whether it
+    is live (held by a process that refreshes it)."""
+
+    lock_id: str
+    names: list[str]  # every object of this lock, oldest first; the last is its current state
+    document: dict | None  # the newest object's JSON (None if not loaded: stale by its name)
+    live: bool
+
+    @property
+    def name(self) -> str:
+        return self.names[-1]
+
+
+def _parse(name: str) -> tuple[str, int | None]:
+    """(lock id, write time in ms) of a lock object name; the time is None for the plain form."""
+    key = name.split("/", 1)[1]
+    lock_id, _, written = key.partition("-")
+    return lock_id, int(written) if written.isdigit() else None
+
+
+def lock_states(store: Store, now: float, stale_after: float = STALE_AFTER) -> list[LockState]:
+    """Every lock in the store, plain or append-only, with whether it is live."""
+    groups: dict[str, list[tuple[int, str]]] = {}
+    for name, _size in list(store.list("locks")):
+        lock_id, written = _parse(name)
+        groups.setdefault(lock_id, []).append((written if written is not None else -1, name))
+    states = []
+    for lock_id, entries in groups.items():
+        entries.sort()
+        names = [name for _, name in entries]
+        written = entries[-1][0]
+        if written >= 0 and now - written / 1000 > stale_after:
+            states.append(LockState(lock_id, names, None, live=False))  # stale by its name
+            continue
+        try:
+            document = json.loads(store.load(names[-1]))
+        except (ObjectMissing, ValueError):
+            continue  # removed meanwhile, or half-visible: not a lock to respect
+        live = not document.get("released") and not is_stale(document, now, stale_after)
+        states.append(LockState(lock_id, names, document, live))
+    return states
+
+
 class Lock:
-    """A held or to-be-held lock. Use as a context manager."""
+    """A held or to-be-held lock. Use as a context manager.
+
+    ``append_only`` (no-delete mode): never overwrite or delete a lock object (module docstring).
+    """
 
     def __init__(
         self,
@@ -38,6 +95,7 @@ class Lock:
         clock: Callable[[], float] = time.time,
         refresh_interval: float = REFRESH_INTERVAL,
         stale_after: float = STALE_AFTER,
+        append_only: bool = False,
     ) -> None:
         self.store = store
         self.exclusive = exclusive
@@ -45,49 +103,69 @@ class Lock:
         self.clock = clock
         self.refresh_interval = refresh_interval
         self.stale_after = stale_after
-        self.name = "locks/" + os.urandom(16).hex()
+        self.append_only = append_only
+        self.lock_id = os.urandom(16).hex()
+        self.name = "locks/" + self.lock_id  # the current object (append-only: the newest)
+        self._written_ms = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._last_written: float | None = None  # monotonic time of the last successful write
         self._lapsed = False  # once a gap between writes was long enough to look stale
 
-    def _document(self) -> bytes:
+    def _document(self, **extra: object) -> bytes:
         return json.dumps(
             {
                 "host": socket.gethostname(),
                 "pid": os.getpid(),
                 "exclusive": self.exclusive,
                 "time": self.clock(),
+                **extra,
             }
         ).encode()
 
+    def _write(self, **extra: object) -> None:
+        """Write the lock: rewrite it (plain form) or add its next object (append-only)."""
+        if not self.append_only:
+            self.store.save(self.name, self._document(**extra))
+            return
+        written = max(int(self.clock() * 1000), self._written_ms + 1)
+        name = f"locks/{self.lock_id}-{written:013d}"
+        self.store.save(name, self._document(**extra))
+        self.name, self._written_ms = name, written
+
     def _conflicts(self) -> list[dict]:
         conflicts = []
-        for name, _size in list(self.store.list("locks")):
-            if name == self.name:
+        for state in lock_states(self.store, self.clock(), self.stale_after):
+            if state.lock_id == self.lock_id:
                 continue
-            try:
-                other = json.loads(self.store.load(name))
-            except (ObjectMissing, ValueError):
+            if not state.live:
+                self._remove(state.names)
                 continue
-            if is_stale(other, self.clock(), self.stale_after):
-                try:
-                    self.store.delete(name)
-                except ObjectMissing:
-                    pass
-                continue
-            if self.exclusive or other.get("exclusive"):
-                conflicts.append(other)
+            self._remove(state.names[:-1])  # a live append-only lock's older objects
+            assert state.document is not None
+            if self.exclusive or state.document.get("exclusive"):
+                conflicts.append(state.document)
         return conflicts
+
+    def _remove(self, names: list[str]) -> None:
+        if self.append_only:
+            return  # no-delete mode: leftovers stay until a locker that may delete comes along
+        for name in names:
+            try:
+                self.store.delete(name)
+            except ObjectMissing:
+                pass
 
     def acquire(self) -> Lock:
         deadline = time.monotonic() + self.wait
         while True:
-            self.store.save(self.name, self._document())
-            conflicts = self._conflicts()
+            conflicts = self._conflicts() if self.append_only else []  # look before writing
             if not conflicts:
-                break
-            self.store.delete(self.name)
+                self._write()
+                conflicts = self._conflicts()
+                if not conflicts:
+                    break
+                self._withdraw()
             if time.monotonic() >= deadline:
                 holder = conflicts[0]
                 kind = (
@@ -102,10 +180,20 @@ class Lock:
         self._thread.start()
         return self
 
+    def _withdraw(self) -> None:
+        """Give the lock up: delete it, or (append-only) write that it is released."""
+        if self.append_only:
+            self._write(released=True)
+            return
+        try:
+            self.store.delete(self.name)
+        except ObjectMissing:
+            pass
+
     def _refresh(self) -> None:
         while not self._stop.wait(self.refresh_interval):
             try:
-                self.store.save(self.name, self._document())
+                self._write()
             except Exception:
                 continue  # the gap grows; verify() notices if it grows too long
             self._note_written()
@@ -144,13 +232,19 @@ class Lock:
         Exclusive operations call it before each round of deletions: if they stalled so long
         that their lock went stale, a backup may have started meanwhile, so they stop (having
         written everything they need first, the repository is consistent) and are run again.
+        Finished append-only locks (released, or stale by their name) do not count.
         """
-        others = [name for name, _ in self.store.list("locks") if name != self.name]
+        now = self.clock()
+        others = [  # any other plain lock (as before), or a live append-only one
+            state
+            for state in lock_states(self.store, now, self.stale_after)
+            if state.lock_id != self.lock_id and (state.live or _parse(state.name)[1] is None)
+        ]
         try:
             document = json.loads(self.store.load(self.name))
         except (ObjectMissing, ValueError):
             document = None
-        age = self.clock() - document.get("time", 0) if document else None
+        age = now - document.get("time", 0) if document else None
         if others or age is None or age > self.stale_after / 2:
             raise RepositoryLocked(
                 f"by another process: {operation}'s own lock was lost or went stale; it stopped "
@@ -161,10 +255,7 @@ class Lock:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
-        try:
-            self.store.delete(self.name)
-        except ObjectMissing:
-            pass
+        self._withdraw()
 
     def __enter__(self) -> Lock:
         return self.acquire()
@@ -193,13 +284,20 @@ def is_stale(document: dict, now: float, stale_after: float = STALE_AFTER) -> bo
 
 
 def list_locks(store: Store, now: float) -> list[dict]:
-    """Every lock in the store: its document plus ``name``, ``age`` (s) and ``stale``."""
+    """Every lock in the store: its newest document plus ``name`` (its newest object),
+    ``names`` (all its objects: one, or several in the append-only form), ``age`` (s) and
+    ``stale`` (its holder is gone, or it was released: removable)."""
     found = []
-    for name, _size in list(store.list("locks")):
-        try:
-            document = json.loads(store.load(name))
-        except (ObjectMissing, ValueError):
-            continue
+    for state in lock_states(store, now):
+        if state.document is None:  # append-only, stale by its name: load it for the report
+            try:
+                document = json.loads(store.load(state.name))
+            except (ObjectMissing, ValueError):
+                continue
+        else:
+            document = state.document
         age = now - document.get("time", 0)
-        found.append(dict(document, name=name, age=age, stale=is_stale(document, now)))
+        found.append(
+            dict(document, name=state.name, names=state.names, age=age, stale=not state.live)
+        )
     return found
