@@ -151,3 +151,28 @@ def test_metadata_only_changes_reach_the_next_snapshot(repo, source, tmp_path) -
     result = run_cli("restore", "--repo", repo, f"latest:{source}", "--target", target)
     assert result.code == 0, result.err
     assert compare_trees(source, target, include_root=False) == []
+
+
+def test_each_kind_of_change_below_unchanged_siblings_reaches_the_snapshot(
+    repo: Path, source: Path, tmp_path: Path
+) -> None:
+    """Directories whose entries all equal the parent's reuse the parent's tree without
+    encoding it: every change one level down must still produce a new tree up to the root."""
+    for sibling in range(3):
+        write_file(source / f"sib{sibling}" / "keep.txt", b"unchanged\n")
+    backup_json(repo, source)
+    changes = [
+        lambda: (source / "sub" / "c.bin").rename(source / "sub" / "renamed.bin"),
+        lambda: (source / "b.txt").unlink(),
+        lambda: os.chmod(source / "sub", 0o700),
+        lambda: write_file(source / "sub" / "deeper" / "new.txt", b"new\n"),
+        lambda: os.setxattr(source / "sib1", "user.note", b"x"),
+    ]
+    for number, change in enumerate(changes):
+        change()
+        summary = backup_json(repo, source)
+        assert summary["files_unchanged"] >= 3  # the siblings came from the parent snapshot
+        target = tmp_path / f"restored-{number}"
+        result = run_cli("restore", "--repo", repo, f"latest:{source}", "--target", target)
+        assert result.code == 0, result.err
+        assert compare_trees(source, target, include_root=False) == []

@@ -59,11 +59,23 @@ class DirNode:
     its last outstanding read or subdirectory finishes, in whichever thread that happens, so
     the walk never waits for one directory before starting the next."""
 
-    __slots__ = ("callbacks", "done", "entry", "items", "lock", "outstanding", "previous_tree")
+    __slots__ = (
+        "callbacks",
+        "done",
+        "entry",
+        "items",
+        "lock",
+        "outstanding",
+        "previous",
+        "previous_tree",
+    )
 
-    def __init__(self, entry: dict, previous_tree: bytes | None) -> None:
+    def __init__(
+        self, entry: dict, previous_tree: bytes | None, previous: dict[bytes, dict] | None = None
+    ) -> None:
         self.entry = entry
         self.previous_tree = previous_tree
+        self.previous = previous  # the parent snapshot's entries of this directory, by name
         self.items: list | None = None
         self.outstanding = 1  # the scan itself; released when the directory is fully listed
         self.lock = threading.Lock()
@@ -132,8 +144,27 @@ class Archiver:
             return {}
         return {entry["name"]: entry for entry in decode_tree(self.repository.load_blob(tree_id))}
 
-    def _store_tree(self, entries: list[dict], previous: bytes | None = None) -> bytes:
-        """Write a tree blob, unless it equals the parent snapshot's (stored already)."""
+    def _store_tree(
+        self,
+        entries: list[dict],
+        previous: bytes | None = None,
+        previous_entries: dict[bytes, dict] | None = None,
+    ) -> bytes:
+        """Write a tree blob, unless it equals the parent snapshot's (stored already).
+
+        When every entry equals the parent's entry of that name (unchanged files reuse the
+        very dicts of the parent's tree), the tree is the parent's: no encoding needed.
+        """
+        if (
+            previous is not None
+            and previous_entries is not None
+            and len(entries) == len(previous_entries)
+            and all(
+                (old := previous_entries.get(entry["name"])) is entry or old == entry
+                for entry in entries
+            )
+        ):
+            return previous
         data = encode_tree(sorted(entries, key=lambda entry: entry["name"]))
         tree_id = self.repository.cipher.blob_id(data)
         if tree_id != previous:
@@ -282,7 +313,7 @@ class Archiver:
                     batch, batch_bytes = [], 0
         if batch:
             self._submit(entries, batch)
-        node = DirNode(entry, parent_tree)
+        node = DirNode(entry, parent_tree, previous)
         self._start(node, entries)
         return node
 
@@ -315,10 +346,10 @@ class Archiver:
                 entries = self._resolve(
                     [i.entry if isinstance(i, DirNode) else i for i in node.items or []]
                 )
-                node.entry["subtree"] = self._store_tree(entries, node.previous_tree)
+                node.entry["subtree"] = self._store_tree(entries, node.previous_tree, node.previous)
         except BaseException as error:
             self._failure = self._failure or error
-        node.items = None
+        node.items = node.previous = None
         with node.lock:
             node.done.set()
             callbacks, node.callbacks = node.callbacks, []
