@@ -11,7 +11,7 @@ from pathlib import Path
 from safehold.cli import render
 from safehold.cli.session import passphrase
 from safehold.errors import EXIT_PARTIAL, SafeholdError, UsageError
-from safehold.ops.notify import backup_event, notify
+from safehold.ops.notify import Event, backup_event, notify
 from safehold.platform.backup import PlatformBackup
 from safehold.platform.config import (
     ConfigError,
@@ -55,10 +55,8 @@ def open_for_platform(args: argparse.Namespace, location: str | None) -> Reposit
 
 
 def backup_platform(args: argparse.Namespace) -> int:
-    platform = load_platform(args.config)
-    with open_for_platform(args, platform.repository) as repository:
-        result = PlatformBackup(repository, platform, tags=args.tag, log=_log(args)).run()
-        copy_problems = _copy_offsite(repository, platform, result.snapshot_id, args)
+    platform = load_for_backup(args)
+    result, copy_problems = run_backup(args, platform, _log(args))
     snapshot = result.snapshot
     if args.json:
         render.print_json(
@@ -94,6 +92,64 @@ def backup_platform(args: argparse.Namespace) -> int:
                 f"downtime: {snapshot['downtime']['seconds']:.1f} s "
                 f"({', '.join(snapshot['downtime']['stopped'])} stopped)"
             )
+    return finish_backup(platform, result, copy_problems)
+
+
+def load_for_backup(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    """The platform file of a backup; if it cannot be used, the failure is notified (through
+    its `notify:` section, if that part of the file is usable) before the error is raised."""
+    try:
+        return load_platform(args.config)
+    except ConfigError as error:
+        notify_unusable_config(args.config, error)
+        raise
+
+
+def run_backup(args: argparse.Namespace, platform, log):  # type: ignore[no-untyped-def]
+    """Open the repository, back up the platform and copy it off-site: (result, copy
+    problems). A backup that cannot start or finish (repository unreachable or locked, a
+    hook failed, ...) is notified as failed before the error is raised."""
+    try:
+        with open_for_platform(args, platform.repository) as repository:
+            result = PlatformBackup(repository, platform, tags=args.tag, log=log).run()
+            copy_problems = _copy_offsite(repository, platform, result.snapshot_id, args)
+    except SafeholdError as error:
+        problem = f"the backup could not run: {error}"
+        notify(platform.notify, Event(platform.name, "backup", "failed", "", problems=[problem]))
+        raise
+    return result, copy_problems
+
+
+def notify_unusable_config(path: str, error: SafeholdError) -> None:
+    """Best effort: a platform file that does not load may still have a valid `notify:`."""
+    import os
+
+    import jsonschema
+
+    from safehold.platform.config import interpolate, read_env_file
+    from safehold.platform.schema import NOTIFY
+
+    try:
+        document = load_yaml(Path(path).read_text(encoding="utf-8"), path)
+        section = document.get("notify") if isinstance(document, dict) else None
+        if not isinstance(section, dict):
+            return
+        jsonschema.validate(section, NOTIFY)
+        environment = dict(os.environ)
+        if isinstance(document.get("env_file"), str):
+            environment = {**read_env_file(Path(document["env_file"])), **environment}
+        section = interpolate(section, environment)
+        name = str(document.get("platform") or Path(path).stem)
+    except Exception:  # the file is beyond use: nothing to notify through
+        return
+    notify(
+        section,
+        Event(name, "backup", "failed", "", problems=[f"the backup could not run: {error}"]),
+    )
+
+
+def finish_backup(platform, result, copy_problems: list[str]) -> int:  # type: ignore[no-untyped-def]
+    """Problems on stderr, the notification, and the exit code (or CriticalComponentFailed)."""
     for component in result.components:
         if component.status == "failed":
             print(

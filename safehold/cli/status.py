@@ -25,7 +25,7 @@ from safehold.ops.status import (
     platforms_in,
     repository_totals,
 )
-from safehold.platform.config import load_platform
+from safehold.platform.config import Platform, load_platform
 from safehold.repo.snapshots import list_snapshots
 
 clock = time.time  # tests move it
@@ -38,8 +38,10 @@ def _interval(text: str, option: str) -> float:
         raise UsageError(f"{option}: {error}") from None
 
 
-def _collect(args: argparse.Namespace, policy: Policy, now: float) -> tuple[list[dict], dict]:
+def collect(args: argparse.Namespace, policy: Policy, now: float) -> tuple[list[dict], dict]:
     """(the status of each platform asked for, the repository totals)."""
+    from safehold.ops.schedule import load_check_status
+
     platform = load_platform(args.config) if args.config else None
     with open_for_platform(args, platform.repository if platform else None) as repository:
         snapshots = list_snapshots(repository)
@@ -47,12 +49,50 @@ def _collect(args: argparse.Namespace, policy: Policy, now: float) -> tuple[list
     names = [platform.name] if platform else platforms_in(snapshots)
     if not names:
         raise UsageError("no platform snapshots in this repository: pass --config PLATFORM_FILE")
-    statuses = [platform_status(name, snapshots, drills, now, policy) for name in names]
+    state_dir = getattr(args, "state_dir", None)
+    statuses = [
+        platform_status(
+            name,
+            snapshots,
+            drills,
+            now,
+            policy,
+            load_check_status(name, Path(state_dir) if state_dir else None),
+        )
+        for name in names
+    ]
     return statuses, repository_totals(snapshots)
 
 
+def policy_for(
+    platform: Platform | None,
+    expect_every: str | None,
+    drill_every: str | None,
+    failures: int,
+    now: float,
+) -> Policy:
+    """The report's expectations: the options when given, else the platform's schedule
+    (the longest gap between its next runs), else a backup a day and a drill a week."""
+    from safehold.ops.schedule import Schedule
+
+    schedule = Schedule.from_section(platform.schedule if platform else None)
+    expect = (
+        _interval(expect_every, "--expect-every")
+        if expect_every
+        else schedule.interval("backup", now) or Policy.expect_every
+    )
+    drill = (
+        _interval(drill_every, "--drill-every")
+        if drill_every
+        else schedule.interval("drill", now) or Policy.drill_every
+    )
+    return Policy(expect, drill, failures, schedule.interval("check", now))
+
+
 def metrics_command(args: argparse.Namespace) -> int:
-    statuses, totals = _collect(args, Policy(), clock())
+    now = clock()
+    platform = load_platform(args.config) if args.config else None
+    statuses, totals = collect(args, policy_for(platform, None, None, 3, now), now)
     text = metrics_text(statuses, totals)
     if not args.output:
         sys.stdout.write(text)
@@ -83,13 +123,10 @@ def write_atomically(path: Path, text: str) -> None:
 def report_command(args: argparse.Namespace) -> int:
     if args.failures < 1:
         raise UsageError("--failures: give a number of backups, at least 1")
-    policy = Policy(
-        _interval(args.expect_every, "--expect-every"),
-        _interval(args.drill_every, "--drill-every"),
-        args.failures,
-    )
     now = clock()
-    statuses, totals = _collect(args, policy, now)
+    platform = load_platform(args.config) if args.config else None
+    policy = policy_for(platform, args.expect_every, args.drill_every, args.failures, now)
+    statuses, totals = collect(args, policy, now)
     warnings = [w for status in statuses for w in status["warnings"]]
     if args.json:
         render.print_json({"time": now, "platforms": statuses, "repository": totals})
@@ -144,6 +181,18 @@ def _print_platform(status: dict) -> None:
         )
     else:
         print("  last drill: never")
+    checked = status.get("check")
+    if checked:
+        subset = (
+            f", read-data subset {checked['read_data_subset']}"
+            if checked["read_data_subset"]
+            else ""
+        )
+        print(
+            f"  last check (recorded here): {_age(checked)}, {checked['status']}"
+            + (f", {checked['errors']} problem(s)" if checked["errors"] else "")
+            + subset
+        )
     rows = [
         [
             c["name"],

@@ -27,6 +27,7 @@ from typing import Any
 
 TIMEOUT = 10.0  # seconds, for every connection and request
 CHANNELS = ("webhook", "ntfy", "healthchecks", "email")
+EVENTS = ("backup", "drill", "check", "prune", "copy")  # the last three: scheduled jobs
 _DEFAULT_ON = ["failure"]
 # healthchecks is a dead man's switch: it needs the success pings, and only backups reset it.
 _CHANNEL_DEFAULTS = {"healthchecks": {"on": ["failure", "success"], "events": ["backup"]}}
@@ -144,7 +145,7 @@ def _stderr(line: str) -> None:
 def _wanted(settings: dict, channel: str, options: dict, event: Event) -> bool:
     defaults = _CHANNEL_DEFAULTS.get(channel, {})
     on = options.get("on", defaults.get("on", settings.get("on", _DEFAULT_ON)))
-    events = options.get("events", defaults.get("events", ["backup", "drill"]))
+    events = options.get("events", defaults.get("events", list(EVENTS)))
     return event.event in events and ("failure" if event.failure else "success") in on
 
 

@@ -34,6 +34,7 @@ class Policy:
     expect_every: float = 86400.0
     drill_every: float = 7 * 86400.0
     failure_window: int = 3
+    check_every: float | None = None  # a scheduled check: warn when the last is 2x older
 
 
 def platforms_in(snapshots: list[dict]) -> list[str]:
@@ -104,11 +105,18 @@ def component_status(name: str, snapshots: list[dict], drill: dict | None, now: 
 
 
 def platform_status(
-    platform: str, snapshots: list[dict], drills: list[dict], now: float, policy: Policy
+    platform: str,
+    snapshots: list[dict],
+    drills: list[dict],
+    now: float,
+    policy: Policy,
+    check: dict | None = None,
 ) -> dict:
     """The state of one platform: its backups, components, last drill and warnings.
 
-    ``snapshots`` and ``drills`` may hold other platforms' documents: they are filtered."""
+    ``snapshots`` and ``drills`` may hold other platforms' documents: they are filtered.
+    ``check`` is the last recorded check of the repository (safehold/ops/schedule.py's state:
+    ``{time, ok, complete, errors, first_errors, read_data_subset, ...}``), if any."""
     mine = sorted((s for s in snapshots if s.get("platform") == platform), key=_time)
     drilled = sorted((d for d in drills if d.get("platform") == platform), key=_time)
     drill = drilled[-1] if drilled else None
@@ -156,6 +164,18 @@ def platform_status(
             "rto_seconds": drill.get("rto_seconds", 0.0),
             "snapshot": drill.get("snapshot"),
         }
+    result["check"] = (
+        None
+        if check is None
+        else {
+            "time": check.get("time", 0.0),
+            "age_seconds": now - check.get("time", 0.0),
+            "status": "passed" if check.get("ok") else "failed",
+            "complete": check.get("complete", True),
+            "errors": check.get("errors", 0),
+            "read_data_subset": check.get("read_data_subset"),
+        }
+    )
     result["warnings"] = warnings(result, mine, drilled, now, policy)
     return result
 
@@ -186,7 +206,8 @@ def warnings(
     status: dict, snapshots: list[dict], drills: list[dict], now: float, policy: Policy
 ) -> list[dict]:
     """What needs a look, as ``{kind, platform, component, message}``. Kinds: ``no-backup``,
-    ``stale``, ``failing``, ``no-drill``, ``drill-old``, ``drill-failed``, ``clock``."""
+    ``stale``, ``failing``, ``no-drill``, ``drill-old``, ``drill-failed``, ``check-failed``,
+    ``no-check``, ``check-old`` (the last two only with a scheduled check), ``clock``."""
     platform = status["platform"]
     found: list[dict] = []
 
@@ -241,6 +262,22 @@ def warnings(
                 "drill-old",
                 f"last drill of {platform} is {_ago(drill['age_seconds'])}; "
                 f"expected every {human_duration(policy.drill_every)}",
+            )
+    checked = status.get("check")
+    if checked is not None and checked["status"] == "failed":
+        warn(
+            "check-failed",
+            f"the last check of the repository of {platform} found {checked['errors']} "
+            f"problem(s) ({_ago(checked['age_seconds'])}): run safehold check",
+        )
+    if policy.check_every is not None:
+        if checked is None:
+            warn("no-check", f"no check of the repository of {platform} is recorded here")
+        elif checked["age_seconds"] > 2 * policy.check_every:
+            warn(
+                "check-old",
+                f"last check of the repository of {platform} is {_ago(checked['age_seconds'])}; "
+                f"scheduled every {human_duration(policy.check_every)}",
             )
     for document, what in [(s, "snapshot") for s in snapshots] + [(d, "drill") for d in drills]:
         ahead = _time(document) - now

@@ -18,7 +18,8 @@ import jsonschema
 import yaml
 
 from safehold.errors import SafeholdError
-from safehold.platform.schema import SCHEMA
+from safehold.platform.cron import CronError, parse
+from safehold.platform.schema import JOBS, SCHEMA
 
 _VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _TYPE_NAMES = {
@@ -163,6 +164,25 @@ def _consistency_errors(document: dict) -> list[str]:
         for key in ("stop_command", "start_command"):
             if key not in services:
                 problems.append(f"at services: control command needs `{key}`")
+    problems += _schedule_errors(document)
+    return problems
+
+
+def _schedule_errors(document: dict) -> list[str]:
+    schedule = document.get("schedule") or {}
+    problems = []
+    if "prune" in schedule and not document.get("retention"):
+        problems.append("at schedule.prune: needs a `retention:` section saying what to keep")
+    if "copy" in schedule and not document.get("copies"):
+        problems.append("at schedule.copy: needs a `copies:` section saying where to")
+    for job in JOBS:
+        if job in schedule:
+            try:
+                parse(schedule[job])
+            except CronError as error:
+                problems.append(
+                    f"at schedule.{job}: {schedule[job]!r} is not a cron expression: {error}"
+                )
     return problems
 
 
@@ -242,6 +262,7 @@ class Platform:
     copies: list = field(default_factory=list)  # the `copies:` section (copy after backup)
     drill: dict = field(default_factory=dict)  # the `drill:` section (safehold drill)
     notify: dict = field(repr=False, default_factory=dict)  # `notify:` (ops/notify.py): secrets
+    schedule: dict = field(default_factory=dict)  # `schedule:` (ops/schedule.py, safehold daemon)
     document: dict = field(repr=False, default_factory=dict)
 
     def component(self, name: str) -> Component:
@@ -305,6 +326,7 @@ def parse_platform(text: str, source: str, environment: dict[str, str] | None = 
         copies=[{"to": c} if isinstance(c, str) else dict(c) for c in resolved.get("copies", [])],
         drill=dict(resolved.get("drill") or {}),
         notify=dict(resolved.get("notify") or {}),
+        schedule=dict(resolved.get("schedule") or {}),
         document=document,
     )
 

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from safehold.platform.schema import COMPONENT, HOOKS, RETENTION, SCHEMA, SERVICES, VIA
+from safehold.platform.schema import (
+    COMPONENT,
+    HOOKS,
+    RETENTION,
+    SCHEDULE,
+    SCHEMA,
+    SERVICES,
+    VIA,
+)
 
 HEADER = """# Platform file reference
 
@@ -55,4 +63,5 @@ def config_reference() -> str:
     lines += _section("services", SERVICES)
     lines += _section("hooks", HOOKS)
     lines += _section("retention", RETENTION)
+    lines += _section("schedule", SCHEDULE)
     return HEADER + "\n".join(lines)

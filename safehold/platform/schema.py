@@ -341,8 +341,9 @@ _NOTIFY_WHEN = {
     },
     "events": {
         "type": "array",
-        "items": {"enum": ["backup", "drill"]},
-        "description": "what this channel hears about (default both; healthchecks: backup)",
+        "items": {"enum": ["backup", "drill", "check", "prune", "copy"]},
+        "description": "what this channel hears about (default all; healthchecks: backup); "
+        "check, prune and copy come from scheduled jobs",
     },
 }
 
@@ -425,6 +426,46 @@ NOTIFY = {
     },
 }
 
+
+# schedule: when `safehold daemon` (or the units of `safehold schedule install`) runs each job
+# (safehold/ops/schedule.py, safehold/ops/cron.py, docs/operations.md)
+JOBS = ("backup", "copy", "prune", "check", "drill")  # in the order they run when due together
+
+
+def _job(what: str) -> dict:
+    return {
+        "type": "string",
+        "description": f"cron expression (5 fields, or @hourly/@daily/@weekly...) for {what}",
+    }
+
+
+SCHEDULE = {
+    "type": "object",
+    "additionalProperties": False,
+    "description": "When `safehold daemon` runs each job (cron expressions in local time: "
+    "`30 2 * * *`, `*/15 * * * *`, `@daily`; a job without one does not run), with a "
+    "random `jitter`; `safehold schedule install` writes the same as systemd timers or "
+    "crontab lines; see docs/operations.md.",
+    "properties": {
+        "backup": _job("the platform backup (with its `copies:`)"),
+        "copy": _job("copying snapshots missing in the `copies:` repositories"),
+        "prune": _job("forget by `retention:`, then prune"),
+        "check": _job("`check` of the repository"),
+        "check_read_data_subset": {
+            "type": "string",
+            "pattern": "^([0-9]+(\\.[0-9]+)?%|[0-9]+/[0-9]+)$",
+            "description": "the check also reads this part of the data: `5%` or `n/t`",
+        },
+        "drill": _job("a restore drill of the latest snapshot"),
+        "jitter": {
+            "type": "integer",
+            "minimum": 0,
+            "default": 0,
+            "description": "seconds: each run starts after a random delay up to this",
+        },
+    },
+}
+
 SCHEMA: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
     "title": "safehold platform file",
@@ -468,5 +509,6 @@ SCHEMA: dict[str, Any] = {
         "copies": COPIES,
         "drill": DRILL,
         "notify": NOTIFY,
+        "schedule": SCHEDULE,
     },
 }
