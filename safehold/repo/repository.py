@@ -71,6 +71,7 @@ class Repository:
         self.config = config
         self.key_name = key_name
         self.key_no_delete = key_no_delete  # the key used was added with --no-delete
+        self.location = store.location  # the path or URL it was opened with (set by open/init)
         self._index: Index | None = None
         self._index_lock = threading.Lock()
 
@@ -97,6 +98,7 @@ class Repository:
         cipher = Cipher(master_key)
         full_config = {
             **DEFAULT_CONFIG,
+            "pack_size": store.recommended_pack_size,  # per backend: 16 MiB local, 32 remote
             **(config or {}),
             **({"no_delete": True} if no_delete else {}),
             "version": FORMAT_VERSION,
@@ -107,6 +109,7 @@ class Repository:
         document = wrap_key(master_key, passphrase, hostname=hostname, username=username, kdf=kdf)
         store.save(key_name, json.dumps(document).encode())
         repository = cls(store, cipher, full_config, key_name)
+        repository.location = location
         repository.save_object(CONFIG_NAME, full_config)
         # The marker is written last: a half-initialised location is not taken for a repository.
         store.save(MARKER_NAME, MARKER_TEXT)
@@ -147,6 +150,7 @@ class Repository:
             repository = cls(
                 store, Cipher(master_key), {}, key_name, key_no_delete=bool(flags.get("no_delete"))
             )
+            repository.location = location
             repository.config = repository.load_object(CONFIG_NAME)
             if repository.config.get("version", 0) > FORMAT_VERSION:
                 raise UnsupportedFormat(
@@ -166,6 +170,12 @@ class Repository:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def open_another_store(self) -> Store:
+        """A second, opened connection to this repository's location (``open_store`` again):
+        borgstore runs one operation at a time per store, so each parallel upload has its own.
+        Saves only: it does not carry the no-delete guard, and needs none."""
+        return open_store(self.location).open()
 
     # ---------------------------------------------------------------- no-delete mode
 

@@ -30,22 +30,42 @@ class WriteStats:
 
 
 class BlobWriter:
-    """Thread-safe sink for blobs. Use as a context manager; ``flush`` before the snapshot."""
+    """Thread-safe sink for blobs. Use as a context manager; ``flush`` before the snapshot.
 
-    def __init__(self, repository: Repository, pack_size: int | None = None) -> None:
+    Full packs go through a queue of one to ``uploads`` upload threads (default: what the
+    store recommends: 1 locally, several for sftp and s3). With one, the repository's own
+    store uploads, as it always did; with more, each thread opens its own connection to the
+    location on its first pack. At most ``uploads + 1`` finished packs exist at once (one per
+    thread and one queued: a semaphore taken before a pack is finished and given back once it
+    is stored); besides them, the pack being filled and, while all uploads are busy, the
+    blobs of at most one full pack per thread that filled one wait. The first upload failure
+    is raised by the next ``add`` and by ``flush``, so no snapshot is written after it.
+    """
+
+    def __init__(
+        self, repository: Repository, pack_size: int | None = None, uploads: int | None = None
+    ) -> None:
         self.repository = repository
         self.index = repository.index
         self.pack_size = pack_size or repository.config["pack_size"]
+        self.uploads = max(1, uploads or repository.store.recommended_uploads)
         self.stats = WriteStats()
         self._lock = threading.Lock()
         self._builder = PackBuilder()
         self._in_flight: set[bytes] = set()
-        self._queue: queue.Queue = queue.Queue(maxsize=1)
+        self._queue: queue.Queue = queue.Queue()  # bounded by _slots
+        self._slots = threading.Semaphore(self.uploads + 1)
         self._unindexed: list[tuple[bytes, bytes, int, int, int, int]] = []
+        self._index_lock = threading.Lock()  # _unindexed, _packs_since_index, the index files
         self._packs_since_index = 0
         self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._upload_loop, name="pack-writer", daemon=True)
-        self._thread.start()
+        self._stores: list = []  # connections opened by upload threads, closed by close()
+        self._threads = [
+            threading.Thread(target=self._upload_loop, name=f"pack-writer-{number}", daemon=True)
+            for number in range(self.uploads)
+        ]
+        for thread in self._threads:
+            thread.start()
 
     def known(self, blob_id: bytes) -> bool:
         """True if the blob is stored or on its way; callers skip sealing known blobs."""
@@ -76,56 +96,75 @@ class BlobWriter:
         return builder
 
     def _ship(self, builder: PackBuilder) -> None:
-        # Called without self._lock held: put() blocks while the writer is busy (back-pressure),
-        # and the writer needs the lock to finish its pack.
+        # Called without self._lock held: acquiring a slot blocks while the uploads are busy
+        # (back-pressure), and an upload thread needs the lock to finish its pack.
         if builder.entries:
+            self._slots.acquire()
             pack_id, data = builder.finish(self.repository.cipher)
             self._queue.put((pack_id, data, builder))
 
     def _upload_loop(self) -> None:
+        store = None
         while True:
             item = self._queue.get()
+            if item is None:
+                self._queue.task_done()
+                return
             try:
-                if item is None:
-                    return
-                if self._error is not None:
-                    continue  # drain without writing after a failure
-                if item == "index":
-                    self._write_index()
-                    continue
-                pack_id, data, builder = item
-                self.repository.store.save(pack_name(pack_id), data)
-                for entry in builder.entries:
-                    self.index.add(
-                        entry.blob_id,
-                        pack_id,
-                        entry.offset,
-                        entry.length,
-                        entry.raw_length,
-                        entry.blob_type,
-                    )
-                    self._unindexed.append(
-                        (
-                            entry.blob_id,
-                            pack_id,
-                            entry.offset,
-                            entry.length,
-                            entry.raw_length,
-                            entry.blob_type,
-                        )
-                    )
-                with self._lock:
-                    self._in_flight.difference_update(builder.ids)
-                self.stats.packs_written += 1
-                self._packs_since_index += 1
-                if self._packs_since_index >= INDEX_EVERY_PACKS:
-                    self._write_index()
+                if self._error is None:  # after a failure: drain without writing
+                    if store is None:
+                        store = self._upload_store()
+                    pack_id, data, builder = item
+                    store.save(pack_name(pack_id), data)
+                    self._saved(pack_id, builder)
             except BaseException as error:
-                self._error = error
+                with self._lock:
+                    if self._error is None:
+                        self._error = error
             finally:
+                item = data = builder = None  # the pack's bytes are freed before its slot
+                self._slots.release()
                 self._queue.task_done()
 
+    def _upload_store(self):  # type: ignore[no-untyped-def]
+        if self.uploads == 1:
+            return self.repository.store  # as always: no second connection
+        store = self.repository.open_another_store()
+        with self._lock:
+            self._stores.append(store)
+        return store
+
+    def _saved(self, pack_id: bytes, builder: PackBuilder) -> None:
+        """A pack is stored: index its blobs; every INDEX_EVERY_PACKS packs an index file."""
+        rows = [
+            (entry.blob_id, pack_id, entry.offset, entry.length, entry.raw_length, entry.blob_type)
+            for entry in builder.entries
+        ]
+        for row in rows:
+            self.index.add(*row)
+        with self._lock:
+            self._in_flight.difference_update(builder.ids)
+            self.stats.packs_written += 1
+        with self._index_lock:
+            self._unindexed.extend(rows)
+            self._packs_since_index += 1
+            if self._packs_since_index >= INDEX_EVERY_PACKS:
+                self._write_index()
+
+    def adopt(self, pack_id: bytes, entries: list) -> None:
+        """List an already stored pack's blobs (``PackEntry`` rows from its header) in the
+        index and in the next index file, as if this writer had written it."""
+        rows = [
+            (entry.blob_id, pack_id, entry.offset, entry.length, entry.raw_length, entry.blob_type)
+            for entry in entries
+        ]
+        for row in rows:
+            self.index.add(*row)
+        with self._index_lock:
+            self._unindexed.extend(rows)
+
     def _write_index(self) -> None:
+        # Called with _index_lock held: only packs already stored are listed (write order).
         if not self._unindexed:
             return
         packs, records = encode_index_file(self._unindexed)
@@ -147,13 +186,22 @@ class BlobWriter:
             self._raise_pending_error()
             builder = self._take_builder()
         self._ship(builder)
-        self._queue.put("index")
-        self._queue.join()
+        self._queue.join()  # every pack shipped so far is stored (or failed)
         self._raise_pending_error()
+        with self._index_lock:
+            self._write_index()
 
     def close(self) -> None:
-        self._queue.put(None)
-        self._thread.join()
+        for _ in self._threads:
+            self._queue.put(None)
+        for thread in self._threads:
+            thread.join()
+        for store in self._stores:
+            try:
+                store.close()
+            except Exception:  # closing a spare connection must not mask an error
+                pass
+        self._stores = []
 
     def __enter__(self) -> BlobWriter:
         return self
