@@ -48,6 +48,7 @@ from safehold.platform.config import ConfigError, Platform, load_platform
 from safehold.platform.schema import JOBS
 
 clock: Callable[[], float] = time.time  # tests move it
+sleep: Callable[[float], None] = time.sleep  # and this
 
 
 def _namespace(args: argparse.Namespace, **extra: object) -> argparse.Namespace:
@@ -470,7 +471,7 @@ def metrics_for(args: argparse.Namespace, now: float) -> str:
 
 def daemon_command(args: argparse.Namespace) -> int:
     """`safehold daemon --config FILE`: run the schedule until SIGTERM or SIGINT."""
-    daemon, daemon_lock, server = build_daemon(args)
+    daemon, daemon_lock, server = build_daemon(args, clock=clock, sleep=sleep)
     received: list[int] = []
 
     def handler(signum: int, _frame: object) -> None:
