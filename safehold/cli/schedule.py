@@ -415,7 +415,7 @@ def build_daemon(
     import random
 
     platform = _load(args)
-    schedule = Schedule.from_section(platform.schedule)
+    schedule = _schedule_of(platform)  # no schedule: a usage error, not an idle daemon
     state_dir = _state_dir(args)
     if args.metrics_port is not None:
         check_loopback(args.metrics_address)
