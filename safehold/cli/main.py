@@ -9,6 +9,7 @@ import sys
 import traceback
 
 from safehold import __version__
+from safehold.cli import prefetch
 from safehold.errors import EXIT_ERROR, SafeholdError
 from safehold.platform import PRESETS
 
@@ -342,6 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    prefetch.start(args)  # Argon2id runs while the command's modules load
     for stream in (sys.stdout, sys.stderr):  # a strange file name must never crash the output
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="backslashreplace")

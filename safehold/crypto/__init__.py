@@ -17,9 +17,10 @@ from dataclasses import dataclass
 
 import blake3
 import msgpack
-from argon2.low_level import Type, hash_secret_raw
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from safehold.kdf import derive
 
 NONCE_SIZE = 12
 TAG_SIZE = 16
@@ -95,18 +96,6 @@ class Cipher:
             raise AuthenticationFailed("authentication tag mismatch") from error
 
 
-def _derive(passphrase: bytes, salt: bytes, params: dict) -> bytes:
-    return hash_secret_raw(
-        passphrase,
-        salt,
-        time_cost=params["time_cost"],
-        memory_cost=params["memory_cost"],
-        parallelism=params["parallelism"],
-        hash_len=32,
-        type=Type.ID,
-    )
-
-
 def wrap_key(
     master_key: MasterKey,
     passphrase: bytes,
@@ -125,7 +114,7 @@ def wrap_key(
     """
     params = dict(KDF_DEFAULTS, **(kdf or {}))
     salt = os.urandom(16)
-    kek = AESGCM(_derive(passphrase, salt, params))
+    kek = AESGCM(derive(passphrase, salt, params))
     nonce = os.urandom(NONCE_SIZE)
     extra = {"no_delete": True} if no_delete else {}
     sealed = nonce + kek.encrypt(nonce, master_key.to_bytes(**extra), b"safehold-master-key")
@@ -151,7 +140,7 @@ def unwrap_key_flags(document: dict, passphrase: bytes) -> tuple[MasterKey, dict
     """The master key and the key file's sealed flags (``{"no_delete": True}`` or ``{}``)."""
     if document.get("kdf") != "argon2id":
         raise AuthenticationFailed(f"unknown key derivation {document.get('kdf')!r}")
-    kek = AESGCM(_derive(passphrase, base64.b64decode(document["salt"]), document))
+    kek = AESGCM(derive(passphrase, base64.b64decode(document["salt"]), document))
     sealed = base64.b64decode(document["data"])
     try:
         plain = kek.decrypt(sealed[:NONCE_SIZE], sealed[NONCE_SIZE:], b"safehold-master-key")

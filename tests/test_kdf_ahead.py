@@ -1,0 +1,99 @@
+"""The key derivation started ahead at start-up (safehold.cli.prefetch, safehold.kdf) is the
+one the repository then uses, and changes nothing about what a wrong passphrase does."""
+
+from __future__ import annotations
+
+import argparse
+import threading
+from pathlib import Path
+
+import pytest
+from conftest import PASSPHRASE, open_repository, run_cli
+
+from safehold import kdf
+from safehold.cli import prefetch
+
+
+@pytest.fixture
+def counted(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Records every real Argon2id run, by thread name."""
+    runs: list[str] = []
+    real = kdf.derive_now
+
+    def derive_now(passphrase: bytes, salt: bytes, params: dict) -> bytes:
+        runs.append(threading.current_thread().name)
+        return real(passphrase, salt, params)
+
+    monkeypatch.setattr(kdf, "derive_now", derive_now)
+    return runs
+
+
+def args_for(repo: object, passphrase_file: str | None = None) -> argparse.Namespace:
+    return argparse.Namespace(repo=str(repo), passphrase_file=passphrase_file, config=None)
+
+
+def wait_for_prefetch() -> None:
+    for thread in threading.enumerate():
+        if thread.name == "kdf-ahead":
+            thread.join(timeout=30)
+
+
+def test_the_key_derived_ahead_is_used_once(make_repo, counted: list[str]) -> None:
+    repo = make_repo()
+    counted.clear()
+    prefetch.start(args_for(repo))
+    wait_for_prefetch()
+    assert counted == ["kdf-ahead"]
+    with open_repository(repo):  # opens with the derivation made ahead: no second run
+        pass
+    assert counted == ["kdf-ahead"]
+    assert kdf._ahead == {}  # taken out by its use
+
+
+def test_a_passphrase_file_and_a_file_url_work_too(make_repo, tmp_path: Path, counted) -> None:
+    repo = make_repo()
+    secret = tmp_path / "secret"
+    secret.write_text(PASSPHRASE + "\n")
+    counted.clear()
+    prefetch.start(args_for(f"file://{repo}", str(secret)))
+    wait_for_prefetch()
+    assert counted == ["kdf-ahead"]
+    with open_repository(repo):
+        pass
+    assert counted == ["kdf-ahead"]
+
+
+def test_a_wrong_passphrase_is_still_refused(
+    make_repo, monkeypatch: pytest.MonkeyPatch, counted: list[str]
+) -> None:
+    repo = make_repo()
+    counted.clear()
+    monkeypatch.setenv("SAFEHOLD_PASSPHRASE", "not the passphrase")
+    result = run_cli("snapshots", "--repo", repo)  # main() starts the prefetch itself
+    assert result.code == 12, result.err
+    assert "wrong passphrase" in result.err
+    assert counted == ["kdf-ahead"]  # made ahead, and used by the failed unwrap
+    assert kdf._ahead == {}
+
+
+@pytest.mark.parametrize(
+    "location", ["sftp://user@127.0.0.1/srv/repo", "s3://bucket/prefix", "/nonexistent/repo"]
+)
+def test_nothing_is_derived_ahead_for_remote_or_missing_repositories(
+    location: str, counted: list[str]
+) -> None:
+    prefetch.start(args_for(location))
+    wait_for_prefetch()
+    assert counted == []
+    assert kdf._ahead == {}
+
+
+def test_nothing_is_derived_ahead_without_a_passphrase_source(
+    make_repo, monkeypatch: pytest.MonkeyPatch, counted: list[str]
+) -> None:
+    repo = make_repo()
+    monkeypatch.delenv("SAFEHOLD_PASSPHRASE")
+    counted.clear()
+    prefetch.start(args_for(repo))  # it would have to prompt: not known yet
+    wait_for_prefetch()
+    assert counted == []
