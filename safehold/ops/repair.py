@@ -250,7 +250,8 @@ def repair_snapshots(
             raise IntegrityError(
                 f"{error.fields['message']}; nothing was changed: run 'safehold repair index' first"
             ) from error
-        writer = None if dry_run else BlobWriter(repository)
+        # adopt=False: a pack 'repair index' left out must stay out (its blobs count as lost)
+        writer = None if dry_run else BlobWriter(repository, adopt=False)
         try:
             salvage = _Salvage(repository, writer)
             plans: list[tuple[str, dict, bytes, list[bytes]]] = []

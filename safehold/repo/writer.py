@@ -2,7 +2,9 @@
 
 Write order is the crash-safety argument (docs/format.md): a pack is stored before any index
 file lists it, and index files are stored before the snapshot that needs them. A crash leaves
-at worst packs that no index lists; they are harmless and prune removes them.
+at worst packs that no index lists; they are harmless, and the next writer adopts them
+(``BlobWriter(adopt=True)``, the default: their headers go into its first index file, so
+their blobs are not stored again) unless prune removes them first.
 """
 
 from __future__ import annotations
@@ -12,9 +14,11 @@ import queue
 import threading
 from dataclasses import dataclass, field
 
+from safehold.crypto import AuthenticationFailed
 from safehold.repo.index import encode_index_file
-from safehold.repo.pack import PackBuilder
+from safehold.repo.pack import PackBuilder, PackEntry, pack_id_of, read_header
 from safehold.repo.repository import Repository, pack_name
+from safehold.store import ObjectMissing
 
 INDEX_EVERY_PACKS = 16
 
@@ -26,6 +30,10 @@ class WriteStats:
     bytes_new_stored: int = 0
     packs_written: int = 0
     index_files_written: int = 0
+    packs_adopted: int = 0  # stored packs no index file listed (an interrupted run's)
+    blobs_adopted: int = 0
+    bytes_adopted: int = 0
+    packs_not_adopted: int = 0  # their header could not be read: check reports them
     blobs_by_type: dict[int, int] = field(default_factory=dict)
 
 
@@ -43,7 +51,12 @@ class BlobWriter:
     """
 
     def __init__(
-        self, repository: Repository, pack_size: int | None = None, uploads: int | None = None
+        self,
+        repository: Repository,
+        pack_size: int | None = None,
+        uploads: int | None = None,
+        *,
+        adopt: bool = True,
     ) -> None:
         self.repository = repository
         self.index = repository.index
@@ -66,6 +79,8 @@ class BlobWriter:
         ]
         for thread in self._threads:
             thread.start()
+        if adopt:
+            self.adopt_unindexed_packs()
 
     def known(self, blob_id: bytes) -> bool:
         """True if the blob is stored or on its way; callers skip sealing known blobs."""
@@ -151,7 +166,42 @@ class BlobWriter:
             if self._packs_since_index >= INDEX_EVERY_PACKS:
                 self._write_index()
 
-    def adopt(self, pack_id: bytes, entries: list) -> None:
+    def adopt_unindexed_packs(self) -> None:
+        """Resume after an interrupted run: every stored pack that no index file lists is read
+        whole, one at a time, and if its BLAKE3 matches its name and its header authenticates,
+        its blobs are added to the index and to an index file written at once, so that they
+        deduplicate and are not uploaded again. (A pack left out by 'repair index' because it
+        is damaged fails these tests, so no new snapshot deduplicates against damaged data.)
+        Must run under the repository lock, as every writer does: docs/format.md,
+        "Adopting unindexed packs", explains why that keeps prune correct even when the pack
+        is another running writer's."""
+        known = set(self.index.packs)
+        store = self.repository.store
+        for name, size in list(store.list("data")):
+            try:
+                pack_id = bytes.fromhex(name.split("/", 1)[1])
+            except ValueError:
+                continue
+            if pack_id in known or len(pack_id) != 32:
+                continue
+            data = b""  # one pack in memory at a time
+            try:
+                data = store.load(name)
+                if pack_id_of(data) != pack_id:
+                    raise ValueError("content does not match the name")
+                entries = read_header(self.repository.cipher, data)
+            except (ObjectMissing, ValueError, AuthenticationFailed):
+                self.stats.packs_not_adopted += 1  # deleted meanwhile, or damaged: left alone
+                continue
+            self.adopt(pack_id, entries)
+            self.stats.packs_adopted += 1
+            self.stats.blobs_adopted += len(entries)
+            self.stats.bytes_adopted += size
+        if self.stats.packs_adopted:
+            with self._index_lock:
+                self._write_index()  # listed now: an interruption of this run keeps them
+
+    def adopt(self, pack_id: bytes, entries: list[PackEntry]) -> None:
         """List an already stored pack's blobs (``PackEntry`` rows from its header) in the
         index and in the next index file, as if this writer had written it."""
         rows = [
