@@ -15,21 +15,19 @@ Remote stores retry with a short policy here, so a test of a failure does not wa
 
 from __future__ import annotations
 
-import os
-import pwd
-import shutil
-import signal
-import subprocess
-import sys
-import tempfile
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import servers
+from servers import (  # the servers themselves live in servers.py (benchmarks/remote.py too)
+    BUCKET,
+    S3Server,
+    SftpServer,
+    moto_server_process,
+    sftp_server_process,
+)
 
 import safehold.store
 from safehold.store.wrappers import RetryPolicy
@@ -45,70 +43,10 @@ __all__ = [
 ]
 
 BACKENDS = ["local", "sftp", "s3"]
-BUCKET = "safehold-test"
 FAST_RETRIES = RetryPolicy(attempts=3, first_delay=0.01, max_delay=0.05)
 
 
 # ---------------------------------------------------------------------------------- sftp
-
-
-@dataclass(frozen=True)
-class SftpServer:
-    """An sshd with the sftp subsystem, and a HOME whose ~/.ssh reaches it with the test key."""
-
-    host: str
-    port: int
-    user: str
-    home: Path
-    directory: Path
-
-    def url(self, path: Path | str) -> str:
-        """The sftp:// URL of an absolute path on this server."""
-        return f"sftp://{self.user}@{self.host}:{self.port}{path}"
-
-
-@contextmanager
-def sftp_server_process(sftp_options: str = "") -> Iterator[SftpServer]:
-    """servers.py's sshd set-up with ``Subsystem sftp internal-sftp`` added to its config
-    (plus ``sftp_options``, e.g. ``-P remove,rmdir`` for an account that cannot delete)."""
-    servers._need("/usr/sbin/sshd", "ssh-keygen")
-    if os.geteuid() != 0:
-        raise servers.Unavailable("sshd on a test port needs root to log users in")
-    directory = Path(tempfile.mkdtemp(prefix="safehold-sftp-"))
-    port, process = servers.free_port(), None
-    try:
-        for name in ("host_key", "client_key"):
-            servers._run(
-                ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(directory / name)]
-            )
-        shutil.copy(directory / "client_key.pub", directory / "authorized_keys")
-        config = servers._SSHD_CONFIG.format(port=port, dir=directory)
-        if "Subsystem" not in config:
-            config += f"Subsystem sftp internal-sftp {sftp_options}\n"
-        (directory / "sshd_config").write_text(config)
-        home = directory / "home"
-        (home / ".ssh").mkdir(parents=True)
-        host_key = " ".join((directory / "host_key.pub").read_text().split()[:2])
-        (home / ".ssh" / "known_hosts").write_text(f"[127.0.0.1]:{port} {host_key}\n")
-        (home / ".ssh" / "config").write_text(
-            f"Host 127.0.0.1\n    IdentityFile {directory / 'client_key'}\n"
-        )
-        os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
-        log = directory / "log"
-        with open(log, "wb") as log_file:
-            process = subprocess.Popen(
-                ["/usr/sbin/sshd", "-D", "-e", "-f", str(directory / "sshd_config")],
-                stdout=log_file,
-                stderr=log_file,
-            )
-        servers.wait_for_port(port, process, log)
-        user = pwd.getpwuid(os.geteuid()).pw_name
-        yield SftpServer("127.0.0.1", port, user, home, directory)
-    finally:
-        if process is not None:
-            process.terminate()
-            process.wait(timeout=10)
-        shutil.rmtree(directory, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -127,56 +65,6 @@ def sftp_env(sftp_server: SftpServer, monkeypatch: pytest.MonkeyPatch) -> SftpSe
 
 
 # ---------------------------------------------------------------------------------- s3
-
-
-@dataclass(frozen=True)
-class S3Server:
-    """moto's S3 in server mode; ``endpoint`` is its URL."""
-
-    endpoint: str
-    process: subprocess.Popen
-
-    def client(self):  # type: ignore[no-untyped-def]
-        """A boto3 client for set-up and inspection (not the one under test)."""
-        import boto3
-
-        return boto3.client(
-            "s3",
-            endpoint_url=self.endpoint,
-            aws_access_key_id="testing",
-            aws_secret_access_key="testing",
-            region_name="us-east-1",
-        )
-
-
-@contextmanager
-def moto_server_process() -> Iterator[S3Server]:
-    """``python -m moto.server`` on a free port of 127.0.0.1 with one bucket; stopped after."""
-    try:
-        import moto.server  # noqa: F401
-    except ImportError as error:
-        raise servers.Unavailable(f"moto[server] is not installed ({error})") from None
-    directory = Path(tempfile.mkdtemp(prefix="safehold-moto-"))
-    port, log = servers.free_port(), directory / "log"
-    with open(log, "wb") as log_file:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-            stdout=log_file,
-            stderr=log_file,
-        )
-    try:
-        servers.wait_for_port(port, process, log)
-        server = S3Server(f"http://127.0.0.1:{port}", process)
-        server.client().create_bucket(Bucket=BUCKET)
-        yield server
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        shutil.rmtree(directory, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
