@@ -44,6 +44,7 @@ CONNECT_TIMEOUT = 20.0
 # over longer outages is RetryingStore's (safehold.store.wrappers).
 RECONNECT_TRIES = 1
 RECONNECT_WAIT = 0.5
+READ_PIECE = 32 * 1024  # paramiko's largest read request (SFTPFile.MAX_REQUEST_SIZE)
 
 
 class DurableSftp(Sftp):
@@ -84,6 +85,37 @@ class DurableSftp(Sftp):
         borgstore reconnects by itself only after some kinds of connection loss."""
         if self.opened:
             self._reconnect()
+
+    @with_reconnect
+    def load(self, name: str, *, size: int | None = None, offset: int = 0) -> bytes:  # type: ignore[override]
+        """``size`` bytes from ``offset`` (all the rest with None), prefetched whole.
+
+        borgstore's load passes ``size`` to paramiko's ``prefetch``, whose argument is the end
+        position: a ranged read from a later offset (a restore reads packs by ranges) was
+        mostly not prefetched and took one round trip per 32 KiB, about 7x slower on loopback
+        (1.35 s against 0.18 s for 8 MB). Here the range is prefetched up to its end and read
+        32 KiB at a time straight from the prefetch buffers, then joined once."""
+        if not self.opened:
+            raise backend_errors.BackendMustBeOpen()
+        validate_name(name)
+        try:
+            with self.client.open(name) as handle:  # type: ignore[union-attr]
+                if offset < 0 or size is None:
+                    end = handle.stat().st_size
+                    offset = max(0, end + offset) if offset < 0 else offset
+                    size = max(0, end - offset) if size is None else size
+                handle.seek(offset)
+                handle.prefetch(offset + size)  # paramiko's argument is where to stop
+                parts, remaining = [], size
+                while remaining > 0:
+                    piece = handle.read(min(remaining, READ_PIECE))
+                    if not piece:
+                        break  # the object is shorter: return what there is, as read() does
+                    parts.append(piece)
+                    remaining -= len(piece)
+                return b"".join(parts)
+        except FileNotFoundError:
+            raise backend_errors.ObjectNotFound(name) from None
 
     @with_reconnect
     def store(self, name: str, value: bytes) -> None:  # type: ignore[override]
