@@ -40,9 +40,12 @@ needs_root = pytest.mark.skipif(not IS_ROOT, reason="needs root (owners, device 
 
 
 @pytest.fixture(autouse=True)
-def safehold_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The passphrase in the environment, no stray repository, and a cheap KDF for new keys."""
+def safehold_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The passphrase in the environment, no stray repository, a cheap KDF for new keys, and
+    local state (tree cache, check progress, schedule state) of the test's own."""
     monkeypatch.setenv("SAFEHOLD_PASSPHRASE", PASSPHRASE)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
+    monkeypatch.delenv("SAFEHOLD_CACHE_DIR", raising=False)
     monkeypatch.delenv("SAFEHOLD_REPO", raising=False)
     monkeypatch.delenv("SAFEHOLD_NEW_PASSPHRASE", raising=False)
     monkeypatch.setattr(safehold.crypto, "KDF_DEFAULTS", dict(FAST_KDF))

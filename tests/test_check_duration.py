@@ -175,7 +175,7 @@ def test_slice_subset_resumes_within_its_slice(repo: Path) -> None:
 def test_unreadable_progress_file_starts_over(repo: Path) -> None:
     with open_repository(repo) as repository:
         path = progress_path(repository)
-    path.parent.mkdir(parents=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("{not json")
     code, report = check_json(repo, "--read-data", "--max-duration", "25s")
     assert code == 0 and report["packs_done"] == 3

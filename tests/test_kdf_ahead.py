@@ -16,7 +16,9 @@ from safehold.cli import prefetch
 
 @pytest.fixture
 def counted(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Records every real Argon2id run, by thread name."""
+    """Records every real Argon2id run, by thread name. Starts with no derivation made ahead
+    (commands of earlier tests that stopped before opening their repository leave theirs)."""
+    kdf._ahead.clear()
     runs: list[str] = []
     real = kdf.derive_now
 

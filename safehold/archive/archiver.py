@@ -142,7 +142,8 @@ class Archiver:
     def _load_tree(self, tree_id: bytes | None) -> dict[bytes, dict]:
         if tree_id is None:
             return {}
-        return {entry["name"]: entry for entry in decode_tree(self.repository.load_blob(tree_id))}
+        entries = decode_tree(self.repository.load_tree_blob(tree_id, cached=True))
+        return {entry["name"]: entry for entry in entries}
 
     def _store_tree(
         self,

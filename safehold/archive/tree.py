@@ -12,7 +12,8 @@ from safehold.repo.repository import Repository
 
 
 def load_tree(repository: Repository, tree_id: bytes) -> list[dict]:
-    return decode_tree(repository.load_blob(tree_id))
+    """A tree's entries; from the local tree cache only while ``repository.browsing``."""
+    return decode_tree(repository.load_tree_blob(tree_id, cached=repository.browsing))
 
 
 def root_entry(tree_id: bytes) -> dict:

@@ -165,6 +165,7 @@ def _mode_string(entry: dict) -> str:
 def ls(args: argparse.Namespace) -> int:
     spec, path = split_spec(args.target)
     with open_repository(args) as repository:
+        repository.browsing = True  # trees from the local cache where it has them
         snapshot = resolve(repository, spec)
         start = tree.find(repository, snapshot, path)
         base = os.fsencode(path.rstrip("/"))
@@ -277,6 +278,7 @@ def restore(args: argparse.Namespace) -> int:
 
 def diff(args: argparse.Namespace) -> int:
     with open_repository(args) as repository:
+        repository.browsing = True  # trees from the local cache where it has them
         first, second = resolve(repository, args.first), resolve(repository, args.second)
         changes = list(
             diff_entries(

@@ -23,6 +23,7 @@ from safehold.archive.entries import decode_tree
 from safehold.crypto import AuthenticationFailed
 from safehold.errors import IntegrityError, UsageError
 from safehold.ops.treewalk import content_ids, walk_trees
+from safehold.repo.cache import cache_root
 from safehold.repo.index import Location
 from safehold.repo.pack import pack_id_of, read_header
 from safehold.repo.repository import Repository, pack_name
@@ -82,8 +83,7 @@ def parse_max_duration(text: str) -> float:
 
 def progress_path(repository: Repository) -> Path:
     """Where --max-duration keeps the packs read so far: the local cache, per repository."""
-    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(cache) / "safehold" / str(repository.config["id"]) / "check-progress.json"
+    return cache_root() / str(repository.config["id"]) / "check-progress.json"
 
 
 def _load_progress(path: Path, subset: str | None) -> set[bytes]:

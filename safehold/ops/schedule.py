@@ -25,6 +25,7 @@ from pathlib import Path
 from safehold.errors import SafeholdError, UsageError
 from safehold.platform.cron import Cron, CronError, interval_estimate, parse
 from safehold.platform.schema import JOBS
+from safehold.repo.cache import cache_root
 
 # what each job runs: the command behind `safehold schedule run JOB --config FILE`
 DESCRIPTIONS = {
@@ -43,8 +44,7 @@ class ScheduleBusy(SafeholdError):
 
 
 def default_state_dir() -> Path:
-    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(cache) / "safehold"
+    return cache_root()
 
 
 def _safe(name: str) -> str:

@@ -216,7 +216,7 @@ class PlatformBackup:
     def _component_trees(self, snapshot: dict | None) -> dict[str, bytes]:
         if snapshot is None:
             return {}
-        entries = decode_tree(self.repository.load_blob(snapshot["tree"]))
+        entries = decode_tree(self.repository.load_tree_blob(snapshot["tree"], cached=True))
         return {os.fsdecode(e["name"]): e["subtree"] for e in entries if e["type"] == DIR}
 
     def _snapshot(

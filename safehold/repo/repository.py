@@ -20,7 +20,9 @@ from safehold.errors import (
     UnsupportedFormat,
     WrongPassphrase,
 )
+from safehold.repo.cache import TreeCache
 from safehold.repo.format import (
+    BLOB_TREE,
     CONFIG_NAME,
     FORMAT_VERSION,
     MARKER_NAME,
@@ -74,6 +76,10 @@ class Repository:
         self.location = store.location  # the path or URL it was opened with (set by open/init)
         self._index: Index | None = None
         self._index_lock = threading.Lock()
+        self._tree_cache: TreeCache | bool | None = False  # False: not looked up yet
+        # Set by commands that only look around (ls, diff): snapshot trees may then come from
+        # the local tree cache. Restores, drills and checks read them from the repository.
+        self.browsing = False
 
     # ---------------------------------------------------------------- opening
 
@@ -293,6 +299,45 @@ class Repository:
             ) from error
         if len(data) != location.raw_length or self.cipher.blob_id(data) != blob_id:
             raise IntegrityError(f"blob {blob_id.hex()[:16]} does not match its id")
+        return data
+
+    @property
+    def tree_cache(self) -> TreeCache | None:
+        """This repository's local tree cache (safehold/repo/cache.py), None when off."""
+        if self._tree_cache is False:
+            self._tree_cache = TreeCache.for_repository(str(self.config["id"]))
+        return self._tree_cache  # type: ignore[return-value]
+
+    def load_tree_blob(self, tree_id: bytes, *, cached: bool) -> bytes:
+        """A tree's verified plaintext. With ``cached`` (backups reading their parent, ls,
+        diff), from the local tree cache when it holds it, checked like a blob from a pack (a
+        cached copy that fails is dropped and the repository read). Without it (restore,
+        drill), from the repository, which a restore must prove. Either way a tree read from
+        the repository is kept in the cache."""
+        cache = self.tree_cache
+        if cache is not None and cached:
+            sealed = cache.get(tree_id)
+            if sealed is not None:
+                try:
+                    return self._open_cached_tree(tree_id, sealed)
+                except IntegrityError:
+                    cache.discard(tree_id)
+        location = self.index.lookup(tree_id)
+        if location is None:
+            raise IntegrityError(f"blob {tree_id.hex()[:16]} is not in the index")
+        sealed = self._load_pack_range(location)
+        data = self.open_blob(tree_id, location, sealed)
+        if cache is not None and location.blob_type == BLOB_TREE:
+            cache.put(tree_id, sealed)
+        return data
+
+    def _open_cached_tree(self, tree_id: bytes, sealed: bytes) -> bytes:
+        try:
+            data = decode_body(self.cipher.open(sealed, blob_aad(BLOB_TREE, tree_id)))
+        except (AuthenticationFailed, ValueError) as error:
+            raise IntegrityError(f"cached tree {tree_id.hex()[:16]} is damaged") from error
+        if self.cipher.blob_id(data) != tree_id:
+            raise IntegrityError(f"cached tree {tree_id.hex()[:16]} does not match its id")
         return data
 
     def load_blob(self, blob_id: bytes) -> bytes:

@@ -15,6 +15,7 @@ import threading
 from dataclasses import dataclass, field
 
 from safehold.crypto import AuthenticationFailed
+from safehold.repo.format import BLOB_TREE
 from safehold.repo.index import encode_index_file
 from safehold.repo.pack import PackBuilder, PackEntry, pack_id_of, read_header
 from safehold.repo.repository import Repository, pack_name
@@ -63,6 +64,7 @@ class BlobWriter:
         self.pack_size = pack_size or repository.config["pack_size"]
         self.uploads = max(1, uploads or repository.store.recommended_uploads)
         self.stats = WriteStats()
+        self._tree_cache = repository.tree_cache
         self._lock = threading.Lock()
         self._builder = PackBuilder()
         self._in_flight: set[bytes] = set()
@@ -91,6 +93,8 @@ class BlobWriter:
         if self.known(blob_id):
             return False
         sealed = self.repository.seal_blob(blob_type, blob_id, data)
+        if blob_type == BLOB_TREE and self._tree_cache is not None:
+            self._tree_cache.put(blob_id, sealed)  # the next backup's parent trees
         with self._lock:
             self._raise_pending_error()
             if blob_id in self._in_flight or blob_id in self.index:

@@ -1,0 +1,83 @@
+"""The local cache: sealed tree blobs kept on this machine, so that a backup reads its parent
+snapshot's trees (and ls, restore and diff find their way through a snapshot) without a
+round trip to the repository per directory.
+
+Layout: ``<cache root>/<repository id>/trees/<first two hex digits>/<blob id hex>``, each file
+holding the tree blob exactly as sealed in its pack (AES-256-GCM, bound to its type and id):
+the cache reveals nothing the repository does not. A cached tree is trusted no more than one
+read from a pack: it is decrypted, authenticated and checked against its id on every use; a
+file that fails is removed and the tree read from the repository again. Blob ids are keyed
+hashes of the content, so a cached tree never goes stale; a prune that removes a tree from
+the repository leaves its cached copy correct (and unused). Deleting the cache is always
+safe: it only costs time. ``check``, ``repair``, ``copy`` and ``drill`` never use it: they
+exist to prove what the repository itself holds.
+
+The cache root is ``$SAFEHOLD_CACHE_DIR``, else ``$XDG_CACHE_HOME/safehold``, else
+``~/.cache/safehold``; ``SAFEHOLD_CACHE_DIR=off`` turns the tree cache off.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+
+def cache_root() -> Path:
+    """The directory of safehold's local state (tree cache, check progress, schedules)."""
+    configured = os.environ.get("SAFEHOLD_CACHE_DIR")
+    if configured and configured != "off":
+        return Path(configured)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "safehold"
+
+
+class TreeCache:
+    """Sealed tree blobs by id, in one directory. Failures to write are ignored (a cache)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    @classmethod
+    def for_repository(cls, repository_id: str) -> TreeCache | None:
+        """The cache of one repository, or None when turned off."""
+        if os.environ.get("SAFEHOLD_CACHE_DIR") == "off":
+            return None
+        return cls(cache_root() / repository_id / "trees")
+
+    def _path(self, blob_id: bytes) -> Path:
+        name = blob_id.hex()
+        return self.directory / name[:2] / name
+
+    def get(self, blob_id: bytes) -> bytes | None:
+        """The sealed blob, or None if it is not cached (or cannot be read)."""
+        try:
+            with open(self._path(blob_id), "rb") as handle:
+                return handle.read()
+        except OSError:
+            return None
+
+    def put(self, blob_id: bytes, sealed: bytes | bytearray | memoryview) -> None:
+        """Keep a sealed tree blob (atomically: a reader never sees half a file)."""
+        path = self._path(blob_id)
+        try:
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            if path.exists():
+                return
+            handle, temporary = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+            try:
+                with os.fdopen(handle, "wb") as out:
+                    out.write(sealed)
+                os.replace(temporary, path)
+            except BaseException:
+                os.unlink(temporary)
+                raise
+        except OSError:
+            pass  # a full or read-only disk: work on without the cache
+
+    def discard(self, blob_id: bytes) -> None:
+        """Remove a cached blob that failed its checks."""
+        try:
+            self._path(blob_id).unlink()
+        except OSError:
+            pass

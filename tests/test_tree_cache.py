@@ -1,0 +1,126 @@
+"""The local tree cache (safehold/repo/cache.py): backups, ls and diff read trees from it
+instead of the repository, a damaged cached tree is never believed, and what proves the
+repository (check, restore) never looks at it."""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import pytest
+from conftest import backup_json, compare_trees, open_repository, run_cli, write_file
+
+from safehold.archive.entries import DIR
+from safehold.archive.tree import load_tree
+from safehold.store.wrappers import FaultyStore
+
+
+@pytest.fixture
+def source(tmp_path: Path) -> Path:
+    rnd = random.Random(3)
+    root = tmp_path / "src"
+    for number in range(12):
+        write_file(root / f"d{number % 4}" / f"sub{number % 3}" / f"f{number}", rnd.randbytes(900))
+    return root
+
+
+def cache_files(repo: Path) -> list[Path]:
+    with open_repository(repo) as repository:
+        repository_id = repository.config["id"]
+    trees = Path(os.environ["XDG_CACHE_HOME"]) / "safehold" / repository_id / "trees"
+    return sorted(p for p in trees.rglob("*") if p.is_file())
+
+
+def walk_all_trees(repo: Path, browsing: bool = True) -> tuple[int, int]:
+    """Reads every tree of the latest snapshot as ls does (or as restore does, without
+    ``browsing``); returns (trees read, loads from the repository)."""
+    with open_repository(repo) as repository:
+        repository.browsing = browsing
+        snapshot = repository.load_snapshot(repository.snapshot_names()[-1].split("/")[1])
+        counting = FaultyStore(repository.store)
+        repository.store = counting
+        pending, trees = [snapshot["tree"]], 0
+        while pending:
+            entries = load_tree(repository, pending.pop())
+            trees += 1
+            pending += [e["subtree"] for e in entries if e["type"] == DIR]
+        loads = counting.calls["load"]
+    return trees, loads
+
+
+def test_a_backup_leaves_its_trees_in_the_cache(make_repo, source: Path) -> None:
+    repo = make_repo()
+    backup_json(repo, source)
+    trees, loads = walk_all_trees(repo)
+    assert trees >= 17  # root path, 4 + 12 directories below the source
+    assert len(cache_files(repo)) == trees
+    assert loads == 0  # every tree came from the cache
+
+
+def test_without_the_cache_trees_come_from_the_repository(
+    make_repo, source: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    repo = make_repo()
+    monkeypatch.setenv("SAFEHOLD_CACHE_DIR", "off")
+    backup_json(repo, source)
+    trees, loads = walk_all_trees(repo)
+    assert loads >= trees  # at least one ranged read per tree
+    monkeypatch.delenv("SAFEHOLD_CACHE_DIR")
+    assert cache_files(repo) == []
+
+
+def test_a_cache_emptied_between_backups_is_filled_again(make_repo, source: Path) -> None:
+    repo = make_repo()
+    backup_json(repo, source)
+    for path in cache_files(repo):
+        path.unlink()
+    trees, loads = walk_all_trees(repo)  # read from the repository, and kept
+    assert loads >= trees
+    assert len(cache_files(repo)) == trees
+    assert walk_all_trees(repo)[1] == 0
+
+
+def test_a_damaged_cached_tree_is_dropped_and_read_from_the_repository(
+    make_repo, source: Path, tmp_path: Path
+) -> None:
+    repo = make_repo()
+    backup_json(repo, source)
+    rnd = random.Random(11)
+    for path in cache_files(repo):  # flip one byte in every cached tree
+        data = bytearray(path.read_bytes())
+        data[rnd.randrange(len(data))] ^= 0x20
+        path.write_bytes(bytes(data))
+    damaged = {path: path.read_bytes() for path in cache_files(repo)}
+    summary = backup_json(repo, source)  # parent trees from the repository
+    assert summary["files_unchanged"] == 12 and summary["files_new"] == 0
+    target = tmp_path / "restored"
+    result = run_cli("restore", "--repo", repo, f"latest:{source}", "--target", target)
+    assert result.code == 0, result.err
+    assert compare_trees(source, target, include_root=False) == []
+    for path, data in damaged.items():  # each replaced by the good copy
+        assert path.read_bytes() != data
+
+
+def test_restores_read_trees_from_the_repository(make_repo, source: Path) -> None:
+    repo = make_repo()
+    backup_json(repo, source)
+    trees, loads = walk_all_trees(repo, browsing=False)
+    assert loads >= trees
+
+
+def test_check_reads_trees_from_the_repository_not_the_cache(make_repo, source: Path) -> None:
+    """A tree damaged in the repository is reported although a good copy is cached."""
+    repo = make_repo()
+    backup_json(repo, source)
+    assert cache_files(repo)
+    with open_repository(repo) as repository:
+        snapshot = repository.load_snapshot(repository.snapshot_names()[-1].split("/")[1])
+        location = repository.index.lookup(snapshot["tree"])
+        pack = next((repo / "data").rglob(location.pack_id.hex()))
+    data = bytearray(pack.read_bytes())
+    data[location.offset + location.length // 2] ^= 0x01
+    pack.write_bytes(bytes(data))
+    result = run_cli("check", "--repo", repo)
+    assert result.code != 0
+    assert snapshot["tree"].hex()[:16] in result.out + result.err
