@@ -4,7 +4,9 @@ The restorer hands over every file to write; ``run`` then groups the blobs of al
 pack and lets a small pool work through the packs: one ranged read per pack covering the
 blobs needed from it, each blob authenticated and checked against its id once, then written
 to every place that needs it. Memory stays at about one pack per worker, and the repository
-is read sequentially, whatever the order of files.
+is read sequentially, whatever the order of files. From remote repositories (sftp, s3) as
+many packs are read at once as the store recommends for uploads, each worker over its own
+connection (borgstore runs one operation at a time per connection).
 
 A file's descriptor is opened at its first write and closed when its last blob is written
 (or earlier, if too many are open; it is reopened later). A file whose blob is damaged or
@@ -80,6 +82,9 @@ class ContentWriter:
         self._jobs: list[FileJob] = []
         self._open = 0
         self._open_lock = threading.Lock()
+        self._connections = repository.store.recommended_uploads  # 1 locally
+        self._thread = threading.local()
+        self._stores: list = []  # the workers' own connections (remote repositories)
 
     def add(self, path: bytes, entry: dict) -> None:
         """Plan the writing of one regular file (created at its first write)."""
@@ -105,11 +110,18 @@ class ContentWriter:
 
     def run(self) -> None:
         """Write everything planned; then report failed files (removed) through ``failed``."""
-        with ThreadPoolExecutor(self.workers, thread_name_prefix="restore") as pool:
-            for future in [
-                pool.submit(self._pack, pack_id, blobs) for pack_id, blobs in self._packs.items()
-            ]:
-                future.result()
+        workers = max(self.workers, self._connections)
+        try:
+            with ThreadPoolExecutor(workers, thread_name_prefix="restore") as pool:
+                for future in [
+                    pool.submit(self._pack, pack_id, blobs)
+                    for pack_id, blobs in self._packs.items()
+                ]:
+                    future.result()
+        finally:
+            for store in self._stores:
+                store.close()
+            self._stores = []
         self._packs = {}
         for job in self._jobs:
             if job.failure is not None:
@@ -123,7 +135,7 @@ class ContentWriter:
         start = ordered[0][1][0].offset
         end = max(location.offset + location.length for _, (location, _) in ordered)
         try:
-            data = self.repository.store.load(pack_name(pack_id), start, end - start)
+            data = self._store().load(pack_name(pack_id), start, end - start)
         except ObjectMissing:
             data = b""
         view = memoryview(data)
@@ -139,6 +151,18 @@ class ContentWriter:
                 continue
             for job, offset in targets:
                 self._write(job, offset, plain)
+
+    def _store(self):  # type: ignore[no-untyped-def]
+        """The store this worker reads from: the repository's own, or for a remote
+        repository a connection of the worker's own (opened on its first pack)."""
+        if self._connections <= 1:
+            return self.repository.store
+        store = getattr(self._thread, "store", None)
+        if store is None:
+            store = self._thread.store = self.repository.open_another_store()
+            with self._open_lock:
+                self._stores.append(store)
+        return store
 
     def _write(self, job: FileJob, offset: int, data: bytes) -> None:
         with job.lock:
