@@ -80,10 +80,16 @@ class Cipher:
 
     def seal(self, plaintext: bytes | memoryview, associated: bytes) -> bytes:
         """Encrypt and authenticate; returns nonce || ciphertext || tag."""
-        sealed = bytearray(NONCE_SIZE + len(plaintext) + TAG_SIZE)
-        sealed[:NONCE_SIZE] = nonce = os.urandom(NONCE_SIZE)
-        self._aead.encrypt_into(nonce, plaintext, associated, memoryview(sealed)[NONCE_SIZE:])
+        sealed = bytearray(OVERHEAD + len(plaintext))
+        self.seal_into(plaintext, associated, memoryview(sealed))
         return sealed  # type: ignore[return-value]  # a bytearray: no copy for large blobs
+
+    def seal_into(self, plaintext: bytes | memoryview, associated: bytes, out: memoryview) -> None:
+        """``seal``, written into ``out`` (exactly ``OVERHEAD + len(plaintext)`` bytes)."""
+        if len(out) != OVERHEAD + len(plaintext):
+            raise ValueError("sealed size mismatch")
+        out[:NONCE_SIZE] = nonce = os.urandom(NONCE_SIZE)
+        self._aead.encrypt_into(nonce, plaintext, associated, out[NONCE_SIZE:])
 
     def open(self, sealed: bytes | memoryview, associated: bytes) -> bytes:
         """Return the plaintext of ``sealed``; AuthenticationFailed if key or data is wrong."""

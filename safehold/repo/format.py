@@ -5,6 +5,7 @@ from __future__ import annotations
 import struct
 import threading
 
+import numpy
 import zstandard
 
 FORMAT_VERSION = 1
@@ -60,14 +61,42 @@ def encode_body(data: bytes | memoryview, level: int) -> bytes:
     ``level`` 0 disables compression. For large blobs a 64 KiB sample is tried first, so
     incompressible data (images, DICOM pixel data, archives) costs almost nothing.
     """
+    flag, payload = _encode(data, level)
+    return (FLAG_ZSTD_BYTE if flag == FLAG_ZSTD else FLAG_RAW_BYTE) + payload
+
+
+def encode_body_scratch(data: bytes | memoryview, level: int) -> memoryview:
+    """``encode_body`` written into this thread's scratch buffer instead of a new object (no
+    allocation per blob). The view is valid until this thread's next call."""
+    flag, payload = _encode(data, level)
+    size = 1 + len(payload)
+    scratch = getattr(_local, "scratch", None)
+    if scratch is None or len(scratch) < size:
+        scratch = _local.scratch = bytearray(max(size, SCRATCH_SIZE))
+    scratch[0] = flag
+    if size > COPY_WITHOUT_GIL:  # numpy copies without holding the GIL; a slice would hold it
+        numpy.copyto(
+            numpy.frombuffer(scratch, numpy.uint8, size - 1, 1),
+            numpy.frombuffer(payload, numpy.uint8),
+        )
+    else:
+        scratch[1:size] = payload
+    return memoryview(scratch)[:size]
+
+
+SCRATCH_SIZE = 4 * 1024 * 1024 + 64
+COPY_WITHOUT_GIL = 64 * 1024
+
+
+def _encode(data: bytes | memoryview, level: int) -> tuple[int, bytes | memoryview]:
     size = len(data)
     if level > 0 and size >= 64:
         compressor = _compressor(level)
         if size <= 2 * SAMPLE or _saves(compressor.compress(data[:SAMPLE]), SAMPLE):
             compressed = compressor.compress(data)
             if _saves(compressed, size):
-                return FLAG_ZSTD_BYTE + compressed
-    return FLAG_RAW_BYTE + data  # one copy: bytes + buffer concatenates directly
+                return FLAG_ZSTD, compressed
+    return FLAG_RAW, data
 
 
 def _saves(compressed: bytes, size: int) -> bool:

@@ -27,32 +27,65 @@ class PackEntry:
 
 
 class PackBuilder:
-    """Collects sealed blobs for one pack. Not thread-safe: the caller serialises ``add``."""
+    """Builds one pack in a single buffer. Not thread-safe: the caller serialises ``reserve``,
+    ``add`` and ``finish``; the space ``reserve`` hands out may be filled in any thread.
 
-    def __init__(self) -> None:
-        self.parts: list[bytes] = []  # joined once at the end: no growing buffer to copy
+    Sealed blobs are written straight into the buffer (``reserve``, then seal into the view;
+    or ``add`` a sealed blob), so a pack is never assembled from parts by copying, and the
+    buffer itself can be reused for the next pack (``recycle``).
+    """
+
+    def __init__(self, capacity: int = 0, buffer: bytearray | None = None) -> None:
+        self.buffer = buffer if buffer is not None else bytearray(capacity)
         self.size = 0
         self.entries: list[PackEntry] = []
         self.ids: set[bytes] = set()
+        self.pending = 0  # reserved places still being filled (the writer's bookkeeping)
+        self.poisoned = False  # a place could not be filled: the pack must not be stored
+
+    def room(self) -> int:
+        """Bytes left before the buffer has to grow."""
+        return len(self.buffer) - self.size
+
+    def _space(self, length: int) -> memoryview:
+        if length > self.room():  # only ever with no view of the buffer outstanding
+            self.buffer.extend(bytes(length - self.room()))
+        view = memoryview(self.buffer)[self.size : self.size + length]
+        self.size += length
+        return view
+
+    def reserve(self, blob_type: int, blob_id: bytes, length: int, raw_length: int) -> memoryview:
+        """The place of the next sealed blob of ``length`` bytes, for the caller to fill (and
+        then ``release``). Grows the buffer if needed: never while a reserved view is unfilled."""
+        self.entries.append(PackEntry(blob_type, blob_id, self.size, length, raw_length))
+        self.ids.add(blob_id)
+        return self._space(length)
 
     def add(self, blob_type: int, blob_id: bytes, sealed: bytes, raw_length: int) -> None:
-        self.entries.append(PackEntry(blob_type, blob_id, self.size, len(sealed), raw_length))
-        self.ids.add(blob_id)
-        self.parts.append(sealed)
-        self.size += len(sealed)
+        """Append an already sealed blob."""
+        with self.reserve(blob_type, blob_id, len(sealed), raw_length) as view:
+            view[:] = sealed
 
     def __len__(self) -> int:
         return self.size
 
-    def finish(self, cipher: Cipher) -> tuple[bytes, bytes]:
-        """Append the sealed header; return (pack id, pack bytes). The id is BLAKE3 of the bytes."""
+    def finish(self, cipher: Cipher) -> tuple[bytes, memoryview]:
+        """Append the sealed header; return (pack id, a view of the pack's bytes). The id is
+        BLAKE3 of the bytes. Release the view before ``recycle``."""
         header = b"".join(
             PACK_RECORD.pack(e.blob_type, e.blob_id, e.length, e.raw_length) for e in self.entries
         )
         sealed_header = cipher.seal(header, PACK_HEADER_AAD)
-        data = b"".join([*self.parts, sealed_header, PACK_TRAILER.pack(len(sealed_header))])
-        self.parts, self.size = [], 0
+        with self._space(len(sealed_header) + PACK_TRAILER.size) as tail:
+            tail[: len(sealed_header)] = sealed_header
+            PACK_TRAILER.pack_into(tail, len(sealed_header), len(sealed_header))
+        data = memoryview(self.buffer)[: self.size]
         return blake3.blake3(data, max_threads=blake3.blake3.AUTO).digest(), data
+
+    def recycle(self) -> bytearray:
+        """The buffer, for the next pack (its contents are overwritten, never read)."""
+        buffer, self.buffer = self.buffer, bytearray()
+        return buffer
 
 
 def pack_id_of(data: bytes) -> bytes:

@@ -14,8 +14,8 @@ import queue
 import threading
 from dataclasses import dataclass, field
 
-from safehold.crypto import AuthenticationFailed
-from safehold.repo.format import BLOB_TREE
+from safehold.crypto import OVERHEAD, AuthenticationFailed
+from safehold.repo.format import BLOB_TREE, blob_aad, encode_body_scratch
 from safehold.repo.index import encode_index_file
 from safehold.repo.pack import PackBuilder, PackEntry, pack_id_of, read_header
 from safehold.repo.repository import Repository, pack_name
@@ -66,7 +66,12 @@ class BlobWriter:
         self.stats = WriteStats()
         self._tree_cache = repository.tree_cache
         self._lock = threading.Lock()
-        self._builder = PackBuilder()
+        self._filled = threading.Condition(self._lock)  # a pack's reserved places are filled
+        self._level = repository.config["compression_level"]
+        # A pack buffer holds a full pack plus one largest chunk; buffers are reused.
+        self._capacity = self.pack_size + repository.config["chunker"]["max_size"] + 64 * 1024
+        self._spare: list[bytearray] = []
+        self._builder = PackBuilder(self._capacity)
         self._in_flight: set[bytes] = set()
         self._queue: queue.Queue = queue.Queue()  # bounded by _slots
         self._slots = threading.Semaphore(self.uploads + 1)
@@ -89,38 +94,81 @@ class BlobWriter:
         return blob_id in self._in_flight or blob_id in self.index
 
     def add(self, blob_type: int, blob_id: bytes, data: bytes | memoryview) -> bool:
-        """Store a blob unless already known; returns True if it was new. Seals outside the lock."""
+        """Store a blob unless already known; returns True if it was new.
+
+        Compresses into a per-thread scratch buffer, reserves the blob's place in the pack
+        being filled (under the lock) and seals straight into it (outside the lock, so
+        threads encrypt in parallel); a full pack is shipped once every reserved place in
+        it is filled.
+        """
         if self.known(blob_id):
             return False
-        sealed = self.repository.seal_blob(blob_type, blob_id, data)
-        if blob_type == BLOB_TREE and self._tree_cache is not None:
-            self._tree_cache.put(blob_id, sealed)  # the next backup's parent trees
+        plain = encode_body_scratch(data, self._level)
+        length = OVERHEAD + len(plain)
+        shipped = []
         with self._lock:
             self._raise_pending_error()
             if blob_id in self._in_flight or blob_id in self.index:
                 return False
             self._in_flight.add(blob_id)
-            self._builder.add(blob_type, blob_id, sealed, len(data))
+            if length > self._builder.room() and self._builder.entries:
+                shipped.append(self._take_builder())  # a blob larger than the room left
+            builder = self._builder
+            view = builder.reserve(blob_type, blob_id, length, len(data))
+            builder.pending += 1
             self.stats.blobs_new += 1
             self.stats.bytes_new_raw += len(data)
-            self.stats.bytes_new_stored += len(sealed)
+            self.stats.bytes_new_stored += length
             self.stats.blobs_by_type[blob_type] = self.stats.blobs_by_type.get(blob_type, 0) + 1
-            full = self._take_builder() if len(self._builder) >= self.pack_size else None
-        if full is not None:
+            if len(builder) >= self.pack_size:
+                shipped.append(self._take_builder())
+        try:
+            self.repository.cipher.seal_into(plain, blob_aad(blob_type, blob_id), view)
+            if blob_type == BLOB_TREE and self._tree_cache is not None:
+                self._tree_cache.put(blob_id, bytes(view))  # the next backup's parent trees
+        except BaseException as error:
+            with self._lock:
+                builder.poisoned = True  # never stored: its bytes are not all sealed blobs
+                self._error = self._error or error
+            raise
+        finally:
+            view.release()
+            plain.release()
+            with self._lock:
+                builder.pending -= 1
+                if not builder.pending:
+                    self._filled.notify_all()
+        for full in shipped:
             self._ship(full)
         return True
 
     def _take_builder(self) -> PackBuilder:
-        builder, self._builder = self._builder, PackBuilder()
+        # Called with self._lock held.
+        builder = self._builder
+        spare = self._spare.pop() if self._spare else None
+        self._builder = PackBuilder(self._capacity, spare)
         return builder
 
     def _ship(self, builder: PackBuilder) -> None:
-        # Called without self._lock held: acquiring a slot blocks while the uploads are busy
-        # (back-pressure), and an upload thread needs the lock to finish its pack.
-        if builder.entries:
+        # Called without self._lock held: waiting for a slot blocks while the uploads are busy
+        # (back-pressure), and other threads may still be sealing into the pack's buffer.
+        with self._lock:
+            while builder.pending:
+                self._filled.wait()
+            poisoned = builder.poisoned
+        if builder.entries and not poisoned:
             self._slots.acquire()
             pack_id, data = builder.finish(self.repository.cipher)
             self._queue.put((pack_id, data, builder))
+        else:
+            self._recycle(builder)
+
+    def _recycle(self, builder: PackBuilder) -> None:
+        """Keep an emptied pack buffer for the next pack (a few at most)."""
+        buffer = builder.recycle()
+        with self._lock:
+            if len(buffer) >= self._capacity and len(self._spare) < self.uploads + 1:
+                self._spare.append(buffer)
 
     def _upload_loop(self) -> None:
         store = None
@@ -141,7 +189,10 @@ class BlobWriter:
                     if self._error is None:
                         self._error = error
             finally:
-                item = data = builder = None  # the pack's bytes are freed before its slot
+                _pack_id, data, builder = item
+                data.release()
+                self._recycle(builder)  # the pack's buffer is free before its slot
+                item = data = builder = None
                 self._slots.release()
                 self._queue.task_done()
 
