@@ -5,7 +5,9 @@ from __future__ import annotations
 import errno
 import os
 import threading
+from collections.abc import Iterator
 
+import numpy
 from pyfastcdc import FastCDC
 
 from safehold.crypto import Cipher
@@ -44,6 +46,48 @@ def open_for_reading(path: bytes) -> int:
         return os.open(path, flags | getattr(os, "O_NOATIME", 0))
     except PermissionError:
         return os.open(path, flags)
+
+
+READ_BUFFER = 16 * 1024 * 1024
+
+
+def cut_file(
+    fd: int, cdc: FastCDC, max_size: int, buffer_size: int = READ_BUFFER
+) -> Iterator[memoryview]:
+    """The chunks of an open file, cut exactly where a streaming chunker cuts them, as views
+    into one reusable buffer per thread (valid until the next chunk is asked for).
+
+    pyfastcdc's own stream chunker allocates a fresh buffer per file and moves the unread
+    rest to its front after every chunk while holding the GIL. Here the buffer is filled with
+    ``readv`` (no GIL), cut with ``cut_buf``, and only the chunks that had a full
+    ``max_size`` window (or reach the end of the file) are taken: a cut never looks further
+    than ``max_size`` bytes, so they are the streaming cuts. The rest (under ``max_size``) is
+    moved to the front once per buffer, by numpy without the GIL.
+    """
+    if buffer_size < 3 * max_size:
+        raise ValueError("the read buffer must hold at least three largest chunks")
+    buffer = getattr(_local, "read_buffer", None)
+    if buffer is None or len(buffer) != buffer_size:
+        buffer = _local.read_buffer = bytearray(buffer_size)
+    view = memoryview(buffer)
+    array = numpy.frombuffer(buffer, numpy.uint8)
+    filled, eof = 0, False
+    while True:
+        while not eof and filled < buffer_size:
+            count = os.readv(fd, [view[filled:]])
+            eof = count == 0
+            filled += count
+        taken = 0
+        for chunk in cdc.cut_buf(view[:filled]):
+            if not eof and filled - chunk.offset < max_size:
+                break
+            yield chunk.data
+            taken = chunk.offset + chunk.length
+        if eof:
+            return
+        rest = filled - taken  # under max_size, and taken >= rest: no overlap
+        numpy.copyto(array[:rest], array[taken:filled])
+        filled = rest
 
 
 class FileReader:
@@ -90,10 +134,9 @@ class FileReader:
                     content.append(self._store(data))
                 size = len(data)
             else:
-                with open(fd, "rb", buffering=0, closefd=False) as stream:
-                    for chunk in self._cdc().cut_stream(stream):
-                        content.append(self._store(chunk.data))
-                        size += chunk.length
+                for data in cut_file(fd, self._cdc(), self.chunker["max_size"]):
+                    content.append(self._store(data))
+                    size += len(data)
             after = os.fstat(fd)
         finally:
             os.close(fd)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import blake3
+import numpy
 
 from safehold.crypto import Cipher
 from safehold.repo.format import PACK_HEADER_AAD, PACK_RECORD, PACK_TRAILER
@@ -35,8 +36,9 @@ class PackBuilder:
     buffer itself can be reused for the next pack (``recycle``).
     """
 
-    def __init__(self, capacity: int = 0, buffer: bytearray | None = None) -> None:
-        self.buffer = buffer if buffer is not None else bytearray(capacity)
+    def __init__(self, capacity: int = 0, buffer: numpy.ndarray | None = None) -> None:
+        # numpy.empty: memory the pack never fills is never touched, so it costs no RSS
+        self.buffer = buffer if buffer is not None else numpy.empty(capacity, numpy.uint8)
         self.size = 0
         self.entries: list[PackEntry] = []
         self.ids: set[bytes] = set()
@@ -49,7 +51,9 @@ class PackBuilder:
 
     def _space(self, length: int) -> memoryview:
         if length > self.room():  # only ever with no view of the buffer outstanding
-            self.buffer.extend(bytes(length - self.room()))
+            grown = numpy.empty(max(self.size + length, 2 * len(self.buffer)), numpy.uint8)
+            grown[: self.size] = self.buffer[: self.size]
+            self.buffer = grown
         view = memoryview(self.buffer)[self.size : self.size + length]
         self.size += length
         return view
@@ -82,9 +86,9 @@ class PackBuilder:
         data = memoryview(self.buffer)[: self.size]
         return blake3.blake3(data, max_threads=blake3.blake3.AUTO).digest(), data
 
-    def recycle(self) -> bytearray:
+    def recycle(self) -> numpy.ndarray:
         """The buffer, for the next pack (its contents are overwritten, never read)."""
-        buffer, self.buffer = self.buffer, bytearray()
+        buffer, self.buffer = self.buffer, numpy.empty(0, numpy.uint8)
         return buffer
 
 

@@ -68,9 +68,12 @@ class BlobWriter:
         self._lock = threading.Lock()
         self._filled = threading.Condition(self._lock)  # a pack's reserved places are filled
         self._level = repository.config["compression_level"]
-        # A pack buffer holds a full pack plus one largest chunk; buffers are reused.
-        self._capacity = self.pack_size + repository.config["chunker"]["max_size"] + 64 * 1024
-        self._spare: list[bytearray] = []
+        # A pack buffer holds a full pack, one largest chunk and a generous header (pages never
+        # written are never touched); buffers are reused.
+        self._capacity = (
+            self.pack_size + repository.config["chunker"]["max_size"] + self.pack_size // 4
+        )
+        self._spare: list = []  # emptied pack buffers (numpy arrays) for the next packs
         self._builder = PackBuilder(self._capacity)
         self._in_flight: set[bytes] = set()
         self._queue: queue.Queue = queue.Queue()  # bounded by _slots
