@@ -185,6 +185,11 @@ class BlobWriter:
                     if store is None:
                         store = self._upload_store()
                     pack_id, data, builder = item
+                    if store.kind != "local":
+                        # paramiko and boto3 write bytes: convert once, free the buffer now
+                        view, data = data, bytes(data)
+                        view.release()
+                        self._recycle(builder)
                     store.save(pack_name(pack_id), data)
                     self._saved(pack_id, builder)
             except BaseException as error:
@@ -193,7 +198,7 @@ class BlobWriter:
                         self._error = error
             finally:
                 _pack_id, data, builder = item
-                data.release()
+                data.release()  # (again: harmless)
                 self._recycle(builder)  # the pack's buffer is free before its slot
                 item = data = builder = None
                 self._slots.release()
