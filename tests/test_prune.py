@@ -147,6 +147,25 @@ def test_partly_used_pack_is_repacked(make_repo, tmp_path: Path) -> None:
     assert first not in run_cli("snapshots", "--repo", repo).out
 
 
+def test_repacking_into_several_new_packs(make_repo, tmp_path: Path) -> None:
+    """Kept blobs fill more than one new pack: each written pack is whole and readable."""
+    repo = make_repo(pack_size=16 * KiB)
+    source = tmp_path / "src"
+    rnd = random.Random(9)
+    for number in range(40):
+        write_file(source / f"f{number:02}", rnd.randbytes(6 * KiB))
+    first = backup_json(repo, source)["snapshot_id"]
+    for number in range(0, 40, 2):  # every pack of the first backup is left half used
+        (source / f"f{number:02}").unlink()
+    second = backup_json(repo, source)["snapshot_id"]
+    with open_repository(repo) as repository:
+        repository.store.delete("snapshots/" + first)
+    plan = prune_json(repo, "--max-unused", "0%")
+    assert plan["done"]["packs_written"] >= 3
+    assert check_ok(repo)["notes"] == []  # --read-data: every pack and header intact
+    assert_restores(repo, source, {second: contents(source)}, tmp_path)
+
+
 def test_size_limits_are_respected(history) -> None:
     repo, _source, expected = history
     forget_oldest(repo, expected)

@@ -284,6 +284,7 @@ def _repack(
             builder.add(location.blob_type, blob_id, sealed, location.raw_length)
             if len(builder) >= pack_size:
                 rows += _ship(repository, builder, plan)
+                builder = PackBuilder()
         del data
     rows += _ship(repository, builder, plan)
     return np.array(rows, dtype=[("id", "S32"), ("pack", "S32")] + ENTRY_DTYPE.descr[2:])
@@ -294,11 +295,11 @@ def _ship(repository: Repository, builder: PackBuilder, plan: PrunePlan) -> list
         return []
     entries = builder.entries
     pack_id, data = builder.finish(repository.cipher)
-    repository.store.save(pack_name(pack_id), data)
-    plan.done["packs_written"] += 1
-    plan.done["bytes_written"] += len(data)
+    with data:
+        repository.store.save(pack_name(pack_id), data)
+        plan.done["packs_written"] += 1
+        plan.done["bytes_written"] += len(data)
     plan.done["blobs_repacked"] += len(entries)
-    builder.entries, builder.ids = [], set()
     return [(e.blob_id, pack_id, e.offset, e.length, e.raw_length, e.blob_type) for e in entries]
 
 

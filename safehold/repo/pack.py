@@ -44,6 +44,7 @@ class PackBuilder:
         self.ids: set[bytes] = set()
         self.pending = 0  # reserved places still being filled (the writer's bookkeeping)
         self.poisoned = False  # a place could not be filled: the pack must not be stored
+        self.finished = False
 
     def room(self) -> int:
         """Bytes left before the buffer has to grow."""
@@ -61,6 +62,8 @@ class PackBuilder:
     def reserve(self, blob_type: int, blob_id: bytes, length: int, raw_length: int) -> memoryview:
         """The place of the next sealed blob of ``length`` bytes, for the caller to fill (and
         then ``release``). Grows the buffer if needed: never while a reserved view is unfilled."""
+        if self.finished:
+            raise RuntimeError("a finished pack takes no more blobs: start a new PackBuilder")
         self.entries.append(PackEntry(blob_type, blob_id, self.size, length, raw_length))
         self.ids.add(blob_id)
         return self._space(length)
@@ -75,7 +78,10 @@ class PackBuilder:
 
     def finish(self, cipher: Cipher) -> tuple[bytes, memoryview]:
         """Append the sealed header; return (pack id, a view of the pack's bytes). The id is
-        BLAKE3 of the bytes. Release the view before ``recycle``."""
+        BLAKE3 of the bytes. Release the view before ``recycle``. A builder builds one pack."""
+        if self.finished:
+            raise RuntimeError("the pack is finished already")
+        self.finished = True
         header = b"".join(
             PACK_RECORD.pack(e.blob_type, e.blob_id, e.length, e.raw_length) for e in self.entries
         )
