@@ -13,7 +13,9 @@ import io
 import json
 import os
 import random
+import sqlite3
 import stat
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -387,3 +389,40 @@ def compare_trees(
 @pytest.fixture(name="compare_trees")
 def compare_trees_fixture() -> Callable[..., list[str]]:
     return compare_trees
+
+
+# ------------------------------------------------------------------ a small platform
+
+
+def mini_platform(root: Path, repo: Path | str, **extra: object) -> Path:
+    """A platform of one file tree and one SQLite database below ``root``, backed up cold
+    (its stop and start commands do nothing) into ``repo``; ``extra`` adds or replaces
+    top-level keys of the platform file. Returns the platform file."""
+    (root / "data").mkdir(parents=True, exist_ok=True)
+    (root / "data" / "a.txt").write_text("hello\n" * 1000)
+    with sqlite3.connect(root / "app.db") as db:
+        db.execute("create table if not exists notes (id integer primary key, body text)")
+        db.executemany("insert into notes (body) values (?)", [(f"n{i}",) for i in range(7)])
+    config = {
+        "repository": str(repo),
+        "platform": "mini",
+        "strategy": "cold",
+        "services": {"control": "command", "stop_command": "true", "start_command": "true"},
+        "components": [
+            {"name": "data", "type": "files", "paths": [str(root / "data")]},
+            {"name": "appdb", "type": "sqlite", "path": str(root / "app.db")},
+        ],
+    } | extra
+    path = root / "platform.yaml"
+    path.write_text(json.dumps(config))
+    return path
+
+
+@pytest.fixture
+def utc(monkeypatch: pytest.MonkeyPatch):
+    """Local time is UTC for the test (cron expressions are in local time)."""
+    monkeypatch.setenv("TZ", "UTC")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()

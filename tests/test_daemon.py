@@ -12,7 +12,6 @@ import os
 import random
 import signal
 import socket
-import sqlite3
 import threading
 import time
 import urllib.request
@@ -25,20 +24,14 @@ from safehold.cli import schedule as cli_schedule
 from safehold.errors import SafeholdError
 from safehold.ops.schedule import Planner, Schedule, State
 from safehold.repo.snapshots import list_snapshots
-from tests.conftest import open_repository, run_cli
+from tests.conftest import mini_platform, open_repository, run_cli
 from tests.test_notify import HttpRecorder
 
 HOUR = 3600.0
 DAY = 86400.0
 
 
-@pytest.fixture(autouse=True)
-def utc(monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setenv("TZ", "UTC")
-    time.tzset()
-    yield
-    monkeypatch.undo()
-    time.tzset()
+pytestmark = pytest.mark.usefixtures("utc")
 
 
 @pytest.fixture
@@ -68,28 +61,15 @@ MONDAY = datetime(2026, 11, 23, 0, 0).timestamp()  # 00:00 UTC
 
 
 def _platform(root: Path, repo: Path, schedule: dict, **extra: object) -> Path:
-    (root / "data").mkdir(parents=True, exist_ok=True)
-    (root / "data" / "a.txt").write_text("hello\n" * 1000)
-    with sqlite3.connect(root / "app.db") as db:
-        db.execute("create table if not exists notes (id integer primary key, body text)")
-        db.executemany("insert into notes (body) values (?)", [(f"n{i}",) for i in range(7)])
-    config = {
-        "repository": str(repo),
-        "platform": "mini",
-        "strategy": "cold",
-        "services": {"control": "command", "stop_command": "true", "start_command": "true"},
-        "components": [
-            {"name": "data", "type": "files", "paths": [str(root / "data")]},
-            {"name": "appdb", "type": "sqlite", "path": str(root / "app.db")},
-        ],
-        "retention": {"keep_last": 2},
-        "drill": {"scratch": str(root / "scratch")},
-        "schedule": schedule,
-    } | extra
-    (root / "scratch").mkdir(exist_ok=True)
-    path = root / "platform.yaml"
-    path.write_text(json.dumps(config))
-    return path
+    (root / "scratch").mkdir(parents=True, exist_ok=True)
+    return mini_platform(
+        root,
+        repo,
+        retention={"keep_last": 2},
+        drill={"scratch": str(root / "scratch")},
+        schedule=schedule,
+        **extra,
+    )
 
 
 def _args(config: Path, state: Path, **extra: object) -> argparse.Namespace:

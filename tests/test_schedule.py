@@ -15,14 +15,7 @@ from safehold.platform.config import ConfigError, parse_platform
 from safehold.platform.cron import CronError, interval_estimate, parse
 from tests.conftest import run_cli
 
-
-@pytest.fixture(autouse=True)
-def utc(monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setenv("TZ", "UTC")
-    time.tzset()
-    yield
-    monkeypatch.undo()
-    time.tzset()
+pytestmark = pytest.mark.usefixtures("utc")
 
 
 def nxt(expression: str, moment: str) -> str:

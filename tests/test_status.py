@@ -3,9 +3,7 @@ commands on a real repository made by platform backups (files + SQLite) and a dr
 
 from __future__ import annotations
 
-import json
 import re
-import sqlite3
 import time
 from pathlib import Path
 
@@ -20,7 +18,7 @@ from safehold.ops.status import (
     platform_status,
     repository_totals,
 )
-from tests.conftest import run_cli
+from tests.conftest import mini_platform, run_cli
 
 DAY = 86400.0
 NOW = 1_750_000_000.0
@@ -229,34 +227,13 @@ def test_metrics_text_of_a_platform_without_backups():
 # ------------------------------------------------------------------ the commands
 
 
-def _platform(root: Path, repo: Path) -> Path:
-    (root / "data").mkdir(parents=True)
-    (root / "data" / "a.txt").write_text("hello\n" * 1000)
-    with sqlite3.connect(root / "app.db") as db:
-        db.execute("create table notes (id integer primary key, body text)")
-        db.executemany("insert into notes (body) values (?)", [(f"n{i}",) for i in range(7)])
-    config = {
-        "repository": str(repo),
-        "platform": "mini",
-        "strategy": "cold",
-        "services": {"control": "command", "stop_command": "true", "start_command": "true"},
-        "components": [
-            {"name": "data", "type": "files", "paths": [str(root / "data")]},
-            {"name": "appdb", "type": "sqlite", "path": str(root / "app.db")},
-        ],
-    }
-    path = root / "platform.yaml"
-    path.write_text(json.dumps(config))
-    return path
-
-
 def _backup(config: Path) -> None:
     result = run_cli("backup", "--config", config, "--json")
     assert result.code == 0, result.err
 
 
 def test_report_and_metrics_on_a_real_repository(tmp_path, repo, monkeypatch):
-    config = _platform(tmp_path / "mini", repo)
+    config = mini_platform(tmp_path / "mini", repo)
     _backup(config)
     (tmp_path / "mini" / "data" / "b.txt").write_text("more\n" * 5000)
     _backup(config)

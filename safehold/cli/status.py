@@ -6,15 +6,14 @@ The numbers come from safehold/ops/status.py; docs/operations.md "Monitoring and
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 from safehold.cli import render
 from safehold.cli.platform_commands import open_for_platform
 from safehold.errors import EXIT_PARTIAL, UsageError
+from safehold.localfile import write_atomically
 from safehold.ops.drill_records import list_drills
 from safehold.ops.status import (
     Policy,
@@ -97,27 +96,8 @@ def metrics_command(args: argparse.Namespace) -> int:
     if not args.output:
         sys.stdout.write(text)
         return 0
-    write_atomically(Path(args.output), text)
+    write_atomically(Path(args.output), text, mode=0o644, sync=True)
     return 0
-
-
-def write_atomically(path: Path, text: str) -> None:
-    """Write via a temporary file in the same directory and a rename: a reader (node_exporter's
-    textfile collector) sees the old file or the new one, never a half-written one."""
-    handle, temporary = tempfile.mkstemp(dir=path.parent or ".", prefix=f".{path.name}.")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as out:
-            out.write(text)
-            out.flush()
-            os.fsync(out.fileno())
-        os.chmod(temporary, 0o644)
-        os.replace(temporary, path)
-    except BaseException:
-        try:
-            os.unlink(temporary)
-        except OSError:
-            pass
-        raise
 
 
 def report_command(args: argparse.Namespace) -> int:

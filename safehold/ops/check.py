@@ -12,7 +12,6 @@ are remembered in check-progress.json in the local cache, and the next such run 
 from __future__ import annotations
 
 import json
-import os
 import random
 import time
 from collections.abc import Callable
@@ -22,6 +21,7 @@ from pathlib import Path
 from safehold.archive.entries import decode_tree
 from safehold.crypto import AuthenticationFailed
 from safehold.errors import IntegrityError, UsageError
+from safehold.localfile import write_atomically
 from safehold.ops.treewalk import content_ids, walk_trees
 from safehold.repo.cache import cache_root
 from safehold.repo.index import Location
@@ -99,10 +99,8 @@ def _load_progress(path: Path, subset: str | None) -> set[bytes]:
 
 def _save_progress(path: Path, subset: str | None, done: set[bytes]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp")
     state = {"subset": subset or "all", "done": sorted(pack.hex() for pack in done)}
-    temporary.write_text(json.dumps(state))
-    os.replace(temporary, path)
+    write_atomically(path, json.dumps(state))
 
 
 def select_packs(packs: list[bytes], subset: str | None, rng: random.Random) -> list[bytes]:

@@ -18,11 +18,11 @@ import os
 import random
 import re
 import shlex
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from safehold.errors import SafeholdError, UsageError
+from safehold.localfile import write_atomically
 from safehold.platform.cron import Cron, CronError, interval_estimate, parse
 from safehold.platform.schema import JOBS
 from safehold.repo.cache import cache_root
@@ -104,17 +104,7 @@ class State:
 
     def save(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        handle, temporary = tempfile.mkstemp(dir=self.directory, prefix=f".{self.path.name}.")
-        try:
-            with os.fdopen(handle, "w", encoding="utf-8") as out:
-                json.dump(self.data, out, indent=1, sort_keys=True)
-            os.replace(temporary, self.path)
-        except BaseException:
-            try:
-                os.unlink(temporary)
-            except OSError:
-                pass
-            raise
+        write_atomically(self.path, json.dumps(self.data, indent=1, sort_keys=True))
 
     def job(self, name: str) -> dict:
         return self.data["jobs"].setdefault(name, {})

@@ -19,8 +19,9 @@ The cache root is ``$SAFEHOLD_CACHE_DIR``, else ``$XDG_CACHE_HOME/safehold``, el
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
+
+from safehold.localfile import write_atomically
 
 
 def cache_root() -> Path:
@@ -62,16 +63,8 @@ class TreeCache:
         path = self._path(blob_id)
         try:
             path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            if path.exists():
-                return
-            handle, temporary = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-            try:
-                with os.fdopen(handle, "wb") as out:
-                    out.write(sealed)
-                os.replace(temporary, path)
-            except BaseException:
-                os.unlink(temporary)
-                raise
+            if not path.exists():
+                write_atomically(path, sealed)
         except OSError:
             pass  # a full or read-only disk: work on without the cache
 
