@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from conftest import (
     PASSPHRASE,
     backup_json,
@@ -25,7 +26,10 @@ from conftest import (
 )
 from remote_conftest import BUCKET, S3Server
 
+import safehold.repo.repository
+from safehold.repo.cache import cache_root
 from safehold.repo.writer import BlobWriter
+from safehold.store.wrappers import FaultyStore
 
 KiB = 1024
 FILES, FILE_SIZE = 24, 256 * KiB
@@ -153,3 +157,59 @@ def test_repair_snapshots_does_not_adopt(tmp_path: Path) -> None:
     assert run_cli("repair", "snapshots", "--repo", repo).code == 0
     with open_repository(repo) as repository:
         assert repository.index_names() == []
+
+
+def data_listings(repo: Path, source: Path) -> tuple[dict, int]:
+    """Back up ``source``; returns (summary, how many times data/ was listed)."""
+    calls: list[int] = []
+    real_open = safehold.repo.repository.open_store
+
+    def counting(location: str):  # type: ignore[no-untyped-def]
+        store = FaultyStore(real_open(location))
+        real_list = store.list
+
+        def list_(namespace: str):  # type: ignore[no-untyped-def]
+            if namespace == "data":
+                calls.append(1)
+            return real_list(namespace)
+
+        store.list = list_  # type: ignore[method-assign]
+        return store
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(safehold.repo.repository, "open_store", counting)
+        summary = backup_json(repo, source)
+    return summary, len(calls)
+
+
+def test_data_is_listed_only_after_a_writer_that_did_not_finish(tmp_path: Path) -> None:
+    """A backup after finished ones does not list data/ (a listing is 256 requests over sftp
+    and one per 1,000 packs on S3); after an interrupted writer, or one whose process died,
+    the next backup lists and adopts, and the one after that does not list again."""
+    repo = init_repository(tmp_path / "repo", pack_size=256 * KiB)
+    source = make_source(tmp_path / "src", 4)
+    assert data_listings(repo, source)[1] == 1  # the first writer here: nothing known yet
+    assert data_listings(repo, source)[1] == 0
+    with open_repository(repo) as repository, repository.lock():
+        before = set(repository.index.packs)
+        writer = BlobWriter(repository)  # ends without an index file, like a failed run
+        for path in sorted(make_source(tmp_path / "other", 4).iterdir()):
+            data = path.read_bytes()
+            writer.add(0, repository.cipher.blob_id(data), data)
+        writer._queue.join()
+        writer.close()
+        left = set(repository.index.packs) - before
+    assert len(left) >= 3
+    assert data_listings(repo, source)[1] == 1
+    with open_repository(repo) as repository:
+        assert left <= set(repository.index.packs)  # adopted: listed in an index file
+    assert data_listings(repo, source)[1] == 0
+    # a writer killed with its process: its marker names a pid that no longer runs
+    with open_repository(repo) as repository:
+        writers = cache_root() / repository.config["id"] / "writers"
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+    (writers / f"writing-{dead}-0000").touch()
+    (writers / f"writing-{os.getpid()}-1111").touch()  # a live writer's marker stays
+    assert data_listings(repo, source)[1] == 1
+    assert sorted(p.name for p in writers.iterdir()) == [f"writing-{os.getpid()}-1111"]

@@ -9,12 +9,15 @@ their blobs are not stored again) unless prune removes them first.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from safehold.crypto import OVERHEAD, AuthenticationFailed
+from safehold.repo.cache import cache_root
 from safehold.repo.format import BLOB_TREE, blob_aad, encode_body_scratch
 from safehold.repo.index import encode_index_file
 from safehold.repo.pack import PackBuilder, PackEntry, pack_id_of, read_header
@@ -89,8 +92,12 @@ class BlobWriter:
         ]
         for thread in self._threads:
             thread.start()
-        if adopt:
+        self._runs = WriterRuns(repository)
+        if adopt and self._runs.previous_unfinished():
             self.adopt_unindexed_packs()
+            self._runs.forget_unfinished()
+        self._runs.start()
+        self._flushed = False
 
     def known(self, blob_id: bytes) -> bool:
         """True if the blob is stored or on its way; callers skip sealing known blobs."""
@@ -303,6 +310,7 @@ class BlobWriter:
         self._raise_pending_error()
         with self._index_lock:
             self._write_index()
+        self._flushed = True
 
     def close(self) -> None:
         for _ in self._threads:
@@ -315,9 +323,88 @@ class BlobWriter:
             except Exception:  # closing a spare connection must not mask an error
                 pass
         self._stores = []
+        self._runs.end(finished=self._flushed and self._error is None)
 
     def __enter__(self) -> BlobWriter:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class WriterRuns:
+    """Which pack writers on this machine did not finish, so that the next one adopts their
+    packs (``BlobWriter.adopt_unindexed_packs``) and the others skip listing ``data/``.
+
+    Each writer leaves a marker in the local cache (``<cache>/<repository id>/writers/``):
+    ``writing-<pid>-<random>`` while it runs, removed when it ends after its last index file,
+    renamed ``unfinished-<random>`` when it ends without one. A writer adopts when it finds an
+    ``unfinished`` marker or a ``writing`` one whose process is gone (killed, power cut), and
+    the first writer with an empty cache does too. When the cache cannot be used (turned off,
+    not writable), every writer adopts, as is safe.
+    Writers on other hosts adopt their own leftovers on their next run; prune removes what
+    they never come back for.
+    """
+
+    def __init__(self, repository: Repository) -> None:
+        cache = repository.tree_cache
+        self.directory = (
+            None if cache is None else cache_root() / str(repository.config["id"]) / "writers"
+        )
+        self.marker: Path | None = None
+        self._found: list[Path] = []
+
+    def previous_unfinished(self) -> bool:
+        """True if an earlier writer here may have left packs no index file lists."""
+        if self.directory is None:
+            return True
+        try:
+            first = not self.directory.is_dir()  # no record of earlier writers: assume one
+            self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            names = [path for path in self.directory.iterdir() if path.is_file()]
+        except OSError:
+            return True
+        self._found = [path for path in names if _abandoned(path.name)]
+        return first or bool(self._found)
+
+    def forget_unfinished(self) -> None:
+        """The leftovers of the markers found are adopted: remove those markers."""
+        for path in self._found:
+            with contextlib.suppress(OSError):
+                path.unlink()
+        self._found = []
+
+    def start(self) -> None:
+        if self.directory is None:
+            return
+        marker = self.directory / f"writing-{os.getpid()}-{os.urandom(4).hex()}"
+        try:
+            marker.touch()
+            self.marker = marker
+        except OSError:
+            self.marker = None
+
+    def end(self, finished: bool) -> None:
+        if self.marker is None:
+            return
+        with contextlib.suppress(OSError):
+            if finished:
+                self.marker.unlink()
+            else:
+                self.marker.rename(self.marker.with_name(f"unfinished-{os.urandom(4).hex()}"))
+        self.marker = None
+
+
+def _abandoned(name: str) -> bool:
+    if name.startswith("unfinished-"):
+        return True
+    if not name.startswith("writing-"):
+        return False
+    try:
+        pid = int(name.split("-")[1])
+        os.kill(pid, 0)
+    except (ValueError, IndexError, ProcessLookupError):
+        return True  # its process is gone
+    except PermissionError:
+        return False  # alive, another user's
+    return False
