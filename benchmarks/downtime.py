@@ -359,11 +359,7 @@ def report(command_line: str, env: dict, rounds: list[dict[str, dict[str, Backup
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark from the command line."""
     args = parse_args(argv)
-    command_line = shlex.join([sys.executable, *sys.argv]) if argv is None else shlex.join(argv)
-    workdir = os.path.abspath(args.workdir)
-    os.makedirs(os.path.join(workdir, "logs"), exist_ok=True)
-    check_disk(workdir, args.size_gb, os.path.isdir(os.path.join(workdir, "data")))
-    source, manifest = run.prepare_data(workdir, args.size_gb, args.seed)
+    command_line, workdir, source, manifest = run.start(args, argv, check_disk)
     bench = make_bench(args, workdir, source)
     env = environment(bench, manifest)
     rounds = [run_round(bench, number) for number in range(args.rounds)]

@@ -286,11 +286,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    command_line = shlex.join([sys.executable, *sys.argv]) if argv is None else shlex.join(argv)
-    workdir = os.path.abspath(args.workdir)
-    os.makedirs(os.path.join(workdir, "logs"), exist_ok=True)
-    run.check_disk(workdir, args.size_gb, os.path.isdir(os.path.join(workdir, "data")))
-    source, manifest = run.prepare_data(workdir, args.size_gb, args.seed)
+    command_line, workdir, source, manifest = run.start(args, argv)
     tools = run.make_tools(args, workdir)
     guard = run.QuietGuard(args.quiet_threshold, args.max_wait)
     env = run.environment(tools, manifest)

@@ -437,6 +437,20 @@ def prepare_data(workdir: str, size_gb: float, seed: int) -> tuple[str, dict]:
     return source, manifest
 
 
+def start(
+    args: argparse.Namespace, argv: list[str] | None, check=None
+) -> tuple[str, str, str, dict]:
+    """The common start of every benchmark: (command line, working folder, data set folder,
+    manifest), with the free disk checked (``check``, default ``check_disk``) and the data set
+    made if it is not there yet."""
+    command_line = shlex.join([sys.executable, *sys.argv]) if argv is None else shlex.join(argv)
+    workdir = os.path.abspath(args.workdir)
+    os.makedirs(os.path.join(workdir, "logs"), exist_ok=True)
+    (check or check_disk)(workdir, args.size_gb, os.path.isdir(os.path.join(workdir, "data")))
+    source, manifest = prepare_data(workdir, args.size_gb, args.seed)
+    return command_line, workdir, source, manifest
+
+
 def check_disk(workdir: str, size_gb: float, have_data: bool) -> None:
     """Exit unless there is room for the data, two repositories and a restore (x1.5 margin)."""
     free = shutil.disk_usage(workdir).free
@@ -687,11 +701,7 @@ def report(
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark from the command line."""
     args = parse_args(argv)
-    command_line = shlex.join([sys.executable, *sys.argv]) if argv is None else shlex.join(argv)
-    workdir = os.path.abspath(args.workdir)
-    os.makedirs(os.path.join(workdir, "logs"), exist_ok=True)
-    check_disk(workdir, args.size_gb, os.path.isdir(os.path.join(workdir, "data")))
-    source, manifest = prepare_data(workdir, args.size_gb, args.seed)
+    command_line, workdir, source, manifest = start(args, argv)
     tools = make_tools(args, workdir)
     guard = QuietGuard(args.quiet_threshold, args.max_wait)
     env = environment(tools, manifest)
