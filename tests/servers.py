@@ -342,22 +342,21 @@ LogLevel ERROR
 
 
 @contextmanager
-def ssh_server() -> Iterator[SshServer]:
-    """Starts sshd on 127.0.0.1 (foreground, a temporary host key, one authorized key for
-    the current user); yields an SshServer with the client key and known_hosts file."""
-    _need("/usr/sbin/sshd", "ssh", "ssh-keygen")
+def _sshd(prefix: str, extra_config: str = "") -> Iterator[tuple[Path, int]]:
+    """Starts sshd on 127.0.0.1 in the foreground, in a new temporary directory holding a
+    host key, a client key (``client_key``) authorized for the current user and the config
+    (plus ``extra_config``); yields (directory, port) and stops it and removes all after."""
+    _need("/usr/sbin/sshd", "ssh-keygen")
     if os.geteuid() != 0:
         raise Unavailable("sshd on a test port needs root to log users in")
-    directory = Path(tempfile.mkdtemp(prefix="safehold-sshd-"))
+    directory = Path(tempfile.mkdtemp(prefix=prefix))
     port, process = free_port(), None
     try:
         for name in ("host_key", "client_key"):
             _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(directory / name)])
         shutil.copy(directory / "client_key.pub", directory / "authorized_keys")
-        host_public = (directory / "host_key.pub").read_text().split()[:2]
-        (directory / "known_hosts").write_text(f"[127.0.0.1]:{port} {' '.join(host_public)}\n")
         config = directory / "sshd_config"
-        config.write_text(_SSHD_CONFIG.format(port=port, dir=directory))
+        config.write_text(_SSHD_CONFIG.format(port=port, dir=directory) + extra_config)
         os.makedirs("/run/sshd", mode=0o755, exist_ok=True)  # privilege separation directory
         log = directory / "log"
         with open(log, "wb") as log_file:
@@ -365,26 +364,44 @@ def ssh_server() -> Iterator[SshServer]:
                 ["/usr/sbin/sshd", "-D", "-e", "-f", str(config)], stdout=log_file, stderr=log_file
             )
         wait_for_port(port, process, log)
-        yield SshServer(
-            "127.0.0.1",
-            port,
-            pwd.getpwuid(os.geteuid()).pw_name,
-            str(directory / "client_key"),
-            str(directory / "known_hosts"),
-            directory,
-        )
+        yield directory, port
     finally:
-        if (directory / "master").exists():  # sshd's SIGTERM spares open sessions: end it
-            subprocess.run(
-                ["ssh", "-o", f"ControlPath={directory}/master", "-O", "exit", "127.0.0.1"],
-                check=False,
-                capture_output=True,
-                timeout=30,
-            )
         if process is not None:
             process.terminate()
             process.wait(timeout=10)
         shutil.rmtree(directory, ignore_errors=True)
+
+
+def _known_host(directory: Path, port: int) -> str:
+    """The known_hosts line for the test sshd's host key."""
+    host_public = (directory / "host_key.pub").read_text().split()[:2]
+    return f"[127.0.0.1]:{port} {' '.join(host_public)}\n"
+
+
+@contextmanager
+def ssh_server() -> Iterator[SshServer]:
+    """Starts sshd on 127.0.0.1 (foreground, a temporary host key, one authorized key for
+    the current user); yields an SshServer with the client key and known_hosts file."""
+    _need("ssh")
+    with _sshd("safehold-sshd-") as (directory, port):
+        (directory / "known_hosts").write_text(_known_host(directory, port))
+        try:
+            yield SshServer(
+                "127.0.0.1",
+                port,
+                pwd.getpwuid(os.geteuid()).pw_name,
+                str(directory / "client_key"),
+                str(directory / "known_hosts"),
+                directory,
+            )
+        finally:
+            if (directory / "master").exists():  # sshd's SIGTERM spares open sessions: end it
+                subprocess.run(
+                    ["ssh", "-o", f"ControlPath={directory}/master", "-O", "exit", "127.0.0.1"],
+                    check=False,
+                    capture_output=True,
+                    timeout=30,
+                )
 
 
 # --- sftp (sshd with internal-sftp) and S3 (moto's server mode) ---------------------------------
@@ -410,44 +427,20 @@ class SftpServer:
 
 @contextmanager
 def sftp_server_process(sftp_options: str = "") -> Iterator[SftpServer]:
-    """servers.py's sshd set-up with ``Subsystem sftp internal-sftp`` added to its config
-    (plus ``sftp_options``, e.g. ``-P remove,rmdir`` for an account that cannot delete)."""
-    _need("/usr/sbin/sshd", "ssh-keygen")
-    if os.geteuid() != 0:
-        raise Unavailable("sshd on a test port needs root to log users in")
-    directory = Path(tempfile.mkdtemp(prefix="safehold-sftp-"))
-    port, process = free_port(), None
-    try:
-        for name in ("host_key", "client_key"):
-            _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(directory / name)])
-        shutil.copy(directory / "client_key.pub", directory / "authorized_keys")
-        config = _SSHD_CONFIG.format(port=port, dir=directory)
-        if "Subsystem" not in config:
-            config += f"Subsystem sftp internal-sftp {sftp_options}\n"
-        (directory / "sshd_config").write_text(config)
+    """The test sshd with ``Subsystem sftp internal-sftp`` (plus ``sftp_options``, e.g.
+    ``-P remove,rmdir`` for an account that cannot delete), and a HOME whose ~/.ssh reaches it."""
+    with _sshd("safehold-sftp-", f"Subsystem sftp internal-sftp {sftp_options}\n") as (
+        directory,
+        port,
+    ):
         home = directory / "home"
         (home / ".ssh").mkdir(parents=True)
-        host_key = " ".join((directory / "host_key.pub").read_text().split()[:2])
-        (home / ".ssh" / "known_hosts").write_text(f"[127.0.0.1]:{port} {host_key}\n")
+        (home / ".ssh" / "known_hosts").write_text(_known_host(directory, port))
         (home / ".ssh" / "config").write_text(
             f"Host 127.0.0.1\n    IdentityFile {directory / 'client_key'}\n"
         )
-        os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
-        log = directory / "log"
-        with open(log, "wb") as log_file:
-            process = subprocess.Popen(
-                ["/usr/sbin/sshd", "-D", "-e", "-f", str(directory / "sshd_config")],
-                stdout=log_file,
-                stderr=log_file,
-            )
-        wait_for_port(port, process, log)
         user = pwd.getpwuid(os.geteuid()).pw_name
         yield SftpServer("127.0.0.1", port, user, home, directory)
-    finally:
-        if process is not None:
-            process.terminate()
-            process.wait(timeout=10)
-        shutil.rmtree(directory, ignore_errors=True)
 
 
 # S3 ----------------------------------------------------------------------------------------------
