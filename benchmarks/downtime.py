@@ -285,15 +285,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def check_disk(workdir: str, size_gb: float, have_data: bool) -> None:
-    """Exit unless there is room for the data and one repository (x1.5 margin)."""
-    free = shutil.disk_usage(workdir).free
-    needed = int(size_gb * 1e9 * (1 if have_data else 2) * 1.5)
-    print(f"free disk in {workdir}: {free / 1e9:.1f} GB, needed about {needed / 1e9:.1f} GB")
-    if free < needed:
-        sys.exit(f"not enough free disk space in {workdir}")
-
-
 def make_bench(args: argparse.Namespace, workdir: str, source: str) -> Bench:
     """The shared settings; the passphrase comes from SAFEHOLD_PASSPHRASE in the environment.
 
@@ -359,7 +350,7 @@ def report(command_line: str, env: dict, rounds: list[dict[str, dict[str, Backup
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark from the command line."""
     args = parse_args(argv)
-    command_line, workdir, source, manifest = run.start(args, argv, check_disk)
+    command_line, workdir, source, manifest = run.start(args, argv, copies=1)  # one repository
     bench = make_bench(args, workdir, source)
     env = environment(bench, manifest)
     rounds = [run_round(bench, number) for number in range(args.rounds)]

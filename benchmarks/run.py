@@ -438,23 +438,25 @@ def prepare_data(workdir: str, size_gb: float, seed: int) -> tuple[str, dict]:
 
 
 def start(
-    args: argparse.Namespace, argv: list[str] | None, check=None
+    args: argparse.Namespace, argv: list[str] | None, copies: int = 3
 ) -> tuple[str, str, str, dict]:
     """The common start of every benchmark: (command line, working folder, data set folder,
-    manifest), with the free disk checked (``check``, default ``check_disk``) and the data set
-    made if it is not there yet."""
+    manifest), with the free disk checked for ``copies`` copies of the data besides the data
+    set itself (``check_disk``) and the data set made if it is not there yet."""
     command_line = shlex.join([sys.executable, *sys.argv]) if argv is None else shlex.join(argv)
     workdir = os.path.abspath(args.workdir)
     os.makedirs(os.path.join(workdir, "logs"), exist_ok=True)
-    (check or check_disk)(workdir, args.size_gb, os.path.isdir(os.path.join(workdir, "data")))
+    have_data = os.path.isdir(os.path.join(workdir, "data"))
+    check_disk(workdir, args.size_gb, have_data, copies)
     source, manifest = prepare_data(workdir, args.size_gb, args.seed)
     return command_line, workdir, source, manifest
 
 
-def check_disk(workdir: str, size_gb: float, have_data: bool) -> None:
-    """Exit unless there is room for the data, two repositories and a restore (x1.5 margin)."""
+def check_disk(workdir: str, size_gb: float, have_data: bool, copies: int = 3) -> None:
+    """Exit unless there is room for the data set (unless made already) and ``copies`` more
+    copies of it (default: two repositories and a restore), with a x1.5 margin."""
     free = shutil.disk_usage(workdir).free
-    needed = int(size_gb * 1e9 * (3 if have_data else 4) * 1.5)
+    needed = int(size_gb * 1e9 * (copies if have_data else copies + 1) * 1.5)
     print(f"free disk in {workdir}: {free / 1e9:.1f} GB, needed about {needed / 1e9:.1f} GB")
     if free < needed:
         sys.exit(f"not enough free disk space in {workdir}")
