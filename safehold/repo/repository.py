@@ -322,10 +322,7 @@ class Repository:
                     return self._open_cached_tree(tree_id, sealed)
                 except IntegrityError:
                     cache.discard(tree_id)
-        location = self.index.lookup(tree_id)
-        if location is None:
-            raise IntegrityError(f"blob {tree_id.hex()[:16]} is not in the index")
-        sealed = self._load_pack_range(location)
+        location, sealed = self._load_sealed(tree_id)
         data = self.open_blob(tree_id, location, sealed)
         if cache is not None and location.blob_type == BLOB_TREE:
             cache.put(tree_id, sealed)
@@ -342,10 +339,14 @@ class Repository:
 
     def load_blob(self, blob_id: bytes) -> bytes:
         """Return the verified plaintext of a blob; IntegrityError if missing or damaged."""
+        return self.open_blob(blob_id, *self._load_sealed(blob_id))
+
+    def _load_sealed(self, blob_id: bytes) -> tuple[Location, bytes]:
+        """The blob's index entry and its sealed bytes read from its pack."""
         location = self.index.lookup(blob_id)
         if location is None:
             raise IntegrityError(f"blob {blob_id.hex()[:16]} is not in the index")
-        return self.open_blob(blob_id, location, self._load_pack_range(location))
+        return location, self._load_pack_range(location)
 
     def _load_pack_range(self, location: Location) -> bytes:
         try:
