@@ -5,6 +5,8 @@ index files before the snapshot that needs them (docs/format.md, "Write order").
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -101,3 +103,39 @@ def test_a_crash_before_the_snapshot_leaves_no_snapshot(tmp_path: Path, name: st
     repository.close()
     assert not list((repo / "snapshots").iterdir())
     assert run_cli("check", "--repo", repo, "--read-data").code == 0
+
+
+def _resident_bytes(path: Path) -> int:
+    """Bytes of ``path`` in the page cache, by util-linux's fincore."""
+    output = subprocess.run(
+        ["fincore", "--bytes", "--noheadings", "--output", "RES", str(path)],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    return int(output.split()[0])
+
+
+@pytest.mark.skipif(shutil.which("fincore") is None, reason="util-linux's fincore is missing")
+def test_packs_leave_the_page_cache_small_objects_may_stay(tmp_path: Path) -> None:
+    """A pack is dropped from the page cache once it is durable; what is left is the same."""
+    if (
+        subprocess.run(
+            ["stat", "-f", "-c", "%T", str(tmp_path)], capture_output=True, text=True
+        ).stdout.strip()
+        == "tmpfs"
+    ):
+        pytest.skip("tmpfs keeps its pages: they are the file")
+    backend = DurablePosixFS(str(tmp_path / "store"))
+    backend.create()
+    backend.open()
+    backend.mkdir("data")
+    pack = os.urandom(3 * 1024 * 1024)
+    backend.store("data/pack", pack)
+    backend.store("data/small", b"x" * 4096)
+    store = tmp_path / "store" / "data"
+    assert _resident_bytes(store / "pack") == 0
+    assert _resident_bytes(store / "small") == 4096  # below DROP_FROM_CACHE: left alone
+    assert (store / "pack").read_bytes() == pack
+    assert not [name for name in os.listdir(store) if name.endswith(".tmp")]
+    backend.close()

