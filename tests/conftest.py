@@ -13,8 +13,10 @@ import io
 import json
 import os
 import random
+import shutil
 import sqlite3
 import stat
+import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -426,3 +428,23 @@ def utc(monkeypatch: pytest.MonkeyPatch):
     yield
     monkeypatch.undo()
     time.tzset()
+
+
+def require_page_cache(path: Path) -> None:
+    """Skip unless page-cache residency can be seen below ``path`` (fincore, not tmpfs)."""
+    if shutil.which("fincore") is None:
+        pytest.skip("util-linux's fincore is missing")
+    kind = subprocess.run(["stat", "-f", "-c", "%T", str(path)], capture_output=True, text=True)
+    if kind.stdout.strip() == "tmpfs":
+        pytest.skip("tmpfs keeps its pages: they are the file")
+
+
+def resident_bytes(path: Path) -> int:
+    """Bytes of ``path`` in the page cache, by util-linux's fincore."""
+    output = subprocess.run(
+        ["fincore", "--bytes", "--noheadings", "--output", "RES", str(path)],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    return int(output.split()[0])

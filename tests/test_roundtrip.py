@@ -12,6 +12,8 @@ from conftest import (
     compare_trees,
     describe,
     open_repository,
+    require_page_cache,
+    resident_bytes,
     run_cli,
     write_file,
 )
@@ -203,3 +205,20 @@ def test_restore_never_writes_through_a_symlink_in_the_target(make_repo, tmp_pat
     result = run_cli("restore", "--repo", repo, f"latest:{source}", "--target", target)
     assert os.listdir(outside) == []
     assert result.code in (0, 3)
+
+
+def test_large_restored_files_are_on_disk_and_out_of_the_page_cache(make_repo, tmp_path) -> None:
+    """A restored file of 1 MiB or more is fdatasynced and dropped from the page cache when
+    its last blob is written; small files are left to the kernel."""
+    require_page_cache(tmp_path)
+    source = tmp_path / "src"
+    write_file(source / "large.bin", os.urandom(3 * 1024 * 1024))
+    write_file(source / "small.txt", b"small" * 100)
+    repo = make_repo()
+    assert run_cli("backup", "--repo", repo, source).code == 0
+    target = tmp_path / "restored"
+    result = run_cli("restore", "--repo", repo, f"latest:{source}", "--target", target)
+    assert result.code == 0, result.err
+    assert resident_bytes(target / "large.bin") == 0
+    assert resident_bytes(target / "small.txt") > 0
+    compare_trees(source, target)

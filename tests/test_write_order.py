@@ -5,8 +5,6 @@ index files before the snapshot that needs them (docs/format.md, "Write order").
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -14,7 +12,7 @@ import pytest
 from safehold.archive.backup import backup_paths
 from safehold.store.local import DurablePosixFS
 from safehold.store.wrappers import StoreWrapper
-from tests.conftest import init_repository, open_repository
+from tests.conftest import init_repository, open_repository, require_page_cache, resident_bytes
 
 
 class Recording(StoreWrapper):
@@ -105,27 +103,9 @@ def test_a_crash_before_the_snapshot_leaves_no_snapshot(tmp_path: Path, name: st
     assert run_cli("check", "--repo", repo, "--read-data").code == 0
 
 
-def _resident_bytes(path: Path) -> int:
-    """Bytes of ``path`` in the page cache, by util-linux's fincore."""
-    output = subprocess.run(
-        ["fincore", "--bytes", "--noheadings", "--output", "RES", str(path)],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
-    return int(output.split()[0])
-
-
-@pytest.mark.skipif(shutil.which("fincore") is None, reason="util-linux's fincore is missing")
 def test_packs_leave_the_page_cache_small_objects_may_stay(tmp_path: Path) -> None:
     """A pack is dropped from the page cache once it is durable; what is left is the same."""
-    if (
-        subprocess.run(
-            ["stat", "-f", "-c", "%T", str(tmp_path)], capture_output=True, text=True
-        ).stdout.strip()
-        == "tmpfs"
-    ):
-        pytest.skip("tmpfs keeps its pages: they are the file")
+    require_page_cache(tmp_path)
     backend = DurablePosixFS(str(tmp_path / "store"))
     backend.create()
     backend.open()
@@ -134,8 +114,8 @@ def test_packs_leave_the_page_cache_small_objects_may_stay(tmp_path: Path) -> No
     backend.store("data/pack", pack)
     backend.store("data/small", b"x" * 4096)
     store = tmp_path / "store" / "data"
-    assert _resident_bytes(store / "pack") == 0
-    assert _resident_bytes(store / "small") == 4096  # below DROP_FROM_CACHE: left alone
+    assert resident_bytes(store / "pack") == 0
+    assert resident_bytes(store / "small") == 4096  # below DROP_FROM_CACHE: left alone
     assert (store / "pack").read_bytes() == pack
     assert not [name for name in os.listdir(store) if name.endswith(".tmp")]
     backend.close()
