@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from conftest import backup_json, flip_byte, open_repository, pack_file, run_cli, write_file
 
-from safehold.cli import commands
 from safehold.errors import UsageError
+from safehold.ops import check as check_module
 from safehold.ops.check import check, parse_max_duration, progress_path
 
 FILES = 8
@@ -43,7 +43,7 @@ def fake_clock(monkeypatch: pytest.MonkeyPatch) -> None:
     def clocked_check(*args, **kwargs):  # type: ignore[no-untyped-def]
         return check(*args, clock=StepClock(), **kwargs)
 
-    monkeypatch.setattr(commands, "check", clocked_check)
+    monkeypatch.setattr(check_module, "check", clocked_check)  # what the CLI calls
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ import os
 import threading
 from collections.abc import Iterator
 
-import numpy
 from pyfastcdc import FastCDC
 
 from safehold.crypto import Cipher
@@ -64,6 +63,8 @@ def cut_file(
     than ``max_size`` bytes, so they are the streaming cuts. The rest (under ``max_size``) is
     moved to the front once per buffer, by numpy without the GIL.
     """
+    import numpy  # on first use: a backup that reads no large file never loads it
+
     if buffer_size < 3 * max_size:
         raise ValueError("the read buffer must hold at least three largest chunks")
     buffer = getattr(_local, "read_buffer", None)

@@ -18,7 +18,6 @@ from safehold.archive.restorer import Restorer
 from safehold.cli import render
 from safehold.cli.session import open_repository, passphrase, repository_location
 from safehold.errors import EXIT_PARTIAL, IntegrityError, UsageError
-from safehold.ops.check import check, parse_max_duration
 from safehold.repo.repository import Repository
 from safehold.repo.snapshots import list_snapshots, resolve, split_spec
 
@@ -305,6 +304,8 @@ def diff(args: argparse.Namespace) -> int:
 
 
 def check_repository(args: argparse.Namespace) -> int:
+    from safehold.ops.check import check, parse_max_duration  # numpy: not for every command
+
     limit = getattr(args, "max_duration", None)
     max_duration = None if limit is None else parse_max_duration(limit)
     with open_repository(args) as repository, repository.lock():

@@ -5,7 +5,6 @@ from __future__ import annotations
 import struct
 import threading
 
-import numpy
 import zstandard
 
 FORMAT_VERSION = 1
@@ -75,6 +74,8 @@ def encode_body_scratch(data: bytes | memoryview, level: int) -> memoryview:
         scratch = _local.scratch = bytearray(max(size, SCRATCH_SIZE))
     scratch[0] = flag
     if size > COPY_WITHOUT_GIL:  # numpy copies without holding the GIL; a slice would hold it
+        import numpy  # on first use: a backup that writes nothing never loads it
+
         numpy.copyto(
             numpy.frombuffer(scratch, numpy.uint8, size - 1, 1),
             numpy.frombuffer(payload, numpy.uint8),

@@ -8,12 +8,23 @@ the index can always be rebuilt from the packs alone.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import blake3
-import numpy
 
 from safehold.crypto import Cipher
 from safehold.repo.format import PACK_HEADER_AAD, PACK_RECORD, PACK_TRAILER
+
+if TYPE_CHECKING:
+    import numpy
+
+
+def _empty(size: int) -> numpy.ndarray:
+    """numpy.empty: memory the pack never fills is never touched, so it costs no RSS. numpy
+    is imported on the first pack: a backup that writes nothing never loads it."""
+    import numpy
+
+    return numpy.empty(size, numpy.uint8)
 
 
 @dataclass(frozen=True)
@@ -37,8 +48,7 @@ class PackBuilder:
     """
 
     def __init__(self, capacity: int = 0, buffer: numpy.ndarray | None = None) -> None:
-        # numpy.empty: memory the pack never fills is never touched, so it costs no RSS
-        self.buffer = buffer if buffer is not None else numpy.empty(capacity, numpy.uint8)
+        self.buffer = buffer if buffer is not None else _empty(capacity)
         self.size = 0
         self.entries: list[PackEntry] = []
         self.ids: set[bytes] = set()
@@ -52,7 +62,7 @@ class PackBuilder:
 
     def _space(self, length: int) -> memoryview:
         if length > self.room():  # only ever with no view of the buffer outstanding
-            grown = numpy.empty(max(self.size + length, 2 * len(self.buffer)), numpy.uint8)
+            grown = _empty(max(self.size + length, 2 * len(self.buffer)))
             grown[: self.size] = self.buffer[: self.size]
             self.buffer = grown
         view = memoryview(self.buffer)[self.size : self.size + length]
@@ -94,7 +104,7 @@ class PackBuilder:
 
     def recycle(self) -> numpy.ndarray:
         """The buffer, for the next pack (its contents are overwritten, never read)."""
-        buffer, self.buffer = self.buffer, numpy.empty(0, numpy.uint8)
+        buffer, self.buffer = self.buffer, _empty(0)
         return buffer
 
 

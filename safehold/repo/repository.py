@@ -8,6 +8,7 @@ import os
 import socket
 import threading
 from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
 import msgpack
 
@@ -32,10 +33,12 @@ from safehold.repo.format import (
     encode_body,
     object_aad,
 )
-from safehold.repo.index import Index, Location
 from safehold.store import ObjectMissing, Store, location_exists, location_is_file, open_store
 from safehold.store.locks import Lock
 from safehold.store.nodelete import NoDeleteStore
+
+if TYPE_CHECKING:  # the index module (and numpy) load only when the index is needed
+    from safehold.repo.index import Index, Location
 
 DEFAULT_CONFIG = {
     "chunker": {"min_size": 256 * 1024, "avg_size": 1024 * 1024, "max_size": 4 * 1024 * 1024},
@@ -266,7 +269,10 @@ class Repository:
 
     @property
     def index(self) -> Index:
-        """The blob index, loaded from all index files on first use."""
+        """The blob index, loaded from all index files on first use (a backup in which
+        nothing changed never needs it)."""
+        from safehold.repo.index import Index
+
         with self._index_lock:
             if self._index is None:
                 index = Index()

@@ -15,14 +15,17 @@ import queue
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from safehold.crypto import OVERHEAD, AuthenticationFailed
 from safehold.repo.cache import cache_root
 from safehold.repo.format import BLOB_TREE, blob_aad, encode_body_scratch
-from safehold.repo.index import encode_index_file
 from safehold.repo.pack import PackBuilder, PackEntry, pack_id_of, read_header
 from safehold.repo.repository import Repository, pack_name
 from safehold.store import ObjectMissing
+
+if TYPE_CHECKING:
+    from safehold.repo.index import Index
 
 INDEX_EVERY_PACKS = 16
 
@@ -63,7 +66,6 @@ class BlobWriter:
         adopt: bool = True,
     ) -> None:
         self.repository = repository
-        self.index = repository.index
         self.pack_size = pack_size or repository.config["pack_size"]
         self.uploads = max(1, uploads or repository.store.recommended_uploads)
         self.stats = WriteStats()
@@ -77,7 +79,7 @@ class BlobWriter:
             self.pack_size + repository.config["chunker"]["max_size"] + self.pack_size // 4
         )
         self._spare: list = []  # emptied pack buffers (numpy arrays) for the next packs
-        self._builder = PackBuilder(self._capacity)
+        self._builder: PackBuilder | None = None  # made by the first add
         self._in_flight: set[bytes] = set()
         self._queue: queue.Queue = queue.Queue()  # bounded by _slots
         self._slots = threading.Semaphore(self.uploads + 1)
@@ -98,6 +100,12 @@ class BlobWriter:
             self._runs.forget_unfinished()
         self._runs.start()
         self._flushed = False
+
+    @property
+    def index(self) -> Index:
+        """The repository's index, loaded on first use: a backup that writes nothing (every
+        file and directory unchanged) never loads it."""
+        return self.repository.index
 
     def known(self, blob_id: bytes) -> bool:
         """True if the blob is stored or on its way; callers skip sealing known blobs."""
@@ -121,6 +129,8 @@ class BlobWriter:
             if blob_id in self._in_flight or blob_id in self.index:
                 return False
             self._in_flight.add(blob_id)
+            if self._builder is None:
+                self._builder = PackBuilder(self._capacity)
             if length > self._builder.room() and self._builder.entries:
                 shipped.append(self._take_builder())  # a blob larger than the room left
             builder = self._builder
@@ -287,6 +297,8 @@ class BlobWriter:
         # Called with _index_lock held: only packs already stored are listed (write order).
         if not self._unindexed:
             return
+        from safehold.repo.index import encode_index_file  # numpy: only when writing
+
         packs, records = encode_index_file(self._unindexed)
         name = "index/" + os.urandom(32).hex()
         self.repository.save_object(
@@ -304,8 +316,9 @@ class BlobWriter:
         """Upload the partial pack and write an index for everything written so far."""
         with self._lock:
             self._raise_pending_error()
-            builder = self._take_builder()
-        self._ship(builder)
+            builder = self._take_builder() if self._builder is not None else None
+        if builder is not None:
+            self._ship(builder)
         self._queue.join()  # every pack shipped so far is stored (or failed)
         self._raise_pending_error()
         with self._index_lock:
