@@ -6,8 +6,10 @@ file, and Argon2id releases the GIL: so ``safehold.cli.prefetch`` starts it in a
 thread at start-up, while the main thread imports the rest of safehold and parses options.
 ``derive`` then finds the result instead of computing it again.
 
-This module imports only argon2 (not the rest of safehold.crypto), so the background thread
-gets going within milliseconds.
+This module imports only the argon2 C library's bindings (``_argon2_cffi_bindings``, the
+layer below argon2-cffi's ``hash_secret_raw``, which does exactly this call), not argon2-cffi's
+high-level package (18 ms of imports: password hashing profiles, dataclasses, inspect) nor the
+rest of safehold.crypto, so the background thread gets going within milliseconds.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import base64
 import threading
 from concurrent.futures import Future
 
-from argon2.low_level import Type, hash_secret_raw
+from _argon2_cffi_bindings import ffi, lib
 
 # Derivations started ahead of need, by (passphrase, salt, parameters). Each is taken out by
 # the one ``derive`` call that needs it, so no derived key stays here after use.
@@ -29,16 +31,29 @@ def _key(passphrase: bytes, salt: bytes, params: dict) -> tuple:
 
 
 def derive_now(passphrase: bytes, salt: bytes, params: dict) -> bytes:
-    """The 32-byte Argon2id key of ``passphrase`` and ``salt`` under ``params``."""
-    return hash_secret_raw(
-        passphrase,
-        salt,
-        time_cost=params["time_cost"],
-        memory_cost=params["memory_cost"],
-        parallelism=params["parallelism"],
-        hash_len=32,
-        type=Type.ID,
+    """The 32-byte Argon2id (version 0x13) key of ``passphrase`` and ``salt`` under ``params``.
+
+    Raises ValueError if the library refuses the parameters (e.g. a salt that is too short).
+    """
+    output = ffi.new("uint8_t[]", 32)
+    status = lib.argon2_hash(
+        params["time_cost"],
+        params["memory_cost"],
+        params["parallelism"],
+        ffi.new("uint8_t[]", passphrase),
+        len(passphrase),
+        ffi.new("uint8_t[]", salt),
+        len(salt),
+        output,
+        32,
+        ffi.NULL,
+        0,
+        lib.Argon2_id,
+        lib.ARGON2_VERSION_13,
     )
+    if status != lib.ARGON2_OK:
+        raise ValueError(ffi.string(lib.argon2_error_message(status)).decode())
+    return bytes(ffi.buffer(output, 32))
 
 
 def derive(passphrase: bytes, salt: bytes, params: dict) -> bytes:

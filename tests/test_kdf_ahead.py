@@ -99,3 +99,27 @@ def test_nothing_is_derived_ahead_without_a_passphrase_source(
     prefetch.start(args_for(repo))  # it would have to prompt: not known yet
     wait_for_prefetch()
     assert counted == []
+
+
+@pytest.mark.parametrize(
+    ("secret", "params"),
+    [
+        (b"passphrase", {"time_cost": 3, "memory_cost": 65536, "parallelism": 2}),
+        ("pässwörd \x00 with a NUL".encode(), {"time_cost": 1, "memory_cost": 8, "parallelism": 1}),
+    ],
+)
+def test_derive_now_is_argon2_cffi_s_argon2id(secret: bytes, params: dict) -> None:
+    """safehold calls the C library's bindings itself (a faster start): the result must be
+    argon2-cffi's own Argon2id of the same inputs, byte for byte."""
+    from argon2.low_level import Type, hash_secret_raw
+
+    salt = bytes(range(16))
+    expected = hash_secret_raw(secret, salt, hash_len=32, type=Type.ID, **params)
+    assert kdf.derive_now(secret, salt, params) == expected
+
+
+def test_derive_now_names_what_the_library_refused() -> None:
+    with pytest.raises(ValueError, match="Salt is too short"):
+        kdf.derive_now(
+            b"passphrase", b"short", {"time_cost": 1, "memory_cost": 8, "parallelism": 1}
+        )
