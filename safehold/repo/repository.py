@@ -270,7 +270,11 @@ class Repository:
     @property
     def index(self) -> Index:
         """The blob index, loaded from all index files on first use (a backup in which
-        nothing changed never needs it)."""
+        nothing changed never needs it). Called for every blob a backup adds: once loaded,
+        it is returned without taking the lock."""
+        index = self._index
+        if index is not None:
+            return index
         from safehold.repo.index import Index
 
         with self._index_lock:
