@@ -24,7 +24,8 @@ import time
 
 import numpy as np
 
-from safehold.repo.index import FILE_DTYPE, Index
+from safehold.repo.index import Index
+from safehold.repo.index_arrays import FILE_DTYPE
 from safehold.repo.writer import INDEX_EVERY_PACKS
 
 TARGET_BYTES_PER_CHUNK = 64

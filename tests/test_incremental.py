@@ -5,10 +5,12 @@ from __future__ import annotations
 import os
 import random
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
-from conftest import backup_json, compare_trees, open_repository, run_cli, write_file
+from conftest import PASSPHRASE, backup_json, compare_trees, open_repository, run_cli, write_file
 
 from safehold.repo.format import BLOB_DATA
 
@@ -176,3 +178,26 @@ def test_each_kind_of_change_below_unchanged_siblings_reaches_the_snapshot(
         result = run_cli("restore", "--repo", repo, f"latest:{source}", "--target", target)
         assert result.code == 0, result.err
         assert compare_trees(source, target, include_root=False) == []
+
+
+def test_a_backup_that_writes_only_a_few_trees_never_loads_numpy(
+    repo: Path, source: Path, tmp_path: Path
+) -> None:
+    """numpy (the large-index arrays, the big-copy helpers) is loaded on first need: not by a
+    backup in which only a directory's metadata changed, in a small repository."""
+    backup_json(repo, source)
+    (source / "sub" / "new-dir").mkdir()  # sub's mtime changes: its tree and the root's are new
+    script = (
+        "import sys\n"
+        "from safehold.cli.main import main\n"
+        f"code = main(['backup', '--repo', {str(repo)!r}, '--quiet', {str(source)!r}])\n"
+        "print(code, 'numpy' in sys.modules)\n"
+    )
+    env = dict(os.environ, SAFEHOLD_PASSPHRASE=PASSPHRASE, SAFEHOLD_CACHE_DIR=str(tmp_path / "c"))
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, check=False
+    )
+    assert done.stdout.split() == ["0", "False"], done.stderr
+    with open_repository(repo) as repository:
+        snapshots = [repository.load_snapshot(n.split("/")[1]) for n in repository.snapshot_names()]
+    assert max(s["summary"]["blobs_new"] for s in snapshots if s["summary"]["files_new"] == 0) >= 2

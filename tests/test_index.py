@@ -74,7 +74,16 @@ def test_entries_lists_pending_and_merged_blobs(monkeypatch) -> None:
     assert sorted(blob_id for blob_id, _ in index.entries()) == [blob(n) for n in range(5)]
 
 
-def test_loaded_index_files_map_their_own_pack_tables() -> None:
+@pytest.fixture(params=["dict", "arrays"])
+def loading(request, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every loading test runs twice: a small index (kept in the dict) and one loaded into
+    the sorted arrays, as an index of more than SMALL_INDEX blobs is."""
+    if request.param == "arrays":
+        monkeypatch.setattr(index_module, "SMALL_INDEX", 0)
+    return request.param
+
+
+def test_loaded_index_files_map_their_own_pack_tables(loading: str) -> None:
     first = encode_index_file(
         [(blob(1), PACK_A, 0, 10, 8, BLOB_DATA), (blob(2), PACK_B, 10, 20, 18, BLOB_TREE)]
     )
@@ -92,9 +101,38 @@ def test_loaded_index_files_map_their_own_pack_tables() -> None:
     assert index.lookup(blob(2)) == Location(PACK_B, 10, 20, 18, BLOB_TREE)
     assert index.lookup(blob(3)) == Location(PACK_B, 30, 5, 4, BLOB_DATA)
     assert index.lookup(blob(4)) == Location(PACK_C, 0, 7, 6, BLOB_DATA)
+    assert index.lookup(blob(5)) is None
+    assert (index._sorted is None) == (loading == "dict")
+    assert sorted(index.entries()) == sorted(
+        [
+            (blob(1), Location(PACK_A, 0, 10, 8, BLOB_DATA)),
+            (blob(2), Location(PACK_B, 10, 20, 18, BLOB_TREE)),
+            (blob(3), Location(PACK_B, 30, 5, 4, BLOB_DATA)),
+            (blob(4), Location(PACK_C, 0, 7, 6, BLOB_DATA)),
+        ]
+    )
 
 
-def test_loading_after_adding_keeps_both(monkeypatch) -> None:
+def test_a_small_index_moves_into_the_arrays_when_it_grows(monkeypatch) -> None:
+    monkeypatch.setattr(index_module, "MERGE_THRESHOLD", 8)
+    monkeypatch.setattr(index_module, "SMALL_INDEX", 8)
+    index = Index()
+    index.load_file(*encode_index_file([(blob(n), PACK_A, n, 1, 1, BLOB_DATA) for n in range(5)]))
+    index.finish_loading()
+    assert index._sorted is None and len(index) == 5
+    for number in range(5, 8):  # the eighth entry reaches MERGE_THRESHOLD
+        index.add(blob(number), PACK_B, number, 2, 2, BLOB_TREE)
+    assert index._sorted is not None and len(index._sorted[0]) == 8 and not index._pending
+    assert index.lookup(blob(2)) == Location(PACK_A, 2, 1, 1, BLOB_DATA)
+    assert index.lookup(blob(7)) == Location(PACK_B, 7, 2, 2, BLOB_TREE)
+    # a later load that would overflow the dict goes into the arrays too
+    index.load_file(*encode_index_file([(blob(20), PACK_C, 0, 3, 3, BLOB_DATA)]))
+    index.finish_loading()
+    assert len(index) == 9 and len(index._sorted[0]) == 9
+    assert index.lookup(blob(20)) == Location(PACK_C, 0, 3, 3, BLOB_DATA)
+
+
+def test_loading_after_adding_keeps_both(loading: str) -> None:
     index = Index()
     index.add(blob(7), PACK_A, 1, 2, 3, BLOB_DATA)
     index.load_file(*encode_index_file([(blob(8), PACK_B, 4, 5, 6, BLOB_TREE)]))
@@ -103,7 +141,7 @@ def test_loading_after_adding_keeps_both(monkeypatch) -> None:
     assert index.lookup(blob(8)) == Location(PACK_B, 4, 5, 6, BLOB_TREE)
 
 
-def test_empty_index_file_and_finish_without_files() -> None:
+def test_empty_index_file_and_finish_without_files(loading: str) -> None:
     index = Index()
     index.finish_loading()
     index.load_file([], b"")
@@ -111,7 +149,7 @@ def test_empty_index_file_and_finish_without_files() -> None:
     assert len(index) == 0
 
 
-def test_large_offsets_and_lengths_survive() -> None:
+def test_large_offsets_and_lengths_survive(loading: str) -> None:
     index = Index()
     index.load_file(*encode_index_file([(blob(5), PACK_A, 2**32 - 1, 2**31, 2**32 - 2, BLOB_DATA)]))
     index.finish_loading()

@@ -1,47 +1,25 @@
 """The in-memory blob index: blob id -> (pack, offset, length, plaintext length, type).
 
-Compact by design (docs/format.md, "Index in memory"): the persisted entries live in two
-sorted numpy arrays, a contiguous uint64 key (the first 8 bytes of the id) used for binary
-search and a packed record of the rest (24 id bytes, pack number, offset, lengths, type),
-49 bytes per blob plus 32 bytes per pack. Entries added during a session sit in a small dict
-that is merged into the arrays when it grows.
+Compact by design (docs/format.md, "Index in memory"): a large index lives in two sorted
+numpy arrays (``safehold/repo/index_arrays.py``: 49 bytes per blob plus 32 bytes per pack).
+Entries added during a session, and all entries of an index of at most ``SMALL_INDEX`` blobs,
+sit in a dict, which is merged into the arrays when it grows past ``MERGE_THRESHOLD``: a
+small repository (and a backup that only adds a few trees) never loads numpy.
 """
 
 from __future__ import annotations
 
-import ctypes
 import threading
 from collections.abc import Iterator
-from typing import NamedTuple
-
-import numpy as np
+from typing import TYPE_CHECKING, NamedTuple
 
 from safehold.repo.format import INDEX_RECORD
 
-RECORD_DTYPE = np.dtype(
-    [
-        ("rest", "V24"),
-        ("pack", "<u4"),
-        ("offset", "<u4"),
-        ("length", "<u4"),
-        ("raw", "<u4"),
-        ("type", "u1"),
-    ],
-    align=False,
-)
-FILE_DTYPE = np.dtype(
-    [
-        ("id", "V32"),
-        ("pack", "<u4"),
-        ("offset", "<u4"),
-        ("length", "<u4"),
-        ("raw", "<u4"),
-        ("type", "u1"),
-    ],
-    align=False,
-)
-assert FILE_DTYPE.itemsize == INDEX_RECORD.size
+if TYPE_CHECKING:
+    from safehold.repo.index_arrays import Sorted
+
 MERGE_THRESHOLD = 65536
+SMALL_INDEX = MERGE_THRESHOLD  # loaded indexes up to this many blobs stay in the dict
 
 
 class Location(NamedTuple):
@@ -60,9 +38,9 @@ class Index:
         # this session (loading dedups with a temporary one), so a pack costs ~32 bytes.
         self._pack_table = bytearray()
         self._pack_numbers: dict[bytes, int] = {}
-        # (keys, records) swapped as one reference, so a lookup never sees one without the other.
-        # Keys are native uint64 so that searchsorted compares without converting the array.
-        self._sorted = (np.empty(0, dtype="<u8"), np.empty(0, dtype=RECORD_DTYPE))
+        # The sorted arrays (keys, records), swapped as one reference so that a lookup never
+        # sees one without the other; None until the index is too large for the dict alone.
+        self._sorted: Sorted | None = None
         self._files: list[tuple[list[bytes], bytes]] = []
         self._pending: dict[bytes, tuple[int, int, int, int, int]] = {}
         self._lock = threading.Lock()
@@ -85,47 +63,36 @@ class Index:
             self._pack_table += pack_id
         return number
 
+    def _sorted_count(self) -> int:
+        return 0 if self._sorted is None else len(self._sorted[0])
+
     def load_file(self, packs: list[bytes], records: bytes) -> None:
         """Queue the records of one index file; call ``finish_loading`` after the last."""
         self._files.append((packs, records))
 
     def finish_loading(self) -> None:
-        """Merge the queued index files into the sorted arrays, in one pass.
-
-        All records are joined into one buffer first: one large allocation that is returned to
-        the system when freed, instead of many small ones that would fragment the heap.
-        """
+        """Merge the queued index files into the index, in one pass: into the dict while the
+        whole index stays small, else into the sorted arrays."""
         files, self._files = self._files, []
         if not files:
             return
-        raw = np.frombuffer(b"".join(records for _, records in files), dtype=FILE_DTYPE)
         known = {self._pack(n): n for n in range(len(self._pack_table) // 32)}
-        numbers = np.concatenate(
-            [
-                np.array([self.pack_number(p, known) for p in packs], dtype="<u4")
-                for packs, _ in files
-            ]
-            + [np.empty(0, dtype="<u4")]
-        )
-        bases = np.cumsum([0] + [len(packs) for packs, _ in files[:-1]], dtype=np.int64)
-        counts = [len(records) // FILE_DTYPE.itemsize for _, records in files]
-        local = raw["pack"].astype(np.int64) + np.repeat(bases, counts)
-        del files
-        keys, records = _split(raw.view(np.uint8).reshape(-1, FILE_DTYPE.itemsize))
-        records["pack"] = numbers[local] if len(numbers) else 0
-        for field in ("offset", "length", "raw", "type"):
-            records[field] = raw[field]
-        del raw, local, known
-        self._merge(keys, records)
-        _release_freed_memory()
+        numbers = [[self.pack_number(p, known) for p in packs] for packs, _ in files]
+        count = sum(len(records) for _, records in files) // INDEX_RECORD.size
+        with self._lock:
+            if self._sorted is None and len(self._pending) + count <= SMALL_INDEX:
+                for (_packs, records), table in zip(files, numbers, strict=True):
+                    for blob_id, pack, *rest in INDEX_RECORD.iter_unpack(records):
+                        self._pending.setdefault(blob_id, (table[pack], *rest))  # type: ignore[arg-type]
+                return
+        from safehold.repo import index_arrays
 
-    def _merge(self, keys: np.ndarray, records: np.ndarray) -> None:
-        old_keys, old_records = self._sorted
-        if len(old_keys):
-            keys = np.concatenate([old_keys, keys])
-            records = np.concatenate([old_records, records])
-        order = np.argsort(keys, kind="stable")
-        self._sorted = (keys[order], records[order])
+        loaded = index_arrays.from_files(files, numbers)
+        del files, known
+        with self._lock:
+            self._sorted = index_arrays.merge(self._sorted, loaded)
+        del loaded
+        index_arrays.release_freed_memory()
 
     def add(
         self,
@@ -145,91 +112,64 @@ class Index:
                 raw_length,
                 blob_type,
             )
-            if len(self._pending) >= max(MERGE_THRESHOLD, len(self._sorted[0]) >> 3):
+            if len(self._pending) >= max(MERGE_THRESHOLD, self._sorted_count() >> 3):
                 self._merge_pending()
 
     def _merge_pending(self) -> None:
-        # Lookups read _pending first, then _sorted: the merged arrays are published before the
-        # dict is emptied, so an entry is always in at least one of them.
-        pending = self._pending
-        ids = np.frombuffer(b"".join(pending), dtype=np.uint8).reshape(-1, 32)
-        keys, records = _split(ids)
-        values = np.array(list(pending.values()), dtype="<u8").reshape(-1, 5)
-        for column, field in enumerate(("pack", "offset", "length", "raw", "type")):
-            records[field] = values[:, column]
-        self._merge(keys, records)
+        # Called with the lock held. Lookups read _pending first, then _sorted: the merged
+        # arrays are published before the dict is emptied, so an entry is always in at least
+        # one of them.
+        from safehold.repo import index_arrays
+
+        added = index_arrays.from_pending(self._pending)
+        self._sorted = index_arrays.merge(self._sorted, added)
         self._pending = {}
 
     def lookup(self, blob_id: bytes) -> Location | None:
         """Return where the blob is stored, or None."""
-        pending = self._pending.get(blob_id)
-        if pending is not None:
-            number, offset, length, raw_length, blob_type = pending
-            return Location(self._pack(number), offset, length, raw_length, blob_type)
-        keys, records = self._sorted
-        if not len(keys):
-            return None  # a new repository: no search at all
-        key = int.from_bytes(blob_id[:8], "big")
-        position = int(np.searchsorted(keys, np.uint64(key)))
-        rest = blob_id[8:]
-        while position < len(keys) and int(keys[position]) == key:
-            record = records[position]
-            if record["rest"].tobytes() == rest:
-                return Location(
-                    self._pack(int(record["pack"])),
-                    int(record["offset"]),
-                    int(record["length"]),
-                    int(record["raw"]),
-                    int(record["type"]),
-                )
-            position += 1
-        return None
+        found = self._pending.get(blob_id)
+        if found is None:
+            arrays = self._sorted
+            if arrays is None or not len(arrays[0]):
+                return None  # a small or new index: the dict is all there is
+            from safehold.repo import index_arrays
+
+            found = index_arrays.find(arrays, blob_id)
+            if found is None:
+                return None
+        number, offset, length, raw_length, blob_type = found
+        return Location(self._pack(number), offset, length, raw_length, blob_type)
 
     def __contains__(self, blob_id: bytes) -> bool:
         return self.lookup(blob_id) is not None
 
     def __len__(self) -> int:
-        return len(self._sorted[0]) + len(self._pending)
+        return self._sorted_count() + len(self._pending)
 
     def nbytes(self) -> int:
-        """Bytes held by the sorted arrays and the pack table (entries not yet merged aside)."""
-        keys, records = self._sorted
-        return int(keys.nbytes + records.nbytes + len(self._pack_table))
+        """Bytes held by the sorted arrays and the pack table (entries in the dict aside)."""
+        if self._sorted is None:
+            return len(self._pack_table)
+        from safehold.repo import index_arrays
+
+        return index_arrays.nbytes(self._sorted) + len(self._pack_table)
 
     def entries(self) -> Iterator[tuple[bytes, Location]]:
         """Yield every (blob id, location); slow per entry, meant for check and tests."""
         with self._lock:
-            if self._pending:
-                self._merge_pending()
-        for key, record in zip(*self._sorted, strict=True):
-            blob_id = int(key).to_bytes(8, "big") + record["rest"].tobytes()
-            yield (
-                blob_id,
-                Location(
-                    self._pack(int(record["pack"])),
-                    int(record["offset"]),
-                    int(record["length"]),
-                    int(record["raw"]),
-                    int(record["type"]),
-                ),
-            )
+            pending, arrays = dict(self._pending), self._sorted
+        items: Iterator = iter(pending.items())
+        if arrays is not None:
+            from safehold.repo import index_arrays
+
+            items = _chain(index_arrays.iterate(arrays), items)
+        for blob_id, (number, offset, length, raw_length, blob_type) in items:
+            yield blob_id, Location(self._pack(number), offset, length, raw_length, blob_type)
 
 
-def _release_freed_memory() -> None:
-    """Ask glibc to give freed heap memory back to the system (loading frees a lot at once)."""
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass  # not glibc: nothing to do
-
-
-def _split(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Given rows of bytes starting with 32-byte ids, return (native uint64 keys of the first
-    8 id bytes read big-endian, records with the other 24 id bytes filled in)."""
-    keys = np.ascontiguousarray(rows[:, :8]).view(">u8").ravel().astype("<u8")
-    records = np.empty(len(rows), dtype=RECORD_DTYPE)
-    records["rest"] = np.ascontiguousarray(rows[:, 8:32]).view("V24").ravel()
-    return keys, records
+def _chain(*parts: Iterator) -> Iterator:
+    for part in parts:
+        yield from part
 
 
 def encode_index_file(

@@ -7,24 +7,21 @@ the index can always be rebuilt from the packs alone.
 
 from __future__ import annotations
 
+import mmap
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import blake3
 
 from safehold.crypto import Cipher
 from safehold.repo.format import PACK_HEADER_AAD, PACK_RECORD, PACK_TRAILER
 
-if TYPE_CHECKING:
-    import numpy
+Buffer = mmap.mmap | bytearray
 
 
-def _empty(size: int) -> numpy.ndarray:
-    """numpy.empty: memory the pack never fills is never touched, so it costs no RSS. numpy
-    is imported on the first pack: a backup that writes nothing never loads it."""
-    import numpy
-
-    return numpy.empty(size, numpy.uint8)
+def _empty(size: int) -> Buffer:
+    """An anonymous mapping: memory the pack never fills is never touched, so it costs no
+    RSS, and it needs no numpy (a backup that writes only a few trees never loads it)."""
+    return mmap.mmap(-1, size) if size else bytearray()
 
 
 @dataclass(frozen=True)
@@ -47,7 +44,7 @@ class PackBuilder:
     buffer itself can be reused for the next pack (``recycle``).
     """
 
-    def __init__(self, capacity: int = 0, buffer: numpy.ndarray | None = None) -> None:
+    def __init__(self, capacity: int = 0, buffer: Buffer | None = None) -> None:
         self.buffer = buffer if buffer is not None else _empty(capacity)
         self.size = 0
         self.entries: list[PackEntry] = []
@@ -102,7 +99,7 @@ class PackBuilder:
         data = memoryview(self.buffer)[: self.size]
         return blake3.blake3(data, max_threads=blake3.blake3.AUTO).digest(), data
 
-    def recycle(self) -> numpy.ndarray:
+    def recycle(self) -> Buffer:
         """The buffer, for the next pack (its contents are overwritten, never read)."""
         buffer, self.buffer = self.buffer, _empty(0)
         return buffer

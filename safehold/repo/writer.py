@@ -78,7 +78,7 @@ class BlobWriter:
         self._capacity = (
             self.pack_size + repository.config["chunker"]["max_size"] + self.pack_size // 4
         )
-        self._spare: list = []  # emptied pack buffers (numpy arrays) for the next packs
+        self._spare: list = []  # emptied pack buffers (anonymous mappings) for the next packs
         self._builder: PackBuilder | None = None  # made by the first add
         self._in_flight: set[bytes] = set()
         self._queue: queue.Queue = queue.Queue()  # bounded by _slots
