@@ -15,7 +15,7 @@ from remote_conftest import BUCKET, S3Server, SftpServer, sftp_server_process
 
 from safehold.errors import NoSpace, NotARepository, RepositoryNotFound, StorageError
 from safehold.repo.repository import Repository
-from safehold.store import TransientStorageError, location_exists, open_store
+from safehold.store import LocationMissing, TransientStorageError, location_exists, open_store
 
 SECRET = "s3cr3t-never-shown"
 
@@ -322,7 +322,7 @@ def test_sftp_a_failed_write_is_reported_not_dropped(sftp_env: SftpServer, tmp_p
         ("AccessDenied", 403, StorageError, "access denied (AccessDenied) to data/ab"),
         ("XMinioStorageFull", 507, NoSpace, "no space left"),
         ("QuotaExceeded", 403, NoSpace, "no space left"),
-        ("NoSuchBucket", 404, StorageError, "bucket bkt does not exist"),
+        ("NoSuchBucket", 404, LocationMissing, "bucket bkt does not exist"),
         ("InvalidRange", 416, StorageError, "InvalidRange on data/ab: bad range"),
     ],
 )

@@ -18,6 +18,8 @@ The cache root is ``$SAFEHOLD_CACHE_DIR``, else ``$XDG_CACHE_HOME/safehold``, el
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from pathlib import Path
 
@@ -74,3 +76,47 @@ class TreeCache:
             self._path(blob_id).unlink()
         except OSError:
             pass
+
+
+# ---------------------------------------------------------------- key derivation hints
+
+KDF_FIELDS = ("kdf", "salt", "time_cost", "memory_cost", "parallelism")
+
+
+def _kdf_hint_path(location: str) -> Path | None:
+    if os.environ.get("SAFEHOLD_CACHE_DIR") == "off":
+        return None
+    name = hashlib.sha256(location.encode()).hexdigest()[:32]
+    return cache_root() / "kdf" / f"{name}.json"
+
+
+def kdf_hint(location: str) -> dict | None:
+    """The Argon2id salt and parameters of the key that last opened the remote repository at
+    ``location`` on this machine (no secret: the key file in the repository holds them in
+    the clear), so that safehold.cli.prefetch can start deriving before the connection is up.
+    None when there is none or the cache is off."""
+    path = _kdf_hint_path(location)
+    if path is None:
+        return None
+    try:
+        with open(path, "rb") as handle:
+            hint = json.loads(handle.read())
+    except (OSError, ValueError):
+        return None
+    return hint if isinstance(hint, dict) else None
+
+
+def remember_kdf(location: str, document: dict) -> None:
+    """Keep the salt and parameters of the key file that opened ``location`` (see
+    ``kdf_hint``); only when they changed. Failures are ignored (a cache)."""
+    path = _kdf_hint_path(location)
+    if path is None:
+        return
+    hint = {field: document.get(field) for field in KDF_FIELDS}
+    if kdf_hint(location) == hint:
+        return
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        write_atomically(path, json.dumps(hint).encode())
+    except OSError:
+        pass

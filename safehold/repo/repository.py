@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import json
 import os
@@ -20,7 +21,7 @@ from safehold.errors import (
     UnsupportedFormat,
     WrongPassphrase,
 )
-from safehold.repo.cache import TreeCache
+from safehold.repo.cache import TreeCache, remember_kdf
 from safehold.repo.format import (
     BLOB_TREE,
     CONFIG_NAME,
@@ -33,7 +34,14 @@ from safehold.repo.format import (
     object_aad,
 )
 from safehold.repo.index import Index, Location
-from safehold.store import ObjectMissing, Store, location_exists, location_is_file, open_store
+from safehold.store import (
+    LocationMissing,
+    ObjectMissing,
+    Store,
+    location_exists,
+    location_is_file,
+    open_store,
+)
 from safehold.store.locks import Lock
 from safehold.store.nodelete import NoDeleteStore
 
@@ -114,6 +122,8 @@ class Repository:
         key_name = "keys/" + os.urandom(16).hex()
         document = wrap_key(master_key, passphrase, hostname=hostname, username=username, kdf=kdf)
         store.save(key_name, json.dumps(document).encode())
+        if store.kind != "local":
+            remember_kdf(location, document)
         repository = cls(store, cipher, full_config, key_name)
         repository.location = location
         repository.save_object(CONFIG_NAME, full_config)
@@ -129,17 +139,20 @@ class Repository:
 
         Raises RepositoryNotFound, NotARepository, UnsupportedFormat or WrongPassphrase.
         """
-        if not location_exists(location):
-            raise RepositoryNotFound(location=location)
-        if location_is_file(location):
-            raise NotARepository(location=location)
         store = open_store(location)
-        store.open()
         try:
+            store.open()
             marker = store.load(MARKER_NAME)
-        except ObjectMissing:
-            store.close()
-            raise NotARepository(location=location) from None
+        except (ObjectMissing, LocationMissing) as error:
+            # Only now look closer (a round trip or two, a connection of their own over sftp):
+            # nothing there at all, or something that is not a repository?
+            with contextlib.suppress(Exception):
+                store.close()
+            if not location_exists(location):
+                raise RepositoryNotFound(location=location) from None
+            if location_is_file(location) or isinstance(error, ObjectMissing):
+                raise NotARepository(location=location) from None
+            raise
         version = _marker_version(marker)
         if version is None:
             raise NotARepository(location=location)
@@ -157,6 +170,8 @@ class Repository:
                 store, Cipher(master_key), {}, key_name, key_no_delete=bool(flags.get("no_delete"))
             )
             repository.location = location
+            if store.kind != "local":  # the next command derives while it connects
+                remember_kdf(location, document)
             repository.config = repository.load_object(CONFIG_NAME)
             if repository.config.get("version", 0) > FORMAT_VERSION:
                 raise UnsupportedFormat(
