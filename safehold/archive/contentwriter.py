@@ -5,8 +5,9 @@ pack and lets a small pool work through the packs: one ranged read per pack cove
 blobs needed from it, each blob authenticated and checked against its id once, then written
 to every place that needs it. Memory stays at about one pack per worker, and the repository
 is read sequentially, whatever the order of files. From remote repositories (sftp, s3) as
-many packs are read at once as the store recommends for uploads, each worker over its own
-connection (borgstore runs one operation at a time per connection).
+many packs are read at once as the store recommends for uploads, each read over a connection
+of its own from the repository's readers (borgstore runs one operation at a time per
+connection), held only while the read lasts.
 
 A file's descriptor is opened at its first write and closed when its last blob is written
 (or earlier, if too many are open; it is reopened later). A file whose blob is damaged or
@@ -15,13 +16,14 @@ missing is removed at the end instead of being left half-written.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from safehold.errors import IntegrityError
-from safehold.repo.repository import Repository, pack_name
+from safehold.repo.repository import Repository, StorePool, pack_name
 from safehold.store import ObjectMissing
 
 MAX_OPEN_FILES = 256
@@ -72,19 +74,19 @@ class ContentWriter:
         workers: int,
         finished: Callable[[FileJob], None],
         failed: Callable[[FileJob], None],
+        readers: StorePool | None = None,
     ) -> None:
         self.repository = repository
         self.workers = workers
         self.finished = finished
         self.failed = failed
+        self._readers = readers  # None: run() takes the repository's own for the run
         # pack id -> [(offset, length, raw length, type, blob id, [(job, file offset), ...])]
         self._packs: dict[bytes, dict[bytes, tuple]] = {}
         self._jobs: list[FileJob] = []
         self._open = 0
         self._open_lock = threading.Lock()
-        self._connections = repository.store.recommended_uploads  # 1 locally
-        self._thread = threading.local()
-        self._stores: list = []  # the workers' own connections (remote repositories)
+        self._connections = readers.size if readers else repository.store.recommended_uploads
 
     def add(self, path: bytes, entry: dict) -> None:
         """Plan the writing of one regular file (created at its first write)."""
@@ -111,17 +113,19 @@ class ContentWriter:
     def run(self) -> None:
         """Write everything planned; then report failed files (removed) through ``failed``."""
         workers = max(self.workers, self._connections)
-        try:
-            with ThreadPoolExecutor(workers, thread_name_prefix="restore") as pool:
-                for future in [
-                    pool.submit(self._pack, pack_id, blobs)
-                    for pack_id, blobs in self._packs.items()
-                ]:
-                    future.result()
-        finally:
-            for store in self._stores:
-                store.close()
-            self._stores = []
+        given = self._readers
+        with contextlib.ExitStack() as stack:
+            if given is None:
+                self._readers = stack.enter_context(self.repository.readers(self._connections))
+            try:
+                with ThreadPoolExecutor(workers, thread_name_prefix="restore") as pool:
+                    for future in [
+                        pool.submit(self._pack, pack_id, blobs)
+                        for pack_id, blobs in self._packs.items()
+                    ]:
+                        future.result()
+            finally:
+                self._readers = given
         self._packs = {}
         for job in self._jobs:
             if job.failure is not None:
@@ -135,7 +139,8 @@ class ContentWriter:
         start = ordered[0][1][0].offset
         end = max(location.offset + location.length for _, (location, _) in ordered)
         try:
-            data = self._store().load(pack_name(pack_id), start, end - start)
+            with self._readers.store() as store:  # type: ignore[union-attr]
+                data = store.load(pack_name(pack_id), start, end - start)
         except ObjectMissing:
             data = b""
         view = memoryview(data)
@@ -151,18 +156,6 @@ class ContentWriter:
                 continue
             for job, offset in targets:
                 self._write(job, offset, plain)
-
-    def _store(self):  # type: ignore[no-untyped-def]
-        """The store this worker reads from: the repository's own, or for a remote
-        repository a connection of the worker's own (opened on its first pack)."""
-        if self._connections <= 1:
-            return self.repository.store
-        store = getattr(self._thread, "store", None)
-        if store is None:
-            store = self._thread.store = self.repository.open_another_store()
-            with self._open_lock:
-                self._stores.append(store)
-        return store
 
     def _write(self, job: FileJob, offset: int, data: bytes) -> None:
         with job.lock:

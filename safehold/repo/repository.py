@@ -85,9 +85,11 @@ class Repository:
         self._index: Index | None = None
         self._index_lock = threading.Lock()
         self._tree_cache: TreeCache | bool | None = False  # False: not looked up yet
-        # Set by commands that only look around (ls, diff): snapshot trees may then come from
-        # the local tree cache. Restores, drills and checks read them from the repository.
-        self.browsing = False
+        # Set by commands that read snapshots for what they hold (ls, diff, restore): trees may
+        # then come from the local tree cache, authenticated and checked against their ids as
+        # from a pack, so they are the very trees the snapshot names. Checks, drills, copies
+        # and repairs leave it off: they exist to prove what the repository itself holds.
+        self.use_tree_cache = False
 
     # ---------------------------------------------------------------- opening
 
@@ -197,6 +199,17 @@ class Repository:
         borgstore runs one operation at a time per store, so each parallel upload has its own.
         Saves only: it does not carry the no-delete guard, and needs none."""
         return open_store(self.location).open()
+
+    @contextlib.contextmanager
+    def readers(self, size: int | None = None) -> Iterator[StorePool]:
+        """Connections for reading in parallel (restores: trees and packs): the repository's
+        own store and up to ``size - 1`` more (default: what the store recommends for
+        uploads, 1 locally), opened when first needed and closed at the end."""
+        pool = StorePool(self, size or self.store.recommended_uploads)
+        try:
+            yield pool
+        finally:
+            pool.close()
 
     # ---------------------------------------------------------------- no-delete mode
 
@@ -323,12 +336,13 @@ class Repository:
             self._tree_cache = TreeCache.for_repository(str(self.config["id"]))
         return self._tree_cache  # type: ignore[return-value]
 
-    def load_tree_blob(self, tree_id: bytes, *, cached: bool) -> bytes:
+    def load_tree_blob(self, tree_id: bytes, *, cached: bool, store: Store | None = None) -> bytes:
         """A tree's verified plaintext. With ``cached`` (backups reading their parent, ls,
-        diff), from the local tree cache when it holds it, checked like a blob from a pack (a
-        cached copy that fails is dropped and the repository read). Without it (restore,
-        drill), from the repository, which a restore must prove. Either way a tree read from
-        the repository is kept in the cache."""
+        diff, restore), from the local tree cache when it holds it, checked like a blob from
+        a pack (a cached copy that fails is dropped and the repository read). Without it
+        (check, drill, copy, repair), from the repository, which they must prove. Either way a
+        tree read from the repository is kept in the cache. ``store``: one of ``readers()``
+        (default: the repository's own)."""
         cache = self.tree_cache
         if cache is not None and cached:
             sealed = cache.get(tree_id)
@@ -337,7 +351,7 @@ class Repository:
                     return self._open_cached_tree(tree_id, sealed)
                 except IntegrityError:
                     cache.discard(tree_id)
-        location, sealed = self._load_sealed(tree_id)
+        location, sealed = self._load_sealed(tree_id, store)
         data = self.open_blob(tree_id, location, sealed)
         if cache is not None and location.blob_type == BLOB_TREE:
             cache.put(tree_id, sealed)
@@ -356,16 +370,17 @@ class Repository:
         """Return the verified plaintext of a blob; IntegrityError if missing or damaged."""
         return self.open_blob(blob_id, *self._load_sealed(blob_id))
 
-    def _load_sealed(self, blob_id: bytes) -> tuple[Location, bytes]:
-        """The blob's index entry and its sealed bytes read from its pack."""
+    def _load_sealed(self, blob_id: bytes, store: Store | None = None) -> tuple[Location, bytes]:
+        """The blob's index entry and its sealed bytes read from its pack (through ``store``,
+        one of ``readers()``, or the repository's own)."""
         location = self.index.lookup(blob_id)
         if location is None:
             raise IntegrityError(f"blob {blob_id.hex()[:16]} is not in the index")
-        return location, self._load_pack_range(location)
+        return location, self._load_pack_range(location, store or self.store)
 
-    def _load_pack_range(self, location: Location) -> bytes:
+    def _load_pack_range(self, location: Location, store: Store) -> bytes:
         try:
-            data = self.store.load(pack_name(location.pack_id), location.offset, location.length)
+            data = store.load(pack_name(location.pack_id), location.offset, location.length)
         except ObjectMissing:
             raise IntegrityError(f"pack {location.pack_id.hex()[:16]} is missing") from None
         if len(data) != location.length:
@@ -387,6 +402,57 @@ class Repository:
         snapshot = self.load_object("snapshots/" + snapshot_id)
         assert isinstance(snapshot, dict)
         return dict(snapshot, id=snapshot_id)
+
+
+class StorePool:
+    """Up to ``size`` connections to one repository, each used by one thread at a time (see
+    ``Repository.readers``). The first is the repository's own store (its operations are
+    serialised, so its lock refreshes just wait their turn); the others are opened on
+    demand, so a pool that is never busy costs no connection."""
+
+    def __init__(self, repository: Repository, size: int) -> None:
+        self.repository = repository
+        self.size = max(1, size)
+        self._idle: list[Store] = [repository.store]
+        self._count = 1
+        self._opened: list[Store] = []
+        self._changed = threading.Condition()
+
+    @contextlib.contextmanager
+    def store(self) -> Iterator[Store]:
+        """A connection for this thread until the ``with`` block ends (waits for one)."""
+        with self._changed:
+            while not self._idle and self._count >= self.size:
+                self._changed.wait()
+            store = self._idle.pop() if self._idle else None
+            if store is None:
+                self._count += 1
+        if store is None:
+            try:
+                store = self.repository.open_another_store()
+            except BaseException:
+                with self._changed:
+                    self._count -= 1
+                    self._changed.notify()
+                raise
+            with self._changed:
+                self._opened.append(store)
+        try:
+            yield store
+        finally:
+            with self._changed:
+                self._idle.append(store)
+                self._changed.notify()
+
+    def close(self) -> None:
+        """Close the connections this pool opened (the repository's own stays open)."""
+        with self._changed:
+            opened, self._opened = self._opened, []
+            self._idle = [self.repository.store]
+            self._count = 1
+        for store in opened:
+            with contextlib.suppress(Exception):  # closing a spare must not mask an error
+                store.close()
 
 
 def _marker_version(marker: bytes) -> int | None:
