@@ -2,7 +2,9 @@
 
 The restorer hands over every file to write; ``run`` then groups the blobs of all files by
 pack and lets a small pool work through the packs: one ranged read per pack covering the
-blobs needed from it, each blob authenticated and checked against its id once, then written
+blobs needed from it (per piece of up to PIECE_BLOBS of them, so that a pack of many small
+files is written out by several workers; the pieces that take longest start first), each
+blob authenticated and checked against its id once, then written
 to every place that needs it. Memory stays at about one pack per worker, and the repository
 is read sequentially, whatever the order of files. From remote repositories (sftp, s3) as
 many packs are read at once as the store recommends for uploads, each read over a connection
@@ -65,6 +67,21 @@ def data_segments(offset: int, length: int, holes: list[list[int]]) -> list[tupl
     return [(start, end - start) for start, end in segments]
 
 
+BLOB_COST = 64 * 1024  # what writing out one blob (a small file) costs, in bytes read
+PIECE_BLOBS = 128
+
+
+def _cost(item: tuple[bytes, list]) -> int:
+    """About how long a piece takes: its bytes to read, plus a share per blob written (2,000
+    small files are slow to write out, however quickly they are read). Pieces are started
+    longest first, so that the slow ones overlap the others instead of ending the restore
+    alone."""
+    ordered = item[1]
+    start = ordered[0][1][0].offset
+    end = max(location.offset + location.length for _, (location, _) in ordered)
+    return end - start + BLOB_COST * len(ordered)
+
+
 class ContentWriter:
     """Collects files with ``add`` and writes them all with ``run``."""
 
@@ -112,7 +129,9 @@ class ContentWriter:
 
     def run(self) -> None:
         """Write everything planned; then report failed files (removed) through ``failed``."""
-        workers = max(self.workers, self._connections)
+        # Remotely one worker more than connections: a connection is held only while a pack is
+        # read, so one worker writes out what it read while the others read.
+        workers = max(self.workers, self._connections + (self._connections > 1))
         given = self._readers
         with contextlib.ExitStack() as stack:
             if given is None:
@@ -120,8 +139,8 @@ class ContentWriter:
             try:
                 with ThreadPoolExecutor(workers, thread_name_prefix="restore") as pool:
                     for future in [
-                        pool.submit(self._pack, pack_id, blobs)
-                        for pack_id, blobs in self._packs.items()
+                        pool.submit(self._pack, pack_id, piece)
+                        for pack_id, piece in sorted(self._pieces(), key=_cost, reverse=True)
                     ]:
                         future.result()
             finally:
@@ -132,10 +151,20 @@ class ContentWriter:
                 self._discard(job)
                 self.failed(job)
 
+    def _pieces(self) -> list[tuple[bytes, list]]:
+        """(pack id, blobs in pack order) to read and write out: each pack whole, or in
+        pieces of PIECE_BLOBS blobs, so that writing out a pack of many small files is
+        shared by the workers instead of taking one of them as long as all the rest."""
+        pieces = []
+        for pack_id, blobs in self._packs.items():
+            ordered = sorted(blobs.items(), key=lambda item: item[1][0].offset)
+            for first in range(0, len(ordered), PIECE_BLOBS):
+                pieces.append((pack_id, ordered[first : first + PIECE_BLOBS]))
+        return pieces
+
     # ---------------------------------------------------------------- per pack
 
-    def _pack(self, pack_id: bytes, blobs: dict[bytes, tuple]) -> None:
-        ordered = sorted(blobs.items(), key=lambda item: item[1][0].offset)
+    def _pack(self, pack_id: bytes, ordered: list) -> None:
         start = ordered[0][1][0].offset
         end = max(location.offset + location.length for _, (location, _) in ordered)
         try:
