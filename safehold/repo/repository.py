@@ -9,6 +9,7 @@ import os
 import socket
 import threading
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import msgpack
 
@@ -21,7 +22,7 @@ from safehold.errors import (
     UnsupportedFormat,
     WrongPassphrase,
 )
-from safehold.repo.cache import TreeCache, remember_kdf
+from safehold.repo.cache import ObjectCache, TreeCache, remember_kdf
 from safehold.repo.format import (
     BLOB_TREE,
     CONFIG_NAME,
@@ -50,6 +51,9 @@ DEFAULT_CONFIG = {
     "compression_level": 3,
     "pack_size": 16 * 1024 * 1024,
 }
+
+
+PARALLEL_LOADS = 8  # objects to read before reading them over several connections
 
 
 def _identity() -> tuple[str, str]:
@@ -85,6 +89,10 @@ class Repository:
         self._index: Index | None = None
         self._index_lock = threading.Lock()
         self._tree_cache: TreeCache | bool | None = False  # False: not looked up yet
+        self._object_cache: ObjectCache | bool | None = False
+        # Index files and snapshots from the local object cache (authenticated on use, as
+        # from the repository); proving operations turn it off (prove_from_repository).
+        self.use_object_cache = True
         # Set by commands that read snapshots for what they hold (ls, diff, restore): trees may
         # then come from the local tree cache, authenticated and checked against their ids as
         # from a pack, so they are the very trees the snapshot names. Checks, drills, copies
@@ -247,18 +255,79 @@ class Repository:
     # ---------------------------------------------------------------- sealed objects
 
     def save_object(self, name: str, value: object) -> None:
-        """Seal a msgpack-able value under ``name`` (compressed, encrypted, bound to the name)."""
+        """Seal a msgpack-able value under ``name`` (compressed, encrypted, bound to the name);
+        an index file or snapshot is kept in the object cache too, once stored."""
         body = encode_body(msgpack.packb(value, use_bin_type=True), 3)
-        self.store.save(name, self.cipher.seal(body, object_aad(name)))
+        sealed = self.cipher.seal(body, object_aad(name))
+        self.store.save(name, sealed)
+        cache = self.object_cache
+        if cache is not None:
+            cache.put(name, sealed)
 
-    def load_object(self, name: str) -> object:
-        """Load and authenticate a sealed object; IntegrityError if it was damaged."""
-        sealed = self.store.load(name)
+    def load_object(self, name: str, *, cached: bool = False) -> object:
+        """Load and authenticate a sealed object; IntegrityError if it was damaged. With
+        ``cached``, an index file or snapshot comes from the local object cache when it
+        holds a copy that authenticates (one that does not is dropped), and one read from
+        the repository is kept there."""
+        return self.load_objects([name], cached=cached)[0]
+
+    def load_objects(self, names: list[str], *, cached: bool = False) -> list[object]:
+        """``load_object`` of each name, in order; the ones not cached are read several at
+        once when there are many and the store is remote (``readers``)."""
+        cache = self.object_cache if cached else None
+        values: dict[str, object] = {}
+        missing = []
+        for name in names:
+            sealed = cache.get(name) if cache is not None else None
+            if sealed is not None:
+                try:
+                    values[name] = self._open_object(name, sealed)
+                    continue
+                except IntegrityError:
+                    cache.discard(name)  # type: ignore[union-attr]
+            missing.append(name)
+        if len(missing) >= PARALLEL_LOADS and self.store.recommended_uploads > 1:
+            with self.readers() as pool, ThreadPoolExecutor(pool.size, "objects") as workers:
+
+                def fetch(name: str) -> object:
+                    with pool.store() as store:
+                        return self._fetch_object(store, name, cache)
+
+                values.update(zip(missing, workers.map(fetch, missing), strict=True))
+        else:
+            for name in missing:
+                values[name] = self._fetch_object(self.store, name, cache)
+        return [values[name] for name in names]
+
+    def _fetch_object(self, store: Store, name: str, cache: ObjectCache | None) -> object:
+        sealed = store.load(name)
+        value = self._open_object(name, sealed)
+        if cache is not None:
+            cache.put(name, sealed)
+        return value
+
+    def _open_object(self, name: str, sealed: bytes) -> object:
         try:
             body = self.cipher.open(sealed, object_aad(name))
             return msgpack.unpackb(decode_body(body), raw=False, strict_map_key=False)
         except (AuthenticationFailed, ValueError) as error:
             raise IntegrityError(f"{name} is damaged ({error})") from error
+
+    @property
+    def object_cache(self) -> ObjectCache | None:
+        """This repository's local cache of index files and snapshots, None when off."""
+        if self._object_cache is False:
+            self._object_cache = ObjectCache.for_repository(str(self.config["id"]))
+        return self._object_cache  # type: ignore[return-value]
+
+    def prove_from_repository(self) -> None:
+        """From now on read index files, snapshots and trees from the repository only, never
+        from the local caches (check, repair, drill: they prove what the repository holds);
+        an index already loaded from the cache is dropped."""
+        self.use_object_cache = False
+        self.use_tree_cache = False
+        with self._index_lock:
+            self._index = None
 
     # ---------------------------------------------------------------- keys
 
@@ -298,15 +367,23 @@ class Repository:
         with self._index_lock:
             if self._index is None:
                 index = Index()
-                for name, _size in self.store.list("index"):
-                    content = self.load_object(name)
-                    index.load_file(content["packs"], content["records"])
+                names = self.index_names()
+                for content in self.load_objects(names, cached=self.use_object_cache):
+                    index.load_file(content["packs"], content["records"])  # type: ignore[index]
                 index.finish_loading()
                 self._index = index
             return self._index
 
     def index_names(self) -> list[str]:
-        return sorted(name for name, _ in self.store.list("index"))
+        """The names of all index files (the object cache drops copies of any others)."""
+        names = sorted(name for name, _ in self.store.list("index"))
+        self._retain("index", names)
+        return names
+
+    def _retain(self, namespace: str, names: list[str]) -> None:
+        cache = self.object_cache
+        if cache is not None:
+            cache.retain(namespace, set(names))
 
     # ---------------------------------------------------------------- blobs
 
@@ -390,7 +467,10 @@ class Repository:
     # ---------------------------------------------------------------- snapshots
 
     def snapshot_names(self) -> list[str]:
-        return sorted(name for name, _ in self.store.list("snapshots"))
+        """The names of all snapshots (the object cache drops copies of any others)."""
+        names = sorted(name for name, _ in self.store.list("snapshots"))
+        self._retain("snapshots", names)
+        return names
 
     def save_snapshot(self, snapshot: dict) -> str:
         """Write a snapshot object (the last write of a backup); returns its hex id."""
@@ -399,9 +479,19 @@ class Repository:
         return snapshot_id
 
     def load_snapshot(self, snapshot_id: str) -> dict:
-        snapshot = self.load_object("snapshots/" + snapshot_id)
-        assert isinstance(snapshot, dict)
-        return dict(snapshot, id=snapshot_id)
+        return self.load_snapshots([snapshot_id])[0]
+
+    def load_snapshots(self, snapshot_ids: list[str]) -> list[dict]:
+        """The snapshots with these ids (from the object cache where it has them)."""
+        values = self.load_objects(
+            ["snapshots/" + snapshot_id for snapshot_id in snapshot_ids],
+            cached=self.use_object_cache,
+        )
+        result = []
+        for snapshot_id, snapshot in zip(snapshot_ids, values, strict=True):
+            assert isinstance(snapshot, dict)
+            result.append(dict(snapshot, id=snapshot_id))
+        return result
 
 
 class StorePool:

@@ -1,6 +1,6 @@
 """S3 repositories: ``s3://BUCKET/PREFIX`` on borgstore's s3 backend (AWS, MinIO, Ceph RGW...).
 
-Everything else comes from the usual AWS settings, read by boto3: credentials from
+Everything else comes from the usual AWS settings, read by botocore: credentials from
 ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY`` (``AWS_SESSION_TOKEN``), ``AWS_PROFILE`` or
 ``~/.aws``; the region from ``AWS_DEFAULT_REGION``/``AWS_REGION`` or the profile; and another
 server than AWS from ``AWS_ENDPOINT_URL_S3`` or ``AWS_ENDPOINT_URL`` (then addressed in path
@@ -158,7 +158,7 @@ class S3Target:
         return S3Backend(self.client, self.bucket, self.prefix)
 
     def translate(self, error: BaseException, name: str) -> Exception | None:
-        """The safehold error for a boto3/S3 failure, or None for the common mapping."""
+        """The safehold error for a botocore/S3 failure, or None for the common mapping."""
         where = self.location
         cause = error
         if isinstance(error, backend_errors.BackendError) and error.__context__ is not None:
