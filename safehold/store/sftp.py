@@ -168,6 +168,17 @@ def read_range(client: paramiko.SFTPClient, handle: bytes, offset: int, size: in
     return data[: max(0, end_of_file - offset)]
 
 
+def write_request_size(client: paramiko.SFTPClient, handle: bytes) -> int:
+    """The data per write request: WRITE_REQUEST, or less so that the request fits one SSH
+    channel packet (paramiko sends at most the server's maximum less 64 bytes a packet; with
+    OpenSSH's 32 KiB maximum, a 32 KiB write would go out as a full packet plus one of a few
+    bytes, each encrypted and sent on its own)."""
+    maximum = getattr(client.sock, "out_max_packet_size", 0)
+    # SFTP write: uint32 length, byte type, uint32 id, string handle, uint64 offset, string data
+    room = maximum - 64 - (4 + 1 + 4 + 4 + len(handle) + 8 + 4)
+    return min(WRITE_REQUEST, room) if room >= 4096 else WRITE_REQUEST
+
+
 def write_all(client: paramiko.SFTPClient, handle: bytes, value: bytes) -> None:
     """Write ``value`` at the start of an open file through pipelined write requests, and
     check the reply to every one (paramiko's pipelined ``write`` drops the replies still
@@ -175,10 +186,10 @@ def write_all(client: paramiko.SFTPClient, handle: bytes, value: bytes) -> None:
     unnoticed)."""
     replies, pending = _Replies(), []
     view = memoryview(value)
-    position = 0
+    position, request = 0, write_request_size(client, handle)
     while position < len(value) or pending:
         while position < len(value) and len(pending) < WRITE_AHEAD:
-            piece = view[position : position + WRITE_REQUEST]
+            piece = view[position : position + request]
             pending.append(
                 client._async_request(replies, CMD_WRITE, handle, int64(position), piece)
             )
