@@ -149,8 +149,11 @@ def test_damaged_config_is_an_integrity_error(repo: Path, snapshot_id: str) -> N
 
 
 def test_damaged_directory_tree_spares_the_rest_of_the_restore(
-    repo, source, snapshot_id, tmp_path
+    repo, source, snapshot_id, tmp_path, monkeypatch
 ) -> None:
+    # Without the tree cache: a verified cached copy of the tree would be restored from
+    # (tests/test_tree_cache.py), and the damage in the repository is what is tested here.
+    monkeypatch.setenv("SAFEHOLD_CACHE_DIR", "off")
     sub = snapshot_entry(repo, "latest", f"{source}/sub")
     pack, offset, length = blob_place(repo, sub["subtree"])
     flip_byte(pack, offset + NONCE_SIZE + length // 2)

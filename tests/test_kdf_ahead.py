@@ -8,7 +8,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from conftest import PASSPHRASE, open_repository, run_cli
+from conftest import PASSPHRASE, init_repository, open_repository, run_cli
 
 from safehold import kdf
 from safehold.cli import prefetch
@@ -123,3 +123,49 @@ def test_derive_now_names_what_the_library_refused() -> None:
         kdf.derive_now(
             b"passphrase", b"short", {"time_cost": 1, "memory_cost": 8, "parallelism": 1}
         )
+
+
+@pytest.mark.parametrize("backend", ["sftp", "s3"])
+def test_a_remote_repository_is_derived_ahead_from_where_its_key_was_last_seen(
+    backend: str, remote_location, counted: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = remote_location(backend, "repo")
+    init_repository(url)  # type: ignore[arg-type]  # remembers the key's salt and parameters
+    counted.clear()
+    prefetch.start(args_for(url))  # no connection: from the local cache
+    wait_for_prefetch()
+    assert counted == ["kdf-ahead"]
+    with open_repository(url):  # type: ignore[arg-type]
+        pass
+    assert counted == ["kdf-ahead"]
+    assert kdf._ahead == {}
+
+    # A new passphrase (a new key file, a new salt): the hint is stale, one derivation is
+    # wasted, the repository opens all the same and the hint follows the key.
+    monkeypatch.setenv("SAFEHOLD_NEW_PASSPHRASE", "another passphrase")
+    assert run_cli("key", "passwd", "--repo", url).code == 0
+    counted.clear()
+    prefetch.start(argparse.Namespace(repo=url, passphrase_file=None, config=None))
+    wait_for_prefetch()
+    with open_repository(url, "another passphrase"):  # type: ignore[arg-type]
+        pass
+    assert counted == ["kdf-ahead", "MainThread"]
+    counted.clear()
+    monkeypatch.setenv("SAFEHOLD_PASSPHRASE", "another passphrase")
+    prefetch.start(args_for(url))
+    wait_for_prefetch()
+    with open_repository(url, "another passphrase"):  # type: ignore[arg-type]
+        pass
+    assert counted == ["kdf-ahead"]
+
+
+def test_no_hint_is_kept_with_the_cache_off(
+    remote_location, counted: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SAFEHOLD_CACHE_DIR", "off")
+    url = remote_location("s3", "repo")
+    init_repository(url)  # type: ignore[arg-type]
+    counted.clear()
+    prefetch.start(args_for(url))
+    wait_for_prefetch()
+    assert counted == []

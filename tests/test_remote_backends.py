@@ -3,6 +3,7 @@ credential), with the exit code of its safehold error; real servers on 127.0.0.1
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -14,7 +15,7 @@ from remote_conftest import BUCKET, S3Server, SftpServer, sftp_server_process
 
 from safehold.errors import NoSpace, NotARepository, RepositoryNotFound, StorageError
 from safehold.repo.repository import Repository
-from safehold.store import TransientStorageError, location_exists, open_store
+from safehold.store import LocationMissing, TransientStorageError, location_exists, open_store
 
 SECRET = "s3cr3t-never-shown"
 
@@ -282,6 +283,37 @@ def test_sftp_save_fsyncs_on_the_server_and_leaves_no_temp_file(
     assert sorted(p.name for p in (tmp_path / "repo" / "meta").iterdir()) == ["format"]
 
 
+def test_sftp_reads_are_whole_when_the_server_answers_less_than_asked(
+    sftp_env: SftpServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from safehold.store import sftp
+
+    # OpenSSH answers at most 255 KiB a read: asking for 1 MiB makes every reply short.
+    monkeypatch.setattr(sftp, "READ_REQUEST", 1024 * 1024)
+    store = open_store(sftp_env.url(tmp_path / "repo"))
+    store.create()
+    name, data = "data/" + "ab" * 32, os.urandom(3 * 1024 * 1024 + 123)
+    with store:
+        store.save(name, data)
+        assert store.load(name) == data
+        assert store.load(name, 1000, 2_000_000) == data[1000:2_001_000]
+        assert store.load(name, len(data) - 10, 100) == data[-10:]  # past the end: what is there
+        assert store.load(name, len(data) + 5, 10) == b""
+
+
+def test_sftp_a_failed_write_is_reported_not_dropped(sftp_env: SftpServer, tmp_path: Path) -> None:
+    from safehold.store import sftp
+
+    store = open_store(sftp_env.url(tmp_path / "repo"))
+    store.create()
+    with store:
+        client = store.inner._impl.backend.client  # type: ignore[attr-defined]
+        # /dev/full on the server: every write fails (ENOSPC, SFTP "Failure"), the open works.
+        with client.open("/dev/full", mode="w", bufsize=0) as handle:
+            with pytest.raises(OSError):
+                sftp.write_all(client, handle.handle, os.urandom(3 * 1024 * 1024))
+
+
 @pytest.mark.parametrize(
     ("code", "status", "expected", "fragment"),
     [
@@ -290,7 +322,7 @@ def test_sftp_save_fsyncs_on_the_server_and_leaves_no_temp_file(
         ("AccessDenied", 403, StorageError, "access denied (AccessDenied) to data/ab"),
         ("XMinioStorageFull", 507, NoSpace, "no space left"),
         ("QuotaExceeded", 403, NoSpace, "no space left"),
-        ("NoSuchBucket", 404, StorageError, "bucket bkt does not exist"),
+        ("NoSuchBucket", 404, LocationMissing, "bucket bkt does not exist"),
         ("InvalidRange", 416, StorageError, "InvalidRange on data/ab: bad range"),
     ],
 )

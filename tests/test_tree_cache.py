@@ -1,6 +1,6 @@
-"""The local tree cache (safehold/repo/cache.py): backups, ls and diff read trees from it
-instead of the repository, a damaged cached tree is never believed, and what proves the
-repository (check, restore) never looks at it."""
+"""The local tree cache (safehold/repo/cache.py): backups, ls, diff and restore read trees
+from it instead of the repository, a damaged cached tree is never believed, and what proves
+the repository (check, drill) never looks at it."""
 
 from __future__ import annotations
 
@@ -32,11 +32,11 @@ def cache_files(repo: Path) -> list[Path]:
     return sorted(p for p in trees.rglob("*") if p.is_file())
 
 
-def walk_all_trees(repo: Path, browsing: bool = True) -> tuple[int, int]:
-    """Reads every tree of the latest snapshot as ls does (or as restore does, without
-    ``browsing``); returns (trees read, loads from the repository)."""
+def walk_all_trees(repo: Path, use_tree_cache: bool = True) -> tuple[int, int]:
+    """Reads every tree of the latest snapshot as ls does (or as check does, without
+    ``use_tree_cache``); returns (trees read, loads from the repository)."""
     with open_repository(repo) as repository:
-        repository.browsing = browsing
+        repository.use_tree_cache = use_tree_cache
         snapshot = repository.load_snapshot(repository.snapshot_names()[-1].split("/")[1])
         counting = FaultyStore(repository.store)
         repository.store = counting
@@ -102,18 +102,15 @@ def test_a_damaged_cached_tree_is_dropped_and_read_from_the_repository(
         assert path.read_bytes() != data
 
 
-def test_restores_read_trees_from_the_repository(make_repo, source: Path) -> None:
+def test_checks_and_drills_read_trees_from_the_repository(make_repo, source: Path) -> None:
     repo = make_repo()
     backup_json(repo, source)
-    trees, loads = walk_all_trees(repo, browsing=False)
+    trees, loads = walk_all_trees(repo, use_tree_cache=False)
     assert loads >= trees
 
 
-def test_check_reads_trees_from_the_repository_not_the_cache(make_repo, source: Path) -> None:
-    """A tree damaged in the repository is reported although a good copy is cached."""
-    repo = make_repo()
-    backup_json(repo, source)
-    assert cache_files(repo)
+def damage_root_tree(repo: Path) -> bytes:
+    """Flips a bit of the latest snapshot's root tree in its pack; returns the tree id."""
     with open_repository(repo) as repository:
         snapshot = repository.load_snapshot(repository.snapshot_names()[-1].split("/")[1])
         location = repository.index.lookup(snapshot["tree"])
@@ -121,6 +118,33 @@ def test_check_reads_trees_from_the_repository_not_the_cache(make_repo, source: 
     data = bytearray(pack.read_bytes())
     data[location.offset + location.length // 2] ^= 0x01
     pack.write_bytes(bytes(data))
+    return snapshot["tree"]
+
+
+def test_a_restore_takes_verified_trees_from_the_cache(
+    make_repo, source: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cached copy authenticates as the very tree the snapshot names, so a restore from
+    it is the same restore; without the cache, the damage in the repository is reported."""
+    repo = make_repo()
+    backup_json(repo, source)
+    damage_root_tree(repo)
+    target = tmp_path / "restored"
+    result = run_cli("restore", "--repo", repo, "latest", "--target", target)
+    assert result.code == 0, result.err
+    assert compare_trees(source, target / str(source).lstrip("/"), include_root=False) == []
+    monkeypatch.setenv("SAFEHOLD_CACHE_DIR", "off")
+    result = run_cli("restore", "--repo", repo, "latest", "--target", tmp_path / "again")
+    assert result.code != 0
+    assert "damaged" in result.err
+
+
+def test_check_reads_trees_from_the_repository_not_the_cache(make_repo, source: Path) -> None:
+    """A tree damaged in the repository is reported although a good copy is cached."""
+    repo = make_repo()
+    backup_json(repo, source)
+    assert cache_files(repo)
+    tree_id = damage_root_tree(repo)
     result = run_cli("check", "--repo", repo)
     assert result.code != 0
-    assert snapshot["tree"].hex()[:16] in result.out + result.err
+    assert tree_id.hex()[:16] in result.out + result.err

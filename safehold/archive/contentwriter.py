@@ -2,11 +2,14 @@
 
 The restorer hands over every file to write; ``run`` then groups the blobs of all files by
 pack and lets a small pool work through the packs: one ranged read per pack covering the
-blobs needed from it, each blob authenticated and checked against its id once, then written
+blobs needed from it (per piece of up to PIECE_BLOBS of them, so that a pack of many small
+files is written out by several workers; the pieces that take longest start first), each
+blob authenticated and checked against its id once, then written
 to every place that needs it. Memory stays at about one pack per worker, and the repository
 is read sequentially, whatever the order of files. From remote repositories (sftp, s3) as
-many packs are read at once as the store recommends for uploads, each worker over its own
-connection (borgstore runs one operation at a time per connection).
+many packs are read at once as the store recommends for uploads, each read over a connection
+of its own from the repository's readers (borgstore runs one operation at a time per
+connection), held only while the read lasts.
 
 A file's descriptor is opened at its first write and closed when its last blob is written
 (or earlier, if too many are open; it is reopened later). A file of ``DURABLE_FILE`` bytes
@@ -19,13 +22,14 @@ instead of being left half-written.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from safehold.errors import IntegrityError
-from safehold.repo.repository import Repository, pack_name
+from safehold.repo.repository import Repository, StorePool, pack_name
 from safehold.store import ObjectMissing
 
 MAX_OPEN_FILES = 256
@@ -68,6 +72,21 @@ def data_segments(offset: int, length: int, holes: list[list[int]]) -> list[tupl
     return [(start, end - start) for start, end in segments]
 
 
+BLOB_COST = 64 * 1024  # what writing out one blob (a small file) costs, in bytes read
+PIECE_BLOBS = 128
+
+
+def _cost(item: tuple[bytes, list]) -> int:
+    """About how long a piece takes: its bytes to read, plus a share per blob written (2,000
+    small files are slow to write out, however quickly they are read). Pieces are started
+    longest first, so that the slow ones overlap the others instead of ending the restore
+    alone."""
+    ordered = item[1]
+    start = ordered[0][1][0].offset
+    end = max(location.offset + location.length for _, (location, _) in ordered)
+    return end - start + BLOB_COST * len(ordered)
+
+
 class ContentWriter:
     """Collects files with ``add`` and writes them all with ``run``."""
 
@@ -77,19 +96,19 @@ class ContentWriter:
         workers: int,
         finished: Callable[[FileJob], None],
         failed: Callable[[FileJob], None],
+        readers: StorePool | None = None,
     ) -> None:
         self.repository = repository
         self.workers = workers
         self.finished = finished
         self.failed = failed
+        self._readers = readers  # None: run() takes the repository's own for the run
         # pack id -> [(offset, length, raw length, type, blob id, [(job, file offset), ...])]
         self._packs: dict[bytes, dict[bytes, tuple]] = {}
         self._jobs: list[FileJob] = []
         self._open = 0
         self._open_lock = threading.Lock()
-        self._connections = repository.store.recommended_uploads  # 1 locally
-        self._thread = threading.local()
-        self._stores: list = []  # the workers' own connections (remote repositories)
+        self._connections = readers.size if readers else repository.store.recommended_uploads
 
     def add(self, path: bytes, entry: dict) -> None:
         """Plan the writing of one regular file (created at its first write)."""
@@ -115,32 +134,47 @@ class ContentWriter:
 
     def run(self) -> None:
         """Write everything planned; then report failed files (removed) through ``failed``."""
-        workers = max(self.workers, self._connections)
-        try:
-            with ThreadPoolExecutor(workers, thread_name_prefix="restore") as pool:
-                for future in [
-                    pool.submit(self._pack, pack_id, blobs)
-                    for pack_id, blobs in self._packs.items()
-                ]:
-                    future.result()
-        finally:
-            for store in self._stores:
-                store.close()
-            self._stores = []
+        # Remotely one worker more than connections: a connection is held only while a pack is
+        # read, so one worker writes out what it read while the others read.
+        workers = max(self.workers, self._connections + (self._connections > 1))
+        given = self._readers
+        with contextlib.ExitStack() as stack:
+            if given is None:
+                self._readers = stack.enter_context(self.repository.readers(self._connections))
+            try:
+                with ThreadPoolExecutor(workers, thread_name_prefix="restore") as pool:
+                    for future in [
+                        pool.submit(self._pack, pack_id, piece)
+                        for pack_id, piece in sorted(self._pieces(), key=_cost, reverse=True)
+                    ]:
+                        future.result()
+            finally:
+                self._readers = given
         self._packs = {}
         for job in self._jobs:
             if job.failure is not None:
                 self._discard(job)
                 self.failed(job)
 
+    def _pieces(self) -> list[tuple[bytes, list]]:
+        """(pack id, blobs in pack order) to read and write out: each pack whole, or in
+        pieces of PIECE_BLOBS blobs, so that writing out a pack of many small files is
+        shared by the workers instead of taking one of them as long as all the rest."""
+        pieces = []
+        for pack_id, blobs in self._packs.items():
+            ordered = sorted(blobs.items(), key=lambda item: item[1][0].offset)
+            for first in range(0, len(ordered), PIECE_BLOBS):
+                pieces.append((pack_id, ordered[first : first + PIECE_BLOBS]))
+        return pieces
+
     # ---------------------------------------------------------------- per pack
 
-    def _pack(self, pack_id: bytes, blobs: dict[bytes, tuple]) -> None:
-        ordered = sorted(blobs.items(), key=lambda item: item[1][0].offset)
+    def _pack(self, pack_id: bytes, ordered: list) -> None:
         start = ordered[0][1][0].offset
         end = max(location.offset + location.length for _, (location, _) in ordered)
         try:
-            data = self._store().load(pack_name(pack_id), start, end - start)
+            with self._readers.store() as store:  # type: ignore[union-attr]
+                data = store.load(pack_name(pack_id), start, end - start)
         except ObjectMissing:
             data = b""
         view = memoryview(data)
@@ -156,18 +190,6 @@ class ContentWriter:
                 continue
             for job, offset in targets:
                 self._write(job, offset, plain)
-
-    def _store(self):  # type: ignore[no-untyped-def]
-        """The store this worker reads from: the repository's own, or for a remote
-        repository a connection of the worker's own (opened on its first pack)."""
-        if self._connections <= 1:
-            return self.repository.store
-        store = getattr(self._thread, "store", None)
-        if store is None:
-            store = self._thread.store = self.repository.open_another_store()
-            with self._open_lock:
-                self._stores.append(store)
-        return store
 
     def _write(self, job: FileJob, offset: int, data: bytes) -> None:
         with job.lock:

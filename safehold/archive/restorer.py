@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from safehold.archive.contentwriter import ContentWriter, FileJob
 from safehold.archive.entries import BLOCKDEV, CHARDEV, DIR, FIFO, FILE, SYMLINK
 from safehold.archive.excludes import Excludes
-from safehold.archive.tree import load_tree
+from safehold.archive.tree import TreeLoader
 from safehold.errors import IntegrityError, TargetNotWritable
 from safehold.repo.repository import Repository
 
@@ -82,14 +82,19 @@ class Restorer:
         if not os.access(self.target, os.W_OK | os.X_OK):
             raise TargetNotWritable(target=os.fsdecode(self.target), reason="permission denied")
         base = os.fsencode(snapshot_path.rstrip("/"))
-        self._content = ContentWriter(
-            self.repository, self._workers, self._file_written, self._file_failed
-        )
-        if entry["type"] == DIR:
-            self._restore_children(entry, self.target, base, False)
-        else:
-            self._restore_entry(entry, self.target + b"/" + entry["name"], base, False)
-        self._content.run()
+        with self.repository.readers() as readers:
+            self._trees = TreeLoader(self.repository, readers)
+            self._content = ContentWriter(
+                self.repository, self._workers, self._file_written, self._file_failed, readers
+            )
+            try:
+                if entry["type"] == DIR:
+                    self._restore_children(entry, self.target, base, False)
+                else:
+                    self._restore_entry(entry, self.target + b"/" + entry["name"], base, False)
+            finally:
+                self._trees.close()
+            self._content.run()
         self._make_links()
         for path, directory in reversed(self._directories):
             self._apply_metadata(path, directory)
@@ -109,12 +114,21 @@ class Restorer:
         self, entry: dict, path: bytes, snapshot_path: bytes, selected: bool
     ) -> None:
         try:
-            children = load_tree(self.repository, entry["subtree"])
+            children = self._trees.load(entry["subtree"])
         except IntegrityError as error:
             # Only what is below a damaged directory is lost; the walk goes on elsewhere.
             with self._lock:
                 self.stats.damaged.append({"path": os.fsdecode(path) + "/", "message": str(error)})
             return
+        self._trees.prefetch(
+            [
+                child
+                for child in children
+                if child.get("type") == DIR
+                and self._selected(snapshot_path + b"/" + child["name"], child["name"], selected)
+                is not None
+            ]
+        )
         for child in children:
             self._restore_entry(
                 child,

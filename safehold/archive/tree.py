@@ -4,16 +4,80 @@ from __future__ import annotations
 
 import io
 import os
+import threading
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 
 from safehold.archive.entries import DIR, decode_tree
 from safehold.errors import PathNotInSnapshot
-from safehold.repo.repository import Repository
+from safehold.repo.repository import Repository, StorePool
 
 
 def load_tree(repository: Repository, tree_id: bytes) -> list[dict]:
-    """A tree's entries; from the local tree cache only while ``repository.browsing``."""
-    return decode_tree(repository.load_tree_blob(tree_id, cached=repository.browsing))
+    """A tree's entries; from the local tree cache only while ``repository.use_tree_cache``."""
+    return decode_tree(repository.load_tree_blob(tree_id, cached=repository.use_tree_cache))
+
+
+class TreeLoader:
+    """Loads trees ahead of a walk, several at once over a pool of connections (a restore
+    from sftp or S3 would otherwise wait one round trip per directory, one after the other).
+
+    ``prefetch`` queues the subtrees of a directory's children as soon as the directory is
+    read; ``load`` takes a queued tree (waiting for it) or reads it at once. Every tree is
+    authenticated and checked against its id in the worker that reads it, exactly as
+    ``load_tree`` does; errors surface from ``load``, in the walk's order. At most ``AHEAD``
+    trees are queued or held, so a huge directory does not fill memory with its subtrees.
+    """
+
+    AHEAD = 512
+
+    def __init__(self, repository: Repository, readers: StorePool) -> None:
+        self.repository = repository
+        self.readers = readers
+        self._ahead: dict[bytes, Future] = {}
+        self._lock = threading.Lock()
+        self._pool = (
+            ThreadPoolExecutor(readers.size, thread_name_prefix="trees")
+            if readers.size > 1
+            else None
+        )
+
+    def _read(self, tree_id: bytes) -> list[dict]:
+        with self.readers.store() as store:
+            sealed = self.repository.load_tree_blob(
+                tree_id, cached=self.repository.use_tree_cache, store=store
+            )
+        return decode_tree(sealed)
+
+    def prefetch(self, entries: list[dict]) -> None:
+        """Start reading the subtrees of the directories among ``entries``."""
+        if self._pool is None:
+            return
+        with self._lock:
+            for entry in entries:
+                tree_id = entry.get("subtree") if entry.get("type") == DIR else None
+                if tree_id is None or tree_id in self._ahead:
+                    continue
+                if len(self._ahead) >= self.AHEAD:
+                    return
+                self._ahead[tree_id] = self._pool.submit(self._read, tree_id)
+
+    def load(self, tree_id: bytes) -> list[dict]:
+        """The tree's entries (IntegrityError if it is missing or damaged)."""
+        with self._lock:
+            future = self._ahead.pop(tree_id, None)
+        if future is not None:
+            return future.result()
+        return self._read(tree_id)
+
+    def close(self) -> None:
+        """Stop: queued reads are dropped, running ones finish."""
+        with self._lock:
+            ahead, self._ahead = self._ahead, {}
+        for future in ahead.values():
+            future.cancel()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
 
 
 def root_entry(tree_id: bytes) -> dict:

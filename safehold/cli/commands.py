@@ -164,7 +164,7 @@ def _mode_string(entry: dict) -> str:
 def ls(args: argparse.Namespace) -> int:
     spec, path = split_spec(args.target)
     with open_repository(args) as repository:
-        repository.browsing = True  # trees from the local cache where it has them
+        repository.use_tree_cache = True  # trees from the local cache where it has them
         snapshot = resolve(repository, spec)
         start = tree.find(repository, snapshot, path)
         base = os.fsencode(path.rstrip("/"))
@@ -213,6 +213,7 @@ def restore(args: argparse.Namespace) -> int:
     started = time.monotonic()
     bar = render.ProgressBar("restore", render.interactive() and not args.quiet and not args.json)
     with open_repository(args) as repository, repository.lock():
+        repository.use_tree_cache = True  # verified cached trees are the snapshot's trees
         snapshot = resolve(repository, spec)
         start = tree.find(repository, snapshot, path)
         restorer = Restorer(
@@ -277,7 +278,7 @@ def restore(args: argparse.Namespace) -> int:
 
 def diff(args: argparse.Namespace) -> int:
     with open_repository(args) as repository:
-        repository.browsing = True  # trees from the local cache where it has them
+        repository.use_tree_cache = True  # trees from the local cache where it has them
         first, second = resolve(repository, args.first), resolve(repository, args.second)
         changes = list(
             diff_entries(

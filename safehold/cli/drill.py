@@ -26,6 +26,7 @@ def drill_command(args: argparse.Namespace) -> int:
     and checked out, DrillFailed (25) otherwise; the result is stored in the repository."""
     platform = load_platform(args.config)
     with open_for_platform(args, platform.repository) as repository, repository.lock():
+        repository.prove_from_repository()  # the snapshot too, not a cached copy
         snapshot, notes = choose_snapshot(
             repository, platform, args.snapshot, random_older=args.random_older
         )

@@ -219,6 +219,7 @@ def _confirm(args: argparse.Namespace, steps: list[str]) -> None:
 def restore_platform(args: argparse.Namespace) -> int:
     platform = load_platform(args.config)
     with open_for_platform(args, platform.repository) as repository, repository.lock():
+        repository.use_tree_cache = True  # verified cached trees are the snapshot's trees
         snapshots = [s for s in list_snapshots(repository) if s.get("platform") == platform.name]
         spec = args.source or "latest"
         if spec == "latest":

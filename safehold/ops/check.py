@@ -132,6 +132,7 @@ def check(
     """
     if max_duration is not None and not (read_data or subset):
         raise UsageError("--max-duration limits --read-data or --read-data-subset")
+    repository.prove_from_repository()  # never the local caches: check proves the repository
     started = clock()
     result = CheckResult()
     report = progress or (lambda message: None)

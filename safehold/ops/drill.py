@@ -111,6 +111,7 @@ class Drill:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.repository = repository
+        repository.prove_from_repository()  # a drill proves the repository, not the caches
         self.platform = platform
         self.snapshot = snapshot
         self.parent = scratch or platform.drill.get("scratch") or None

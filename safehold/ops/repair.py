@@ -76,6 +76,7 @@ def repair_index(
     report = progress or (lambda message: None)
     result = IndexRepair(dry_run=dry_run)
     repository.require_delete("repair index")  # no-delete mode: exit 26, nothing read
+    repository.prove_from_repository()
     with repository.lock(exclusive=True, wait=wait, operation="repair index") as lock:
         old_names = repository.index_names()
         result.index_files_old = len(old_names)
@@ -242,6 +243,7 @@ def repair_snapshots(
     report = progress or (lambda message: None)
     result = SnapshotsRepair(dry_run=dry_run)
     repository.require_delete("repair snapshots")  # no-delete mode: exit 26, nothing read
+    repository.prove_from_repository()
     with repository.lock(exclusive=True, wait=wait, operation="repair snapshots") as lock:
         repository._index = None
         try:

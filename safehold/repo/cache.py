@@ -1,23 +1,31 @@
-"""The local cache: sealed tree blobs kept on this machine, so that a backup reads its parent
-snapshot's trees (and ls, restore and diff find their way through a snapshot) without a
-round trip to the repository per directory.
+"""The local cache: what this machine keeps of a repository so as not to fetch it again.
 
-Layout: ``<cache root>/<repository id>/trees/<first two hex digits>/<blob id hex>``, each file
-holding the tree blob exactly as sealed in its pack (AES-256-GCM, bound to its type and id):
-the cache reveals nothing the repository does not. A cached tree is trusted no more than one
-read from a pack: it is decrypted, authenticated and checked against its id on every use; a
-file that fails is removed and the tree read from the repository again. Blob ids are keyed
-hashes of the content, so a cached tree never goes stale; a prune that removes a tree from
-the repository leaves its cached copy correct (and unused). Deleting the cache is always
-safe: it only costs time. ``check``, ``repair``, ``copy`` and ``drill`` never use it: they
-exist to prove what the repository itself holds.
+- The tree cache: sealed tree blobs, so that a backup reads its parent snapshot's trees (and
+  ls, diff and restore find their way through a snapshot) without a round trip to the
+  repository per directory. Layout: ``<cache root>/<repository id>/trees/<first two hex
+  digits>/<blob id hex>``, each file holding the tree blob exactly as sealed in its pack
+  (AES-256-GCM, bound to its type and id): the cache reveals nothing the repository does
+  not. A cached tree is trusted no more than one read from a pack: it is decrypted,
+  authenticated and checked against its id on every use; a file that fails is removed and
+  the tree read from the repository again. Blob ids are keyed hashes of the content, so a
+  cached tree never goes stale; a prune that removes a tree from the repository leaves its
+  cached copy correct (and unused).
+- The object cache (``ObjectCache``): sealed index files and snapshots by name, authenticated
+  on use, dropped when the repository's listing no longer has them.
+- Key derivation hints (``kdf_hint``): the salt of the key that last opened a remote location.
+
+Deleting the cache is always safe: it only costs time. ``check``, ``repair`` and ``drill``
+never use it (``Repository.prove_from_repository``): they exist to prove what the repository
+itself holds.
 
 The cache root is ``$SAFEHOLD_CACHE_DIR``, else ``$XDG_CACHE_HOME/safehold``, else
-``~/.cache/safehold``; ``SAFEHOLD_CACHE_DIR=off`` turns the tree cache off.
+``~/.cache/safehold``; ``SAFEHOLD_CACHE_DIR=off`` turns the cache off.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from pathlib import Path
 
@@ -74,3 +82,122 @@ class TreeCache:
             self._path(blob_id).unlink()
         except OSError:
             pass
+
+
+class ObjectCache:
+    """Sealed index files and snapshots of one repository, by name, exactly as stored
+    (``<cache root>/<repository id>/index/<hex>``, ``.../snapshots/<hex>``). These objects
+    are written once under random names and never changed, only deleted (forget, prune,
+    repair), so a copy is either the object or a leftover of one that is gone: ``retain``
+    removes the leftovers whenever the repository's own listing of a namespace is at hand.
+    A copy is trusted no more than the object: it is authenticated (bound to its name) on
+    every use, and one that fails is removed and the repository read instead. Failures to
+    read or write are ignored (a cache)."""
+
+    NAMESPACES = ("index", "snapshots")
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    @classmethod
+    def for_repository(cls, repository_id: str) -> ObjectCache | None:
+        """The object cache of one repository, or None when the cache is off."""
+        if os.environ.get("SAFEHOLD_CACHE_DIR") == "off":
+            return None
+        return cls(cache_root() / repository_id)
+
+    def _path(self, name: str) -> Path | None:
+        namespace, _, key = name.partition("/")
+        if namespace not in self.NAMESPACES or not key or "/" in key or key.startswith("."):
+            return None
+        return self.directory / namespace / key
+
+    def get(self, name: str) -> bytes | None:
+        """The sealed object, or None if it is not cached (or cannot be read)."""
+        path = self._path(name)
+        if path is None:
+            return None
+        try:
+            with open(path, "rb") as handle:
+                return handle.read()
+        except OSError:
+            return None
+
+    def put(self, name: str, sealed: bytes | bytearray | memoryview) -> None:
+        """Keep a sealed object (atomically: a reader never sees half a file)."""
+        path = self._path(name)
+        if path is None:
+            return
+        try:
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            if not path.exists():
+                write_atomically(path, sealed)
+        except OSError:
+            pass
+
+    def discard(self, name: str) -> None:
+        """Remove a cached object (it failed its checks, or the repository lost it)."""
+        path = self._path(name)
+        if path is not None:
+            try:
+                path.unlink()
+            except OSError:
+                pass
+
+    def retain(self, namespace: str, names: set[str]) -> None:
+        """Remove the cached objects of ``namespace`` that are not in ``names`` (the
+        repository's listing: what forget, prune or repair deleted, or superseded)."""
+        try:
+            cached = os.listdir(self.directory / namespace)
+        except OSError:
+            return
+        for key in cached:
+            if f"{namespace}/{key}" not in names and not key.startswith("."):
+                try:
+                    os.unlink(self.directory / namespace / key)
+                except OSError:
+                    pass
+
+
+# ---------------------------------------------------------------- key derivation hints
+
+KDF_FIELDS = ("kdf", "salt", "time_cost", "memory_cost", "parallelism")
+
+
+def _kdf_hint_path(location: str) -> Path | None:
+    if os.environ.get("SAFEHOLD_CACHE_DIR") == "off":
+        return None
+    name = hashlib.sha256(location.encode()).hexdigest()[:32]
+    return cache_root() / "kdf" / f"{name}.json"
+
+
+def kdf_hint(location: str) -> dict | None:
+    """The Argon2id salt and parameters of the key that last opened the remote repository at
+    ``location`` on this machine (no secret: the key file in the repository holds them in
+    the clear), so that safehold.cli.prefetch can start deriving before the connection is up.
+    None when there is none or the cache is off."""
+    path = _kdf_hint_path(location)
+    if path is None:
+        return None
+    try:
+        with open(path, "rb") as handle:
+            hint = json.loads(handle.read())
+    except (OSError, ValueError):
+        return None
+    return hint if isinstance(hint, dict) else None
+
+
+def remember_kdf(location: str, document: dict) -> None:
+    """Keep the salt and parameters of the key file that opened ``location`` (see
+    ``kdf_hint``); only when they changed. Failures are ignored (a cache)."""
+    path = _kdf_hint_path(location)
+    if path is None:
+        return
+    hint = {field: document.get(field) for field in KDF_FIELDS}
+    if kdf_hint(location) == hint:
+        return
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        write_atomically(path, json.dumps(hint).encode())
+    except OSError:
+        pass

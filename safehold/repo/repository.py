@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import json
 import os
 import socket
 import threading
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 import msgpack
@@ -21,7 +23,7 @@ from safehold.errors import (
     UnsupportedFormat,
     WrongPassphrase,
 )
-from safehold.repo.cache import TreeCache
+from safehold.repo.cache import ObjectCache, TreeCache, remember_kdf
 from safehold.repo.format import (
     BLOB_TREE,
     CONFIG_NAME,
@@ -33,7 +35,14 @@ from safehold.repo.format import (
     encode_body,
     object_aad,
 )
-from safehold.store import ObjectMissing, Store, location_exists, location_is_file, open_store
+from safehold.store import (
+    LocationMissing,
+    ObjectMissing,
+    Store,
+    location_exists,
+    location_is_file,
+    open_store,
+)
 from safehold.store.locks import Lock
 from safehold.store.nodelete import NoDeleteStore
 
@@ -45,6 +54,9 @@ DEFAULT_CONFIG = {
     "compression_level": 3,
     "pack_size": 16 * 1024 * 1024,
 }
+
+
+PARALLEL_LOADS = 8  # objects to read before reading them over several connections
 
 
 def _identity() -> tuple[str, str]:
@@ -80,9 +92,15 @@ class Repository:
         self._index: Index | None = None
         self._index_lock = threading.Lock()
         self._tree_cache: TreeCache | bool | None = False  # False: not looked up yet
-        # Set by commands that only look around (ls, diff): snapshot trees may then come from
-        # the local tree cache. Restores, drills and checks read them from the repository.
-        self.browsing = False
+        self._object_cache: ObjectCache | bool | None = False
+        # Index files and snapshots from the local object cache (authenticated on use, as
+        # from the repository); proving operations turn it off (prove_from_repository).
+        self.use_object_cache = True
+        # Set by commands that read snapshots for what they hold (ls, diff, restore): trees may
+        # then come from the local tree cache, authenticated and checked against their ids as
+        # from a pack, so they are the very trees the snapshot names. Checks, drills, copies
+        # and repairs leave it off: they exist to prove what the repository itself holds.
+        self.use_tree_cache = False
 
     # ---------------------------------------------------------------- opening
 
@@ -117,6 +135,8 @@ class Repository:
         key_name = "keys/" + os.urandom(16).hex()
         document = wrap_key(master_key, passphrase, hostname=hostname, username=username, kdf=kdf)
         store.save(key_name, json.dumps(document).encode())
+        if store.kind != "local":
+            remember_kdf(location, document)
         repository = cls(store, cipher, full_config, key_name)
         repository.location = location
         repository.save_object(CONFIG_NAME, full_config)
@@ -132,17 +152,20 @@ class Repository:
 
         Raises RepositoryNotFound, NotARepository, UnsupportedFormat or WrongPassphrase.
         """
-        if not location_exists(location):
-            raise RepositoryNotFound(location=location)
-        if location_is_file(location):
-            raise NotARepository(location=location)
         store = open_store(location)
-        store.open()
         try:
+            store.open()
             marker = store.load(MARKER_NAME)
-        except ObjectMissing:
-            store.close()
-            raise NotARepository(location=location) from None
+        except (ObjectMissing, LocationMissing) as error:
+            # Only now look closer (a round trip or two, a connection of their own over sftp):
+            # nothing there at all, or something that is not a repository?
+            with contextlib.suppress(Exception):
+                store.close()
+            if not location_exists(location):
+                raise RepositoryNotFound(location=location) from None
+            if location_is_file(location) or isinstance(error, ObjectMissing):
+                raise NotARepository(location=location) from None
+            raise
         version = _marker_version(marker)
         if version is None:
             raise NotARepository(location=location)
@@ -160,6 +183,8 @@ class Repository:
                 store, Cipher(master_key), {}, key_name, key_no_delete=bool(flags.get("no_delete"))
             )
             repository.location = location
+            if store.kind != "local":  # the next command derives while it connects
+                remember_kdf(location, document)
             repository.config = repository.load_object(CONFIG_NAME)
             if repository.config.get("version", 0) > FORMAT_VERSION:
                 raise UnsupportedFormat(
@@ -185,6 +210,17 @@ class Repository:
         borgstore runs one operation at a time per store, so each parallel upload has its own.
         Saves only: it does not carry the no-delete guard, and needs none."""
         return open_store(self.location).open()
+
+    @contextlib.contextmanager
+    def readers(self, size: int | None = None) -> Iterator[StorePool]:
+        """Connections for reading in parallel (restores: trees and packs): the repository's
+        own store and up to ``size - 1`` more (default: what the store recommends for
+        uploads, 1 locally), opened when first needed and closed at the end."""
+        pool = StorePool(self, size or self.store.recommended_uploads)
+        try:
+            yield pool
+        finally:
+            pool.close()
 
     # ---------------------------------------------------------------- no-delete mode
 
@@ -222,18 +258,79 @@ class Repository:
     # ---------------------------------------------------------------- sealed objects
 
     def save_object(self, name: str, value: object) -> None:
-        """Seal a msgpack-able value under ``name`` (compressed, encrypted, bound to the name)."""
+        """Seal a msgpack-able value under ``name`` (compressed, encrypted, bound to the name);
+        an index file or snapshot is kept in the object cache too, once stored."""
         body = encode_body(msgpack.packb(value, use_bin_type=True), 3)
-        self.store.save(name, self.cipher.seal(body, object_aad(name)))
+        sealed = self.cipher.seal(body, object_aad(name))
+        self.store.save(name, sealed)
+        cache = self.object_cache
+        if cache is not None:
+            cache.put(name, sealed)
 
-    def load_object(self, name: str) -> object:
-        """Load and authenticate a sealed object; IntegrityError if it was damaged."""
-        sealed = self.store.load(name)
+    def load_object(self, name: str, *, cached: bool = False) -> object:
+        """Load and authenticate a sealed object; IntegrityError if it was damaged. With
+        ``cached``, an index file or snapshot comes from the local object cache when it
+        holds a copy that authenticates (one that does not is dropped), and one read from
+        the repository is kept there."""
+        return self.load_objects([name], cached=cached)[0]
+
+    def load_objects(self, names: list[str], *, cached: bool = False) -> list[object]:
+        """``load_object`` of each name, in order; the ones not cached are read several at
+        once when there are many and the store is remote (``readers``)."""
+        cache = self.object_cache if cached else None
+        values: dict[str, object] = {}
+        missing = []
+        for name in names:
+            sealed = cache.get(name) if cache is not None else None
+            if sealed is not None:
+                try:
+                    values[name] = self._open_object(name, sealed)
+                    continue
+                except IntegrityError:
+                    cache.discard(name)  # type: ignore[union-attr]
+            missing.append(name)
+        if len(missing) >= PARALLEL_LOADS and self.store.recommended_uploads > 1:
+            with self.readers() as pool, ThreadPoolExecutor(pool.size, "objects") as workers:
+
+                def fetch(name: str) -> object:
+                    with pool.store() as store:
+                        return self._fetch_object(store, name, cache)
+
+                values.update(zip(missing, workers.map(fetch, missing), strict=True))
+        else:
+            for name in missing:
+                values[name] = self._fetch_object(self.store, name, cache)
+        return [values[name] for name in names]
+
+    def _fetch_object(self, store: Store, name: str, cache: ObjectCache | None) -> object:
+        sealed = store.load(name)
+        value = self._open_object(name, sealed)
+        if cache is not None:
+            cache.put(name, sealed)
+        return value
+
+    def _open_object(self, name: str, sealed: bytes) -> object:
         try:
             body = self.cipher.open(sealed, object_aad(name))
             return msgpack.unpackb(decode_body(body), raw=False, strict_map_key=False)
         except (AuthenticationFailed, ValueError) as error:
             raise IntegrityError(f"{name} is damaged ({error})") from error
+
+    @property
+    def object_cache(self) -> ObjectCache | None:
+        """This repository's local cache of index files and snapshots, None when off."""
+        if self._object_cache is False:
+            self._object_cache = ObjectCache.for_repository(str(self.config["id"]))
+        return self._object_cache  # type: ignore[return-value]
+
+    def prove_from_repository(self) -> None:
+        """From now on read index files, snapshots and trees from the repository only, never
+        from the local caches (check, repair, drill: they prove what the repository holds);
+        an index already loaded from the cache is dropped."""
+        self.use_object_cache = False
+        self.use_tree_cache = False
+        with self._index_lock:
+            self._index = None
 
     # ---------------------------------------------------------------- keys
 
@@ -280,15 +377,23 @@ class Repository:
         with self._index_lock:
             if self._index is None:
                 index = Index()
-                for name, _size in self.store.list("index"):
-                    content = self.load_object(name)
-                    index.load_file(content["packs"], content["records"])
+                names = self.index_names()
+                for content in self.load_objects(names, cached=self.use_object_cache):
+                    index.load_file(content["packs"], content["records"])  # type: ignore[index]
                 index.finish_loading()
                 self._index = index
             return self._index
 
     def index_names(self) -> list[str]:
-        return sorted(name for name, _ in self.store.list("index"))
+        """The names of all index files (the object cache drops copies of any others)."""
+        names = sorted(name for name, _ in self.store.list("index"))
+        self._retain("index", names)
+        return names
+
+    def _retain(self, namespace: str, names: list[str]) -> None:
+        cache = self.object_cache
+        if cache is not None:
+            cache.retain(namespace, set(names))
 
     # ---------------------------------------------------------------- blobs
 
@@ -318,12 +423,13 @@ class Repository:
             self._tree_cache = TreeCache.for_repository(str(self.config["id"]))
         return self._tree_cache  # type: ignore[return-value]
 
-    def load_tree_blob(self, tree_id: bytes, *, cached: bool) -> bytes:
+    def load_tree_blob(self, tree_id: bytes, *, cached: bool, store: Store | None = None) -> bytes:
         """A tree's verified plaintext. With ``cached`` (backups reading their parent, ls,
-        diff), from the local tree cache when it holds it, checked like a blob from a pack (a
-        cached copy that fails is dropped and the repository read). Without it (restore,
-        drill), from the repository, which a restore must prove. Either way a tree read from
-        the repository is kept in the cache."""
+        diff, restore), from the local tree cache when it holds it, checked like a blob from
+        a pack (a cached copy that fails is dropped and the repository read). Without it
+        (check, drill, copy, repair), from the repository, which they must prove. Either way a
+        tree read from the repository is kept in the cache. ``store``: one of ``readers()``
+        (default: the repository's own)."""
         cache = self.tree_cache
         if cache is not None and cached:
             sealed = cache.get(tree_id)
@@ -332,7 +438,7 @@ class Repository:
                     return self._open_cached_tree(tree_id, sealed)
                 except IntegrityError:
                     cache.discard(tree_id)
-        location, sealed = self._load_sealed(tree_id)
+        location, sealed = self._load_sealed(tree_id, store)
         data = self.open_blob(tree_id, location, sealed)
         if cache is not None and location.blob_type == BLOB_TREE:
             cache.put(tree_id, sealed)
@@ -351,16 +457,17 @@ class Repository:
         """Return the verified plaintext of a blob; IntegrityError if missing or damaged."""
         return self.open_blob(blob_id, *self._load_sealed(blob_id))
 
-    def _load_sealed(self, blob_id: bytes) -> tuple[Location, bytes]:
-        """The blob's index entry and its sealed bytes read from its pack."""
+    def _load_sealed(self, blob_id: bytes, store: Store | None = None) -> tuple[Location, bytes]:
+        """The blob's index entry and its sealed bytes read from its pack (through ``store``,
+        one of ``readers()``, or the repository's own)."""
         location = self.index.lookup(blob_id)
         if location is None:
             raise IntegrityError(f"blob {blob_id.hex()[:16]} is not in the index")
-        return location, self._load_pack_range(location)
+        return location, self._load_pack_range(location, store or self.store)
 
-    def _load_pack_range(self, location: Location) -> bytes:
+    def _load_pack_range(self, location: Location, store: Store) -> bytes:
         try:
-            data = self.store.load(pack_name(location.pack_id), location.offset, location.length)
+            data = store.load(pack_name(location.pack_id), location.offset, location.length)
         except ObjectMissing:
             raise IntegrityError(f"pack {location.pack_id.hex()[:16]} is missing") from None
         if len(data) != location.length:
@@ -370,7 +477,10 @@ class Repository:
     # ---------------------------------------------------------------- snapshots
 
     def snapshot_names(self) -> list[str]:
-        return sorted(name for name, _ in self.store.list("snapshots"))
+        """The names of all snapshots (the object cache drops copies of any others)."""
+        names = sorted(name for name, _ in self.store.list("snapshots"))
+        self._retain("snapshots", names)
+        return names
 
     def save_snapshot(self, snapshot: dict) -> str:
         """Write a snapshot object (the last write of a backup); returns its hex id."""
@@ -379,9 +489,70 @@ class Repository:
         return snapshot_id
 
     def load_snapshot(self, snapshot_id: str) -> dict:
-        snapshot = self.load_object("snapshots/" + snapshot_id)
-        assert isinstance(snapshot, dict)
-        return dict(snapshot, id=snapshot_id)
+        return self.load_snapshots([snapshot_id])[0]
+
+    def load_snapshots(self, snapshot_ids: list[str]) -> list[dict]:
+        """The snapshots with these ids (from the object cache where it has them)."""
+        values = self.load_objects(
+            ["snapshots/" + snapshot_id for snapshot_id in snapshot_ids],
+            cached=self.use_object_cache,
+        )
+        result = []
+        for snapshot_id, snapshot in zip(snapshot_ids, values, strict=True):
+            assert isinstance(snapshot, dict)
+            result.append(dict(snapshot, id=snapshot_id))
+        return result
+
+
+class StorePool:
+    """Up to ``size`` connections to one repository, each used by one thread at a time (see
+    ``Repository.readers``). The first is the repository's own store (its operations are
+    serialised, so its lock refreshes just wait their turn); the others are opened on
+    demand, so a pool that is never busy costs no connection."""
+
+    def __init__(self, repository: Repository, size: int) -> None:
+        self.repository = repository
+        self.size = max(1, size)
+        self._idle: list[Store] = [repository.store]
+        self._count = 1
+        self._opened: list[Store] = []
+        self._changed = threading.Condition()
+
+    @contextlib.contextmanager
+    def store(self) -> Iterator[Store]:
+        """A connection for this thread until the ``with`` block ends (waits for one)."""
+        with self._changed:
+            while not self._idle and self._count >= self.size:
+                self._changed.wait()
+            store = self._idle.pop() if self._idle else None
+            if store is None:
+                self._count += 1
+        if store is None:
+            try:
+                store = self.repository.open_another_store()
+            except BaseException:
+                with self._changed:
+                    self._count -= 1
+                    self._changed.notify()
+                raise
+            with self._changed:
+                self._opened.append(store)
+        try:
+            yield store
+        finally:
+            with self._changed:
+                self._idle.append(store)
+                self._changed.notify()
+
+    def close(self) -> None:
+        """Close the connections this pool opened (the repository's own stays open)."""
+        with self._changed:
+            opened, self._opened = self._opened, []
+            self._idle = [self.repository.store]
+            self._count = 1
+        for store in opened:
+            with contextlib.suppress(Exception):  # closing a spare must not mask an error
+                store.close()
 
 
 def _marker_version(marker: bytes) -> int | None:

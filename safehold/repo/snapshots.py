@@ -15,8 +15,8 @@ def list_snapshots(
 ) -> list[dict]:
     """Return the snapshots (oldest first) that match all the given filters."""
     result = []
-    for name in repository.snapshot_names():
-        snapshot = repository.load_snapshot(name.split("/", 1)[1])
+    names = repository.snapshot_names()
+    for snapshot in repository.load_snapshots([name.split("/", 1)[1] for name in names]):
         if host and snapshot.get("hostname") != host:
             continue
         if tags and not set(tags) <= set(snapshot.get("tags", [])):

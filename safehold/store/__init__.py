@@ -27,6 +27,7 @@ BorgStoreImpl = import_borgstore().Store
 from safehold.errors import StorageError
 from safehold.store.base import (
     NAMESPACES,
+    LocationMissing,
     ObjectMissing,
     Store,
     Target,
@@ -39,6 +40,7 @@ from safehold.store.wrappers import RetryingStore, RetryPolicy, call_with_retrie
 __all__ = [
     "NAMESPACES",
     "DurablePosixFS",
+    "LocationMissing",
     "ObjectMissing",
     "Store",
     "TransientStorageError",

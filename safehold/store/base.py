@@ -59,6 +59,13 @@ class TransientStorageError(StorageError):
     # StorageError is final at once.
 
 
+class LocationMissing(StorageError):
+    """storage error: {message}"""
+
+    # The location itself is not there (no such directory, no such bucket): opening a
+    # repository then looks closer to tell "not found" from "not a repository".
+
+
 class Target(Protocol):
     """What differs between kinds of location (see safehold.store.local, .sftp, .s3)."""
 
@@ -241,7 +248,13 @@ class Store:
         if isinstance(error, backend_errors.ObjectNotFound):
             return ObjectMissing(name)
         specific = self.target.translate(error, name) if self.target else None
-        return specific or translate_common(error, self.location, name)
+        translated = specific or translate_common(error, self.location, name)
+        if (
+            isinstance(error, backend_errors.BackendDoesNotExist)
+            and type(translated) is StorageError
+        ):
+            return LocationMissing(translated.fields["message"])
+        return translated
 
     def _call(self, function: Callable[..., Any], *args: Any, name_for_errors: str = "", **kw: Any):
         try:

@@ -4,7 +4,8 @@ borgstore imports every backend module as soon as its Store is imported, and wit
 paramiko, boto3 and requests: about 0.4 s and 30 MB on every command, even for a local
 repository. ``import_borgstore`` imports it while those libraries look absent (each backend
 module then keeps ``None`` in their place, as it does when they are not installed);
-``enable`` brings one back for its backend module just before a remote store needs it.
+``enable`` brings one back for its backend module just before a remote store needs it
+(paramiko, for sftp; the s3 store builds its client with botocore and never imports boto3).
 """
 
 from __future__ import annotations

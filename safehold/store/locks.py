@@ -57,11 +57,16 @@ def _parse(name: str) -> tuple[str, int | None]:
     return lock_id, int(written) if written.isdigit() else None
 
 
-def lock_states(store: Store, now: float, stale_after: float = STALE_AFTER) -> list[LockState]:
-    """Every lock in the store, plain or append-only, with whether it is live."""
+def lock_states(
+    store: Store, now: float, stale_after: float = STALE_AFTER, mine: str | None = None
+) -> list[LockState]:
+    """Every lock in the store, plain or append-only, with whether it is live; the lock id
+    ``mine`` (the caller's own) is left out, without a load."""
     groups: dict[str, list[tuple[int, str]]] = {}
     for name, _size in list(store.list("locks")):
         lock_id, written = _parse(name)
+        if lock_id == mine:
+            continue
         groups.setdefault(lock_id, []).append((written if written is not None else -1, name))
     states = []
     for lock_id, entries in groups.items():
@@ -135,7 +140,7 @@ class Lock:
 
     def _conflicts(self) -> list[dict]:
         conflicts = []
-        for state in lock_states(self.store, self.clock(), self.stale_after):
+        for state in lock_states(self.store, self.clock(), self.stale_after, mine=self.lock_id):
             if state.lock_id == self.lock_id:
                 continue
             if not state.live:

@@ -1,6 +1,6 @@
 """S3 repositories: ``s3://BUCKET/PREFIX`` on borgstore's s3 backend (AWS, MinIO, Ceph RGW...).
 
-Everything else comes from the usual AWS settings, read by boto3: credentials from
+Everything else comes from the usual AWS settings, read by botocore: credentials from
 ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY`` (``AWS_SESSION_TOKEN``), ``AWS_PROFILE`` or
 ``~/.aws``; the region from ``AWS_DEFAULT_REGION``/``AWS_REGION`` or the profile; and another
 server than AWS from ``AWS_ENDPOINT_URL_S3`` or ``AWS_ENDPOINT_URL`` (then addressed in path
@@ -17,11 +17,9 @@ from functools import cached_property
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from safehold.store.lazy import enable
-
-enable("boto3")  # before the borgstore backend classes are taken below
-
-import boto3
+# botocore alone: boto3 (and s3transfer, which it imports) would add ~0.1 s to every start
+# and give nothing a client needs. borgstore's S3 class is usable without boto3 once
+# __init__, the one place that uses it, is overridden (S3Backend below).
 import botocore.session
 from borgstore.backends import errors as backend_errors
 from borgstore.backends._base import validate_name
@@ -39,7 +37,13 @@ from botocore.exceptions import (
 )
 
 from safehold.errors import NoSpace, StorageError
-from safehold.store.base import MiB, TransientStorageError, one_line, redact
+from safehold.store.base import (
+    LocationMissing,
+    MiB,
+    TransientStorageError,
+    one_line,
+    redact,
+)
 
 BUCKET = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{1,254}")
 TRANSIENT_CODES = {
@@ -96,15 +100,15 @@ class S3Backend(S3):
 _loader: list[Any] = []  # botocore's model loader, shared: it caches the parsed S3 model
 
 
-def _session() -> boto3.session.Session:
-    """A fresh boto3 session (credentials and region read anew from the environment) that
+def _session() -> botocore.session.Session:
+    """A fresh botocore session (credentials and region read anew from the environment) that
     reuses the model data already loaded: a client then takes milliseconds, not 0.15 s."""
     core = botocore.session.get_session()
     if _loader:
         core.register_component("data_loader", _loader[0])
     else:
         _loader.append(core.get_component("data_loader"))
-    return boto3.session.Session(botocore_session=core)
+    return core
 
 
 def _code(error: ClientError) -> str:
@@ -136,7 +140,7 @@ class S3Target:
 
     @cached_property
     def client(self) -> Any:
-        """A boto3 S3 client; our RetryingStore does the retrying, so botocore tries once."""
+        """A botocore S3 client; our RetryingStore does the retrying, so botocore tries once."""
         try:
             session = _session()
             config = Config(
@@ -145,7 +149,7 @@ class S3Target:
                 retries={"mode": "standard", "total_max_attempts": 1},
                 s3={"addressing_style": "path" if self.endpoint else "auto"},
             )
-            return session.client("s3", endpoint_url=self.endpoint, config=config)
+            return session.create_client("s3", endpoint_url=self.endpoint, config=config)
         except (BotoCoreError, ValueError) as error:
             raise self.translate(error, "") or StorageError(f"{self.location}: {error}") from None
 
@@ -154,7 +158,7 @@ class S3Target:
         return S3Backend(self.client, self.bucket, self.prefix)
 
     def translate(self, error: BaseException, name: str) -> Exception | None:
-        """The safehold error for a boto3/S3 failure, or None for the common mapping."""
+        """The safehold error for a botocore/S3 failure, or None for the common mapping."""
         where = self.location
         cause = error
         if isinstance(error, backend_errors.BackendError) and error.__context__ is not None:
@@ -182,7 +186,7 @@ class S3Target:
         message = one_line(error.response.get("Error", {}).get("Message", "")) or code
         what = name or "the repository"
         if code == "NoSuchBucket":
-            return StorageError(f"{where}: bucket {self.bucket} does not exist: create it first")
+            return LocationMissing(f"{where}: bucket {self.bucket} does not exist: create it first")
         if code in NO_SPACE_CODES or status == 507:
             return NoSpace(location=where)
         if code in DENIED_CODES or status == 403:
