@@ -180,13 +180,15 @@ def test_each_kind_of_change_below_unchanged_siblings_reaches_the_snapshot(
         assert compare_trees(source, target, include_root=False) == []
 
 
-def test_a_backup_that_writes_only_a_few_trees_never_loads_numpy(
+def test_backups_of_a_small_repository_never_load_numpy(
     repo: Path, source: Path, tmp_path: Path
 ) -> None:
-    """numpy (the large-index arrays, the big-copy helpers) is loaded on first need: not by a
-    backup in which only a directory's metadata changed, in a small repository."""
+    """numpy (the arrays of a large index) is loaded only for an index of more than
+    SMALL_INDEX blobs: not by a backup of a small repository that writes new trees and reads
+    a changed large file (chunked, its blobs copied into packs)."""
     backup_json(repo, source)
     (source / "sub" / "new-dir").mkdir()  # sub's mtime changes: its tree and the root's are new
+    write_file(source / "sub" / "c.bin", random.Random(8).randbytes(600 * 1024))  # chunked
     script = (
         "import sys\n"
         "from safehold.cli.main import main\n"
@@ -200,4 +202,6 @@ def test_a_backup_that_writes_only_a_few_trees_never_loads_numpy(
     assert done.stdout.split() == ["0", "False"], done.stderr
     with open_repository(repo) as repository:
         snapshots = [repository.load_snapshot(n.split("/")[1]) for n in repository.snapshot_names()]
-    assert max(s["summary"]["blobs_new"] for s in snapshots if s["summary"]["files_new"] == 0) >= 2
+    last = max(snapshots, key=lambda snapshot: snapshot["time"])["summary"]
+    assert last["files_changed"] == 1 and last["bytes_read"] == 600 * 1024
+    assert last["blobs_new"] >= 3  # the two trees and at least one chunk of c.bin

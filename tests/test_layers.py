@@ -7,6 +7,7 @@ import safehold
 
 LAYERS = [
     "errors",
+    "memcopy",
     "store",
     "crypto",
     "repo",

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pyfastcdc import FastCDC
 
 from safehold.crypto import Cipher
+from safehold.memcopy import copy_into
 from safehold.repo.format import BLOB_DATA
 from safehold.repo.writer import BlobWriter
 
@@ -61,17 +62,14 @@ def cut_file(
     ``readv`` (no GIL), cut with ``cut_buf``, and only the chunks that had a full
     ``max_size`` window (or reach the end of the file) are taken: a cut never looks further
     than ``max_size`` bytes, so they are the streaming cuts. The rest (under ``max_size``) is
-    moved to the front once per buffer, by numpy without the GIL.
+    moved to the front once per buffer, without the GIL (safehold.memcopy).
     """
-    import numpy  # on first use: a backup that reads no large file never loads it
-
     if buffer_size < 3 * max_size:
         raise ValueError("the read buffer must hold at least three largest chunks")
     buffer = getattr(_local, "read_buffer", None)
     if buffer is None or len(buffer) != buffer_size:
         buffer = _local.read_buffer = bytearray(buffer_size)
     view = memoryview(buffer)
-    array = numpy.frombuffer(buffer, numpy.uint8)
     filled, eof = 0, False
     while True:
         while not eof and filled < buffer_size:
@@ -87,7 +85,7 @@ def cut_file(
         if eof:
             return
         rest = filled - taken  # under max_size, and taken >= rest: no overlap
-        numpy.copyto(array[:rest], array[taken:filled])
+        copy_into(buffer, 0, view[taken:filled])
         filled = rest
 
 

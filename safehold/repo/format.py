@@ -7,6 +7,8 @@ import threading
 
 import zstandard
 
+from safehold.memcopy import copy_into
+
 FORMAT_VERSION = 1
 MARKER_NAME = "meta/format"
 CONFIG_NAME = "meta/config"
@@ -73,13 +75,8 @@ def encode_body_scratch(data: bytes | memoryview, level: int) -> memoryview:
     if scratch is None or len(scratch) < size:
         scratch = _local.scratch = bytearray(max(size, SCRATCH_SIZE))
     scratch[0] = flag
-    if size > COPY_WITHOUT_GIL:  # numpy copies without holding the GIL; a slice would hold it
-        import numpy  # on first use: a backup that writes nothing never loads it
-
-        numpy.copyto(
-            numpy.frombuffer(scratch, numpy.uint8, size - 1, 1),
-            numpy.frombuffer(payload, numpy.uint8),
-        )
+    if size > COPY_WITHOUT_GIL:  # copied without holding the GIL; a slice would hold it
+        copy_into(scratch, 1, payload)
     else:
         scratch[1:size] = payload
     return memoryview(scratch)[:size]
