@@ -40,7 +40,7 @@ BATCH_FILES = 256
 # Files up to this size are read by the walking thread itself. Handing a tiny file to a reader
 # thread costs more than reading it: every open, read, fstat and close releases the GIL, and
 # with the walk and two readers each doing so the GIL changes hands several times per file
-# (20,000 small files: 80,000 context switches, 5.6 CPU-s and 4.1 s, against 1.x s inline).
+# (20,000 small files: 80,000 context switches, 5.6 CPU-s and 4.1 s; inline 2.2 CPU-s, 2.4 s).
 INLINE_READ = 64 * 1024
 
 

@@ -10,7 +10,6 @@ import socket
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING
 
 import msgpack
 
@@ -35,6 +34,7 @@ from safehold.repo.format import (
     encode_body,
     object_aad,
 )
+from safehold.repo.index import Index, Location
 from safehold.store import (
     LocationMissing,
     ObjectMissing,
@@ -45,9 +45,6 @@ from safehold.store import (
 )
 from safehold.store.locks import Lock
 from safehold.store.nodelete import NoDeleteStore
-
-if TYPE_CHECKING:  # the index module (and numpy) load only when the index is needed
-    from safehold.repo.index import Index, Location
 
 DEFAULT_CONFIG = {
     "chunker": {"min_size": 256 * 1024, "avg_size": 1024 * 1024, "max_size": 4 * 1024 * 1024},
@@ -372,8 +369,6 @@ class Repository:
         index = self._index
         if index is not None:
             return index
-        from safehold.repo.index import Index
-
         with self._index_lock:
             if self._index is None:
                 index = Index()

@@ -15,17 +15,14 @@ import queue
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from safehold.crypto import OVERHEAD, AuthenticationFailed
 from safehold.repo.cache import cache_root
 from safehold.repo.format import BLOB_TREE, blob_aad, encode_body_scratch
+from safehold.repo.index import Index, encode_index_file
 from safehold.repo.pack import PackBuilder, PackEntry, pack_id_of, read_header
 from safehold.repo.repository import Repository, pack_name
 from safehold.store import ObjectMissing
-
-if TYPE_CHECKING:
-    from safehold.repo.index import Index
 
 INDEX_EVERY_PACKS = 16
 
@@ -297,8 +294,6 @@ class BlobWriter:
         # Called with _index_lock held: only packs already stored are listed (write order).
         if not self._unindexed:
             return
-        from safehold.repo.index import encode_index_file  # numpy: only when writing
-
         packs, records = encode_index_file(self._unindexed)
         name = "index/" + os.urandom(32).hex()
         self.repository.save_object(
