@@ -76,15 +76,20 @@ BLOB_COST = 64 * 1024  # what writing out one blob (a small file) costs, in byte
 PIECE_BLOBS = 128
 
 
+def _span(ordered: list) -> tuple[int, int]:
+    """(start, end) in its pack of a piece: blobs in pack order, (id, (location, targets))."""
+    start = ordered[0][1][0].offset
+    end = max(location.offset + location.length for _, (location, _) in ordered)
+    return start, end
+
+
 def _cost(item: tuple[bytes, list]) -> int:
     """About how long a piece takes: its bytes to read, plus a share per blob written (2,000
     small files are slow to write out, however quickly they are read). Pieces are started
     longest first, so that the slow ones overlap the others instead of ending the restore
     alone."""
-    ordered = item[1]
-    start = ordered[0][1][0].offset
-    end = max(location.offset + location.length for _, (location, _) in ordered)
-    return end - start + BLOB_COST * len(ordered)
+    start, end = _span(item[1])
+    return end - start + BLOB_COST * len(item[1])
 
 
 class ContentWriter:
@@ -170,8 +175,7 @@ class ContentWriter:
     # ---------------------------------------------------------------- per pack
 
     def _pack(self, pack_id: bytes, ordered: list) -> None:
-        start = ordered[0][1][0].offset
-        end = max(location.offset + location.length for _, (location, _) in ordered)
+        start, end = _span(ordered)
         try:
             with self._readers.store() as store:  # type: ignore[union-attr]
                 data = store.load(pack_name(pack_id), start, end - start)
