@@ -32,6 +32,11 @@ from pathlib import Path
 from safehold.localfile import write_atomically
 
 
+def cache_off() -> bool:
+    """True when ``SAFEHOLD_CACHE_DIR=off``: no tree, object or key-hint cache is used."""
+    return os.environ.get("SAFEHOLD_CACHE_DIR") == "off"
+
+
 def cache_root() -> Path:
     """The directory of safehold's local state (tree cache, check progress, schedules)."""
     configured = os.environ.get("SAFEHOLD_CACHE_DIR")
@@ -50,7 +55,7 @@ class TreeCache:
     @classmethod
     def for_repository(cls, repository_id: str) -> TreeCache | None:
         """The cache of one repository, or None when turned off."""
-        if os.environ.get("SAFEHOLD_CACHE_DIR") == "off":
+        if cache_off():
             return None
         return cls(cache_root() / repository_id / "trees")
 
@@ -102,7 +107,7 @@ class ObjectCache:
     @classmethod
     def for_repository(cls, repository_id: str) -> ObjectCache | None:
         """The object cache of one repository, or None when the cache is off."""
-        if os.environ.get("SAFEHOLD_CACHE_DIR") == "off":
+        if cache_off():
             return None
         return cls(cache_root() / repository_id)
 
@@ -165,7 +170,7 @@ KDF_FIELDS = ("kdf", "salt", "time_cost", "memory_cost", "parallelism")
 
 
 def _kdf_hint_path(location: str) -> Path | None:
-    if os.environ.get("SAFEHOLD_CACHE_DIR") == "off":
+    if cache_off():
         return None
     name = hashlib.sha256(location.encode()).hexdigest()[:32]
     return cache_root() / "kdf" / f"{name}.json"
