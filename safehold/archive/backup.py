@@ -60,6 +60,7 @@ def backup_paths(
                 excludes=excludes,
                 one_file_system=one_file_system,
                 progress=progress,
+                known_dirs=repository.load_dir_table(parent) if parent else None,
             ) as archiver:
                 root = archiver.archive(absolute, parent["tree"] if parent else None)
             writer.flush()
@@ -93,6 +94,9 @@ def backup_paths(
         }
         lock.verify()  # a stale lock may have let a prune delete data this snapshot needs
         snapshot_id = repository.save_snapshot(snapshot)
+        repository.save_dir_table(
+            snapshot_id, root, archiver.new_dirs, superseded=parent["id"] if parent else None
+        )
     return BackupResult(snapshot_id, dict(snapshot, id=snapshot_id), stats, writer.stats)
 
 

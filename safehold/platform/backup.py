@@ -127,7 +127,10 @@ class PlatformBackup:
             parent = previous_platform_snapshot(self.repository, self.platform.name, self.hostname)
             parent_trees = self._component_trees(parent)
             with BlobWriter(self.repository) as writer:
-                with Archiver(self.repository, writer, progress=self.progress) as archiver:
+                known = self.repository.load_dir_table(parent) if parent else None
+                with Archiver(
+                    self.repository, writer, progress=self.progress, known_dirs=known
+                ) as archiver:
                     self._phases(archiver, parent_trees)
                     root = archiver.store_directory("", list(self.entries.values()), mtime_ns=0)
                     root = root["subtree"]
@@ -135,6 +138,9 @@ class PlatformBackup:
             snapshot = self._snapshot(root, parent, started, writer)
             lock.verify()  # a stale lock may have let a prune delete data this snapshot needs
             snapshot_id = self.repository.save_snapshot(snapshot)
+            self.repository.save_dir_table(
+                snapshot_id, root, archiver.new_dirs, superseded=parent["id"] if parent else None
+            )
         result = PlatformBackupResult(
             snapshot_id, dict(snapshot, id=snapshot_id), list(self.results.values())
         )
@@ -161,6 +167,11 @@ class PlatformBackup:
             # The hot copy is the parent of the cold pass: only what changed since is read. Its
             # trees must be readable, so the pack they sit in is written out first.
             archiver.writer.flush()
+            # The cold pass may take the hot pass's directories as known; but only the cold
+            # pass's own go into the snapshot's table (a hot tree the cold pass replaced is
+            # in no snapshot, and the next prune deletes it).
+            archiver.known_dirs = {**archiver.known_dirs, **archiver.new_dirs}
+            archiver.new_dirs = {}
             parent_trees = {
                 **parent_trees,
                 **{

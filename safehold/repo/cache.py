@@ -99,7 +99,7 @@ class ObjectCache:
     every use, and one that fails is removed and the repository read instead. Failures to
     read or write are ignored (a cache)."""
 
-    NAMESPACES = ("index", "snapshots")
+    NAMESPACES = ("index", "snapshots", "dirs")
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory

@@ -389,6 +389,8 @@ class Repository:
         cache = self.object_cache
         if cache is not None:
             cache.retain(namespace, set(names))
+            if namespace == "snapshots":  # a snapshot's directory table goes with it
+                cache.retain("dirs", {"dirs/" + name.partition("/")[2] for name in names})
 
     # ---------------------------------------------------------------- blobs
 
@@ -482,6 +484,52 @@ class Repository:
         snapshot_id = os.urandom(32).hex()
         self.save_object("snapshots/" + snapshot_id, snapshot)
         return snapshot_id
+
+    # ---------------------------------------------------------------- directory tables
+
+    def load_dir_table(self, snapshot: dict) -> dict[bytes, tuple[bytes, dict[bytes, bytes]]]:
+        """What the local cache remembers of the directories of ``snapshot`` (a parent, as
+        listed now): listing signature -> (tree id, {name: tree id} of its subdirectories);
+        see safehold.archive.archiver. Empty when the cache is off, has none, or holds one
+        that does not authenticate or belongs to another version of the snapshot."""
+        cache = self.object_cache
+        if cache is None:
+            return {}
+        name = "dirs/" + snapshot["id"]
+        sealed = cache.get(name)
+        if sealed is None:
+            return {}
+        try:
+            value = self._open_object(name, sealed)
+            if not isinstance(value, dict) or value.get("version") != 1:
+                return {}
+            if value.get("tree") != snapshot["tree"]:
+                return {}
+            return {sig: (tree, subdirs) for sig, (tree, subdirs) in value["dirs"].items()}
+        except (IntegrityError, TypeError, ValueError, KeyError):
+            cache.discard(name)
+            return {}
+
+    def save_dir_table(
+        self,
+        snapshot_id: str,
+        tree: bytes,
+        table: dict[bytes, tuple[bytes, dict[bytes, bytes]]],
+        *,
+        superseded: str | None = None,
+    ) -> None:
+        """Keep the directory table of the snapshot just written, sealed like an object of
+        the repository but only in the local cache (no other copy exists or is needed); the
+        table of ``superseded`` (its parent) is dropped."""
+        cache = self.object_cache
+        if cache is None:
+            return
+        name = "dirs/" + snapshot_id
+        value = {"version": 1, "tree": tree, "dirs": {s: list(v) for s, v in table.items()}}
+        body = encode_body(msgpack.packb(value, use_bin_type=True), 3)
+        cache.put(name, self.cipher.seal(body, object_aad(name)))
+        if superseded is not None and superseded != snapshot_id:
+            cache.discard("dirs/" + superseded)
 
     def load_snapshot(self, snapshot_id: str) -> dict:
         return self.load_snapshots([snapshot_id])[0]
