@@ -132,6 +132,21 @@ def test_a_small_index_moves_into_the_arrays_when_it_grows(monkeypatch) -> None:
     assert index.lookup(blob(20)) == Location(PACK_C, 0, 3, 3, BLOB_DATA)
 
 
+def test_of_two_records_of_one_blob_the_first_loaded_is_kept(loading: str) -> None:
+    """Two backups may store the same blob (concurrently): the first index file listing it
+    wins, in both forms of the index; every other blob of the files is found."""
+    index = Index()
+    index.load_file(*encode_index_file([(blob(1), PACK_A, 0, 1, 1, BLOB_DATA)]))
+    index.load_file(
+        *encode_index_file(
+            [(blob(2), PACK_C, 9, 9, 9, BLOB_TREE), (blob(1), PACK_B, 5, 6, 7, BLOB_DATA)]
+        )
+    )
+    index.finish_loading()
+    assert index.lookup(blob(1)) == Location(PACK_A, 0, 1, 1, BLOB_DATA)
+    assert index.lookup(blob(2)) == Location(PACK_C, 9, 9, 9, BLOB_TREE)
+
+
 def test_loading_after_adding_keeps_both(loading: str) -> None:
     index = Index()
     index.add(blob(7), PACK_A, 1, 2, 3, BLOB_DATA)
