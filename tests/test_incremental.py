@@ -205,3 +205,27 @@ def test_backups_of_a_small_repository_never_load_numpy(
     last = max(snapshots, key=lambda snapshot: snapshot["time"])["summary"]
     assert last["files_changed"] == 1 and last["bytes_read"] == 600 * 1024
     assert last["blobs_new"] >= 3  # the two trees and at least one chunk of c.bin
+
+
+def test_an_unchanged_backup_loads_neither_the_chunker_nor_the_restorer(
+    repo: Path, source: Path, tmp_path: Path
+) -> None:
+    """Start-up is spent while the key is derived, on both cores: a backup that has nothing to
+    cut does not import pyfastcdc (and typing_extensions with it), nor the restore code."""
+    env = dict(os.environ, SAFEHOLD_PASSPHRASE=PASSPHRASE, SAFEHOLD_CACHE_DIR=str(tmp_path / "c"))
+    script = (
+        "import sys\n"
+        "from safehold.cli.main import main\n"
+        f"code = main(['backup', '--repo', {str(repo)!r}, '--quiet', {str(source)!r}])\n"
+        "print(code, *(name in sys.modules for name in\n"
+        "    ('pyfastcdc', 'safehold.archive.restorer', 'numpy')))\n"
+    )
+
+    def run() -> list[str]:
+        done = subprocess.run(
+            [sys.executable, "-c", script], env=env, capture_output=True, text=True, check=False
+        )
+        return done.stdout.split()
+
+    assert run() == ["0", "True", "False", "False"]  # the first backup cuts a.bin and c.bin
+    assert run() == ["0", "False", "False", "False"]

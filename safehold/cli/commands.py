@@ -11,10 +11,8 @@ import time
 
 from safehold.archive import tree
 from safehold.archive.backup import backup_paths
-from safehold.archive.diff import diff_entries
 from safehold.archive.entries import DIR, display_name
 from safehold.archive.excludes import Excludes
-from safehold.archive.restorer import Restorer
 from safehold.cli import render
 from safehold.cli.session import open_repository, passphrase, repository_location
 from safehold.errors import EXIT_PARTIAL, IntegrityError, UsageError
@@ -200,6 +198,8 @@ def ls(args: argparse.Namespace) -> int:
 
 
 def restore(args: argparse.Namespace) -> int:
+    from safehold.archive.restorer import Restorer  # not imported by the other commands
+
     if args.config:
         from safehold.cli import platform_commands
 
@@ -277,6 +277,8 @@ def restore(args: argparse.Namespace) -> int:
 
 
 def diff(args: argparse.Namespace) -> int:
+    from safehold.archive.diff import diff_entries
+
     with open_repository(args) as repository:
         repository.use_tree_cache = True  # trees from the local cache where it has them
         first, second = resolve(repository, args.first), resolve(repository, args.second)
