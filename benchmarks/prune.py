@@ -122,7 +122,7 @@ def prepare(tools: list[run.Tool], workdir: str, source: str, seed: int, log: st
     for tool in tools:
         shutil.rmtree(prepared_repo(workdir, tool), ignore_errors=True)
         run.run_quietly(tool.init(prepared_repo(workdir, tool)), tool.env, log)
-    shutil.rmtree(os.path.join(workdir, "restic-cache"), ignore_errors=True)
+    shutil.rmtree(run.state_path(workdir, "restic-cache"), ignore_errors=True)
 
     def backups() -> None:
         for tool in tools:
@@ -147,7 +147,7 @@ def prepare(tools: list[run.Tool], workdir: str, source: str, seed: int, log: st
             "bytes_after_forget": run.tree_size(repo)[1],
             "snapshots_after_forget": len(json.loads(listing) or []),
         }
-    cache = os.path.join(workdir, "restic-cache")
+    cache = run.state_path(workdir, "restic-cache")
     shutil.rmtree(cache + ".prepared", ignore_errors=True)
     if os.path.isdir(cache):
         os.rename(cache, cache + ".prepared")
@@ -169,8 +169,8 @@ def run_round(
     log = os.path.join(workdir, "logs", f"round-{number + 1}.log")
     results = {}
     for tool in run.order(tools, number):
-        repo = os.path.join(workdir, f"repo-{tool.name}")
-        cache = os.path.join(workdir, "restic-cache")
+        repo = run.state_path(workdir, f"repo-{tool.name}")
+        cache = run.state_path(workdir, "restic-cache")
         copy_tree(prepared_repo(workdir, tool), repo)
         copy_tree(cache + ".prepared", cache)
         before = run.tree_size(repo)[1]
@@ -189,7 +189,7 @@ def run_round(
             run.run_quietly(check_command(tool, repo), tool.env, log)
             print(f"  round {number + 1} {tool.name:>8} check after prune: ok", flush=True)
         shutil.rmtree(repo)
-    shutil.rmtree(os.path.join(workdir, "restic-cache"), ignore_errors=True)
+    shutil.rmtree(run.state_path(workdir, "restic-cache"), ignore_errors=True)
     return results
 
 

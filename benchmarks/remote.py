@@ -184,7 +184,7 @@ def one_round(
     for backend in backends:
         for tool in run.order(tools, number):
             name = f"round{number + 1}-{tool.name}"
-            target = os.path.join(workdir, f"restore-{tool.name}")
+            target = run.state_path(workdir, f"restore-{tool.name}")
             shutil.rmtree(target, ignore_errors=True)
             os.makedirs(target)
             env = dict(tool.env, **backend.env)
@@ -217,7 +217,7 @@ def one_round(
                 print(f"  WARNING: {tool.name} over {backend.name} restored {restored}")
             shutil.rmtree(target)
             backend.cleanup(name)  # type: ignore[operator]
-            shutil.rmtree(os.path.join(workdir, "restic-cache"), ignore_errors=True)
+            shutil.rmtree(run.state_path(workdir, "restic-cache"), ignore_errors=True)
             results.append(result)
     return results
 

@@ -253,6 +253,16 @@ class Restic(Tool):
         return [*self.command, "restore", "--repo", repo, "--quiet", "latest", "--target", target]
 
 
+def state_path(workdir: str, name: str) -> str:
+    """Where the tools' repositories, restic's cache and the restores go: ``workdir/state``,
+    not next to the data set, so that writing them never changes the directory above the
+    backed-up data (an "unchanged" backup would then have new trees to write: before this,
+    restic's cache appearing there cost the tool that ran second a rewrite of the trees above
+    the data in every other round, safehold in all of them)."""
+    os.makedirs(os.path.join(workdir, "state"), exist_ok=True)
+    return os.path.join(workdir, "state", name)
+
+
 def make_tools(args: argparse.Namespace, workdir: str) -> list[Tool]:
     """safehold and restic with their passphrases (and restic's cache) in the environment.
 
@@ -263,7 +273,7 @@ def make_tools(args: argparse.Namespace, workdir: str) -> list[Tool]:
         os.environ,
         SAFEHOLD_PASSPHRASE=PASSPHRASE,
         RESTIC_PASSWORD=PASSPHRASE,
-        RESTIC_CACHE_DIR=os.path.join(workdir, "restic-cache"),
+        RESTIC_CACHE_DIR=state_path(workdir, "restic-cache"),
         PYTHONPYCACHEPREFIX=os.path.join(workdir, "pycache"),
     )
     env.pop("PYTHONDONTWRITEBYTECODE", None)
@@ -334,7 +344,7 @@ class Round:
         self.log = os.path.join(workdir, "logs", f"round-{number + 1}.log")
 
     def repo(self, tool: Tool) -> str:
-        return os.path.join(self.workdir, f"repo-{tool.name}")
+        return state_path(self.workdir, f"repo-{tool.name}")
 
     def _timed(self, tool: Tool, phase: str, command: list[str]) -> None:
         measurement = measure(command, tool.env, self.log, self.guard)
@@ -362,7 +372,7 @@ class Round:
 
     def _restores(self, expected: tuple[int, int]) -> None:
         for tool in self.tools:
-            target = os.path.join(self.workdir, f"restore-{tool.name}")
+            target = state_path(self.workdir, f"restore-{tool.name}")
             shutil.rmtree(target, ignore_errors=True)
             os.makedirs(target)
             self._timed(tool, "restore", tool.restore(self.repo(tool), target))
@@ -396,7 +406,7 @@ class Round:
             os.unlink(marker)
         for tool in self.tools:
             shutil.rmtree(self.repo(tool))
-        shutil.rmtree(os.path.join(self.workdir, "restic-cache"), ignore_errors=True)
+        shutil.rmtree(state_path(self.workdir, "restic-cache"), ignore_errors=True)
         return self.results
 
 
