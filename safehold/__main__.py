@@ -1,5 +1,3 @@
-import sys
+from safehold.cli.main import leave, main
 
-from safehold.cli.main import main
-
-sys.exit(main())
+leave(main())
