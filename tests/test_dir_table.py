@@ -4,6 +4,7 @@ loading that tree; and every change still reaches the snapshot."""
 
 from __future__ import annotations
 
+import json
 import os
 import random
 from pathlib import Path
@@ -20,6 +21,7 @@ from conftest import (
 
 from safehold.archive.entries import DIR, decode_tree
 from safehold.archive.reader import FileReader
+from safehold.repo.index import Index
 from safehold.repo.repository import Repository
 
 
@@ -270,3 +272,32 @@ def test_a_hot_cold_platform_backup_keeps_only_its_cold_trees(
     assert result.code == 0, result.err
     restored = next(target.rglob("d3")) / "f.bin"
     assert restored.read_bytes() == b"changed between the backups"
+
+
+def test_an_unchanged_platform_of_files_loads_no_index(
+    repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nothing changed: the component entries and the snapshot's root tree are the parent's,
+    so nothing is written and the index is never loaded (for a large repository: seconds and
+    hundreds of MB)."""
+    root = tmp_path / "platform"
+    for number in range(3):
+        write_file(root / "data" / f"d{number}" / "f.bin", bytes([number]) * 5000)
+    config = mini_platform(root, repo)
+    document = json.loads(config.read_text())
+    document["components"] = [c for c in document["components"] if c["type"] == "files"]
+    config.write_text(json.dumps(document))
+    result = run_cli("backup", "--config", config, "--json")
+    assert result.code == 0, result.err
+    loads: list[int] = []
+    original = Index.finish_loading
+    monkeypatch.setattr(Index, "finish_loading", lambda self: loads.append(1) or original(self))
+    result = run_cli("backup", "--config", config, "--json")
+    assert result.code == 0, result.err
+    assert loads == []
+    first, second = snapshots(repo)[-2:]
+    assert first["tree"] == second["tree"]
+    write_file(root / "data" / "d1" / "f.bin", b"changed")
+    result = run_cli("backup", "--config", config, "--json")
+    assert result.code == 0, result.err
+    assert snapshots(repo)[-1]["tree"] != second["tree"]

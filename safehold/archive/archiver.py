@@ -242,10 +242,22 @@ class Archiver:
         return synthetic_entry(os.fsencode(name), FILE, mtime_ns, size=size, content=content)
 
     def store_directory(
-        self, name: str, entries: list[dict], *, mtime_ns: int | None = None
+        self,
+        name: str,
+        entries: list[dict],
+        *,
+        mtime_ns: int | None = None,
+        previous: bytes | None = None,
     ) -> dict:
-        """Write a tree of ``entries`` and return a directory entry named ``name`` for it."""
-        return synthetic_entry(os.fsencode(name), DIR, mtime_ns, subtree=self._store_tree(entries))
+        """Write a tree of ``entries`` and return a directory entry named ``name`` for it;
+        not written (nor looked up in the index) when it is ``previous``, the same tree in
+        the parent snapshot."""
+        subtree = self._store_tree(entries, previous)
+        return synthetic_entry(os.fsencode(name), DIR, mtime_ns, subtree=subtree)
+
+    def directory_entry(self, name: str, subtree: bytes, *, mtime_ns: int | None = None) -> dict:
+        """A directory entry named ``name`` for a tree already stored."""
+        return synthetic_entry(os.fsencode(name), DIR, mtime_ns, subtree=subtree)
 
     def close(self) -> None:
         """Wait for the reader threads to finish; call once after the last archive call."""

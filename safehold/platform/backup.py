@@ -132,7 +132,12 @@ class PlatformBackup:
                     self.repository, writer, progress=self.progress, known_dirs=known
                 ) as archiver:
                     self._phases(archiver, parent_trees)
-                    root = archiver.store_directory("", list(self.entries.values()), mtime_ns=0)
+                    root = archiver.store_directory(
+                        "",
+                        list(self.entries.values()),
+                        mtime_ns=0,
+                        previous=parent["tree"] if parent else None,
+                    )
                     root = root["subtree"]
                 writer.flush()
             snapshot = self._snapshot(root, parent, started, writer)
@@ -218,9 +223,7 @@ class PlatformBackup:
         archiver.one_file_system = bool(component.get("one_file_system", False))
         self.results[component.name].paths = [os.path.abspath(p) for p in component.get("paths")]
         tree_id = archiver.archive(component.get("paths"), parent_tree)
-        entry = archiver.store_directory(component.name, [], mtime_ns=0)
-        entry["subtree"] = tree_id
-        return entry
+        return archiver.directory_entry(component.name, tree_id, mtime_ns=0)
 
     # ---------------------------------------------------------------- snapshot
 
