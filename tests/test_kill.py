@@ -82,8 +82,16 @@ def kill_after(argv: list[str], delay: float) -> tuple[int, str]:
 
 
 def left_locks(repo: Path, pid: int) -> int:
-    """Locks the killed process left behind; they name its pid, which no longer exists."""
-    locks = [json.loads(p.read_text()) for p in (repo / "locks").iterdir() if p.is_file()]
+    """Locks the killed process left behind; they name its pid, which no longer exists.
+
+    A kill between creating a lock's temporary file and renaming it over the lock's name
+    leaves ``<random>.tmp`` (empty or partly written): no listing shows it (safehold, like
+    borgstore, lists valid names only), so it is no lock; ``prune`` removes such leftovers."""
+    locks = [
+        json.loads(p.read_text())
+        for p in (repo / "locks").iterdir()
+        if p.is_file() and not p.name.endswith(".tmp")
+    ]
     for lock in locks:
         assert lock["pid"] == pid, lock
         with pytest.raises(ProcessLookupError):

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import backup_json, run_cli, write_file
 
 from safehold.errors import RepositoryLocked
 from safehold.store import Store, open_store
@@ -92,3 +93,16 @@ def test_holder_refreshes_its_lock(store: Store) -> None:
         first = json.loads(store.load(lock.name))["time"]
         time.sleep(0.3)
         assert json.loads(store.load(lock.name))["time"] > first
+
+
+def test_a_half_written_lock_of_a_killed_process_is_no_lock(repo: Path, tmp_path: Path) -> None:
+    """A process killed between creating a lock's temporary file and renaming it leaves an
+    empty ``<random>.tmp`` in locks/: no command takes it for a lock (or fails on it)."""
+    (repo / "locks" / "tmpkilledwrite.tmp").write_bytes(b"")
+    source = write_file(tmp_path / "src" / "a.txt", b"a\n").parent
+    assert backup_json(repo, source)["files_new"] == 1
+    exclusive = run_cli("prune", "--repo", repo, "--dry-run")  # takes the exclusive lock
+    assert exclusive.code == 0, exclusive.err
+    unlock = run_cli("unlock", "--repo", repo)
+    assert unlock.code == 0, unlock.err
+    assert (repo / "locks" / "tmpkilledwrite.tmp").exists()  # a fresh one: prune's to remove
