@@ -252,8 +252,7 @@ class Archiver:
         """Write a tree of ``entries`` and return a directory entry named ``name`` for it;
         not written (nor looked up in the index) when it is ``previous``, the same tree in
         the parent snapshot."""
-        subtree = self._store_tree(entries, previous)
-        return synthetic_entry(os.fsencode(name), DIR, mtime_ns, subtree=subtree)
+        return self.directory_entry(name, self._store_tree(entries, previous), mtime_ns=mtime_ns)
 
     def directory_entry(self, name: str, subtree: bytes, *, mtime_ns: int | None = None) -> dict:
         """A directory entry named ``name`` for a tree already stored."""
@@ -326,7 +325,7 @@ class Archiver:
         signature = self._signature(children) if complete and self._signing else None
         known = self.known_dirs.get(signature) if signature is not None else None
         if known is not None and known[0] == parent_tree:
-            return self._reuse_dir(path, entry, children, signature, known[1])  # type: ignore[arg-type]
+            return self._reuse_dir(path, entry, children, signature, known)  # type: ignore[arg-type]
         previous = self._load_tree(parent_tree)
         entries: list = []
         batch: list = []
@@ -408,11 +407,12 @@ class Archiver:
         entry: dict,
         children: list[tuple[bytes, bytes, os.stat_result]],
         signature: bytes,
-        subdirs: dict[bytes, bytes],
+        known: tuple[bytes, dict[bytes, bytes]],
     ) -> DirNode:
         """A directory whose listing is the one the parent snapshot recorded: its files are
         the parent's (as the stat comparison would find, without loading the parent's tree),
         its subdirectories are walked as usual."""
+        tree_id, subdirs = known
         items: list = []
         files = size = 0
         for child, child_path, child_st in children:
@@ -429,7 +429,7 @@ class Archiver:
         self.stats.bytes_total += size
         if files:
             self.progress(path, files, size)
-        node = DirNode(entry, self.known_dirs[signature][0])
+        node = DirNode(entry, tree_id)
         node.signature, node.reused = signature, subdirs
         self._start(node, items)
         return node
