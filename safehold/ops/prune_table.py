@@ -14,20 +14,12 @@ import numpy as np
 from safehold.archive.entries import decode_tree
 from safehold.errors import IntegrityError
 from safehold.repo.index import Location
+from safehold.repo.index_arrays import LOCATION_FIELDS
 from safehold.repo.repository import Repository, pack_name
 from safehold.store import ObjectMissing
 
-ENTRY_DTYPE = np.dtype(
-    [
-        ("id", "S32"),
-        ("pack", "<u4"),
-        ("offset", "<u4"),
-        ("length", "<u4"),
-        ("raw", "<u4"),
-        ("type", "u1"),
-    ],
-    align=False,
-)
+# Sortable ids (S32: compared as bytes), the record's other fields as in an index file.
+ENTRY_DTYPE = np.dtype([("id", "S32"), *LOCATION_FIELDS], align=False)
 assert ENTRY_DTYPE.itemsize == 49  # the layout of an index file record (INDEX_RECORD)
 
 

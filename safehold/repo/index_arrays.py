@@ -16,28 +16,16 @@ import numpy as np
 
 from safehold.repo.format import INDEX_RECORD
 
-RECORD_DTYPE = np.dtype(
-    [
-        ("rest", "V24"),
-        ("pack", "<u4"),
-        ("offset", "<u4"),
-        ("length", "<u4"),
-        ("raw", "<u4"),
-        ("type", "u1"),
-    ],
-    align=False,
-)
-FILE_DTYPE = np.dtype(
-    [
-        ("id", "V32"),
-        ("pack", "<u4"),
-        ("offset", "<u4"),
-        ("length", "<u4"),
-        ("raw", "<u4"),
-        ("type", "u1"),
-    ],
-    align=False,
-)
+# What an index-file record (INDEX_RECORD) holds after the blob id: where the blob is.
+LOCATION_FIELDS = [
+    ("pack", "<u4"),
+    ("offset", "<u4"),
+    ("length", "<u4"),
+    ("raw", "<u4"),
+    ("type", "u1"),
+]
+RECORD_DTYPE = np.dtype([("rest", "V24"), *LOCATION_FIELDS], align=False)
+FILE_DTYPE = np.dtype([("id", "V32"), *LOCATION_FIELDS], align=False)
 assert FILE_DTYPE.itemsize == INDEX_RECORD.size
 
 Sorted = tuple[np.ndarray, np.ndarray]  # (keys, records), sorted by key
