@@ -63,7 +63,7 @@ class Prune:
 def prune_command(tool: run.Tool, repo: str) -> list[str]:
     if tool.name == "restic":
         return [*tool.command, "prune", "--repo", repo]
-    return [*tool.command, "prune", "--repo", repo, "--json"]
+    return [*tool.command, "prune", "--repo", repo, "--json", "--keep-young", "0"]
 
 
 def forget_command(tool: run.Tool, repo: str) -> list[str]:

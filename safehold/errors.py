@@ -83,6 +83,12 @@ class RepositoryLocked(SafeholdError):
     exit_code = 14
 
 
+class ConcurrentChange(SafeholdError):
+    """{message}: another process changed the repository while this one ran (one that did not respect its lock); nothing was committed: run 'safehold repair index', then the command again"""
+
+    exit_code = 14
+
+
 class StorageError(SafeholdError):
     """storage error: {message}"""
 

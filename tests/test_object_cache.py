@@ -116,7 +116,7 @@ def test_forgotten_snapshots_and_superseded_index_files_leave_the_cache(
     backup_json(repo, source_tree(tmp_path / "src", 2))  # type: ignore[arg-type]  # all new
     old_index = cached(repo, "index")
     assert len(old_index) == 2 and len(cached(repo, "snapshots")) == 2
-    result = run_cli("forget", "--repo", repo, "--keep-last", "1", "--prune")
+    result = run_cli("forget", "--repo", repo, "--keep-last", "1", "--prune", "--keep-young", "0")
     assert result.code == 0, result.err
     with Repository.open(repo, PASSPHRASE.encode()) as repository:
         index_names, snapshot_names = repository.index_names(), repository.snapshot_names()

@@ -40,7 +40,7 @@ def contents(root: Path) -> dict[str, bytes]:
 
 
 def prune_json(repo: Path, *args: object) -> dict:
-    result = run_cli("prune", "--repo", repo, "--json", *args)
+    result = run_cli("prune", "--repo", repo, "--json", "--keep-young", "0", *args)
     assert result.code == 0, result.err
     document = result.json()
     assert isinstance(document, dict)
@@ -96,7 +96,7 @@ def forget_oldest(repo: Path, expected: dict) -> None:
 def test_forget_prune_frees_space_and_everything_left_restores(history, tmp_path: Path) -> None:
     repo, source, expected = history
     before = data_size(repo)
-    result = run_cli("forget", "--repo", repo, "--keep-last", "2", "--prune")
+    result = run_cli("forget", "--repo", repo, "--keep-last", "2", "--prune", "--keep-young", "0")
     assert result.code == 0, result.err
     assert "freed" in result.out
     del expected[next(iter(expected))]
@@ -199,6 +199,35 @@ def test_packs_no_index_lists_are_removed(history) -> None:
     assert check_ok(repo)["notes"] == []
 
 
+def test_young_packs_are_left_alone_by_default(history, tmp_path: Path) -> None:
+    """Defence in depth: whatever a lock says, packs written within --keep-young (4h by
+    default) are neither deleted nor repacked; a prune later (by the store's clock) takes them."""
+    repo, source, expected = history
+    forget_oldest(repo, expected)
+    stray = write_stray_pack(repo)
+    before = repo_state(repo)
+    result = run_cli("prune", "--repo", repo, "--json", "--max-unused", "0%")
+    assert result.code == 0, result.err
+    plan = result.json()
+    assert (plan["packs_delete"], plan["packs_repack"], plan["packs_unindexed"]) == ([], [], [])
+    assert stray.hex() in plan["packs_young"] and plan["keep_young"] == 4 * 3600
+    assert {p for p in before if p.startswith("data")} <= set(repo_state(repo))
+    text = run_cli("prune", "--repo", repo, "--dry-run", "--max-unused", "0%")
+    assert "written less than 4h ago" in text.out
+    with open_repository(repo) as repository:  # five hours later
+        later = prune(repository, max_unused=0.0, clock=lambda: time.time() + 5 * 3600)
+    assert stray in later.unindexed and later.delete and later.done["packs_deleted"]
+    assert later.young == []
+    check_ok(repo)
+    assert_restores(repo, source, expected, tmp_path)
+
+
+@pytest.mark.parametrize("text", ["4", "4x", "h", "1 day"])
+def test_keep_young_takes_a_duration(history, text: str) -> None:
+    repo, _source, _expected = history
+    assert_one_line_error(run_cli("prune", "--repo", repo, "--keep-young", text), 2, "--keep-young")
+
+
 def test_temp_files_of_interrupted_writes_are_removed(history) -> None:
     """A process killed between borgstore's temp-file write and its rename leaves the temp file
     (invisible to listing); prune removes those, but in locks/ only stale ones, as another
@@ -221,7 +250,7 @@ def test_temp_files_of_interrupted_writes_are_removed(history) -> None:
     assert sorted(dry["temporaries"]) == sorted(str(p.relative_to(repo)) for p in leftovers)
     assert dry["bytes_temporaries"] == sum(leftovers.values())
     assert all(path.exists() for path in leftovers)  # a dry run removes nothing
-    text = run_cli("prune", "--repo", repo)
+    text = run_cli("prune", "--repo", repo, "--keep-young", "0")
     assert text.code == 0, text.err
     assert "removed 4 temp file(s) of interrupted writes" in text.out
     assert not any(path.exists() for path in leftovers)
@@ -270,7 +299,7 @@ def test_a_crash_at_any_step_leaves_a_sound_repository(
         )
         repository.store = faulty
         with pytest.raises(StorageError, match="injected"):
-            prune(repository, max_unused=0.0)
+            prune(repository, max_unused=0.0, keep_young=0)
         assert faulty.injected, "the fault never struck: the test is not testing anything"
     check_ok(repo)
     assert_restores(repo, source, expected, tmp_path)
@@ -295,7 +324,7 @@ def test_prune_that_lost_its_lock_deletes_nothing(history, tmp_path: Path) -> No
     with open_repository(repo) as repository:
         packs = {name for name, _size in repository.store.list("data")}
         with pytest.raises(RepositoryLocked, match="run prune again"):
-            prune(repository, max_unused=0.0, progress=lose_lock)
+            prune(repository, max_unused=0.0, keep_young=0, progress=lose_lock)
         assert packs <= {name for name, _size in repository.store.list("data")}
     check_ok(repo)
     assert_restores(repo, source, expected, tmp_path)

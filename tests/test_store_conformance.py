@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import random
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -108,6 +109,19 @@ def test_list_yields_every_name_with_its_size(store: Store) -> None:
     assert names(store, "data") == packs
     assert names(store, "index") == {f"index/{ID}": 1}
     assert names(store, "snapshots") == {}
+
+
+def test_modified_times_name_every_object_with_when_it_was_written(store: Store) -> None:
+    before = time.time()
+    written = [f"data/{n:02x}" + "a" * 62 for n in (0, 7, 255)]
+    for name in written:
+        store.save(name, b"pack")
+    store.save(f"index/{ID}", b"i")
+    times = store.modified_times("data")
+    assert sorted(times) == sorted(written)
+    for when in times.values():  # server clocks (moto, sshd here) are this machine's
+        assert before - 5 <= when <= time.time() + 5
+    assert store.modified_times("snapshots") == {}
 
 
 def test_list_of_a_namespace_never_written_is_empty(store: Store) -> None:

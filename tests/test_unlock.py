@@ -8,6 +8,7 @@ import socket
 import subprocess
 import time
 
+from safehold.store.locks import machine_identity
 from tests.conftest import open_repository, run_cli
 
 
@@ -25,8 +26,14 @@ def test_stale_and_dead_locks_are_removed(repo) -> None:
     dead = subprocess.Popen(["true"])
     dead.wait()
     _write_lock(repo, "a" * 32, host="elsewhere", pid=1, exclusive=True, time=time.time() - 3600)
-    _write_lock(
-        repo, "b" * 32, host=socket.gethostname(), pid=dead.pid, exclusive=False, time=time.time()
+    _write_lock(  # this very machine (boot, PID namespace): the dead pid proves it gone
+        repo,
+        "b" * 32,
+        host=socket.gethostname(),
+        machine=machine_identity(),
+        pid=dead.pid,
+        exclusive=False,
+        time=time.time(),
     )
     result = run_cli("unlock", "--repo", repo)
     assert result.code == 0, result.err

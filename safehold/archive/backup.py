@@ -50,7 +50,7 @@ def backup_paths(
     hostname = hostname or socket.gethostname()
     absolute = [os.path.abspath(path) for path in paths]
     started = clock()
-    with repository.lock() as lock:
+    with repository.lock():
         if parent is None and not force:
             parent = find_parent(repository, hostname, absolute)
         with BlobWriter(repository) as writer:
@@ -92,8 +92,7 @@ def backup_paths(
                 "warnings": stats.warnings,
             },
         }
-        lock.verify()  # a stale lock may have let a prune delete data this snapshot needs
-        snapshot_id = repository.save_snapshot(snapshot)
+        snapshot_id = repository.save_snapshot(snapshot)  # verifies the lock first
         repository.save_dir_table(
             snapshot_id, root, archiver.new_dirs, superseded=parent["id"] if parent else None
         )

@@ -17,9 +17,10 @@ from safehold.ops.retention import COUNT_KEYS, Decision, Group, parse_group_by, 
 def forget_command(args: argparse.Namespace) -> int:
     """`safehold forget`: decide, show, and (without --dry-run) delete snapshot objects."""
     if args.prune:  # usage errors before anything is deleted
-        from safehold.cli.prune import parse_max_unused, parse_size
+        from safehold.cli.prune import parse_keep_young, parse_max_unused, parse_size
 
         parse_max_unused(args.max_unused)
+        parse_keep_young(args.keep_young)
         if args.max_repack_size:
             parse_size(args.max_repack_size, "--max-repack-size")
     platform = None

@@ -215,6 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     command.add_argument("--prune", action="store_true", help="prune after forgetting")
     command.add_argument("--max-unused", default="5%", metavar="N%|SIZE", help="with --prune")
     command.add_argument("--max-repack-size", default=None, metavar="SIZE", help="with --prune")
+    command.add_argument("--keep-young", default="4h", metavar="DURATION", help="with --prune")
     command.set_defaults(run="forget:forget_command")
 
     # prune (safehold/cli/prune.py, safehold/ops/prune.py; docs/format.md "Prune")
@@ -228,6 +229,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     command.add_argument("--dry-run", "-n", action="store_true", help="show, change nothing")
     command.add_argument("--lock-wait", type=float, default=0.0, metavar="SECONDS")
+    command.add_argument(
+        "--keep-young",
+        default="4h",
+        metavar="DURATION",
+        help="leave packs written less than this long ago (4h; 0 to prune them too)",
+    )
     command.set_defaults(run="prune:prune_command")
 
     # drill (safehold/cli/drill.py, safehold/ops/drill.py; docs/operations.md)
@@ -361,6 +368,23 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    try:
+        return _run_command(args)
+    finally:
+        _warn_about_damage()
+
+
+def _warn_about_damage() -> None:
+    """One warning line per damaged object a command worked around (a snapshot skipped, an
+    index file replaced by the packs' headers), so that it never goes unnoticed."""
+    repository = sys.modules.get("safehold.repo.repository")
+    if repository is None:
+        return
+    for name, what in repository.take_damage_reports():
+        print(f"safehold: warning: {name}: {what}", file=sys.stderr)
+
+
+def _run_command(args: argparse.Namespace) -> int:
     try:
         # Command modules are imported on use: a backup does not pay for YAML and JSON Schema.
         module, function = args.run.split(":")

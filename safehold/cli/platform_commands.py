@@ -228,6 +228,11 @@ def restore_platform(args: argparse.Namespace) -> int:
             snapshot = snapshots[-1]
         else:
             snapshot = resolve(repository, spec)
+            if snapshot.get("platform") != platform.name:
+                raise UsageError(
+                    f"snapshot {snapshot['id'][:8]} is not of platform {platform.name}: "
+                    "give a snapshot of this platform (safehold snapshots --json)"
+                )
         restore = PlatformRestore(
             repository,
             platform,

@@ -8,7 +8,7 @@ import re
 from safehold.cli import render
 from safehold.cli.session import open_repository
 from safehold.errors import UsageError
-from safehold.ops.prune import PrunePlan, prune
+from safehold.ops.prune import PrunePlan, parse_keep_young, prune
 from safehold.repo.repository import Repository
 
 UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
@@ -46,6 +46,7 @@ def prune_repository(repository: Repository, args: argparse.Namespace, *, show: 
         max_repack_size=parse_size(max_repack, "--max-repack-size") if max_repack else None,
         dry_run=args.dry_run,
         wait=args.lock_wait,
+        keep_young=parse_keep_young(args.keep_young),
         before_changes=(lambda plan: print(describe_plan(plan))) if show else None,
     )
 
@@ -53,6 +54,7 @@ def prune_repository(repository: Repository, args: argparse.Namespace, *, show: 
 def prune_command(args: argparse.Namespace) -> int:
     """`safehold prune`: free what no snapshot needs; --dry-run only shows it."""
     parse_max_unused(args.max_unused)  # usage errors before the passphrase
+    parse_keep_young(args.keep_young)
     if args.max_repack_size:
         parse_size(args.max_repack_size, "--max-repack-size")
     show = not args.json and not args.quiet
@@ -80,6 +82,14 @@ def describe_plan(plan: PrunePlan) -> str:
             f"to repack: {len(plan.repack)} pack(s), {size(plan.bytes_repack)}, "
             f"keeping {size(plan.bytes_repack_used)} of them",
             f"unused afterwards: {size(plan.bytes_unused_after)}",
+            *(
+                [
+                    f"kept: {len(plan.young)} pack(s) written less than "
+                    f"{plan.keep_young / 3600:g}h ago, {size(plan.bytes_young)} (--keep-young)"
+                ]
+                if plan.young
+                else []
+            ),
             *(
                 [
                     f"temp files of interrupted writes: {len(plan.temporaries)}, "

@@ -163,7 +163,9 @@ def prune_job(args: argparse.Namespace) -> JobOutcome:
     def body() -> JobOutcome:
         settings = dict(platform.retention)
         fields = parse_group_by(settings.pop("group_by", None))
-        options = _namespace(args, max_unused="5%", max_repack_size=None, dry_run=False)
+        options = _namespace(
+            args, max_unused="5%", max_repack_size=None, dry_run=False, keep_young="4h"
+        )
         with open_for_platform(options, platform.repository) as repository:
             result = forget(
                 repository,

@@ -79,7 +79,7 @@ def forget(
         result = ForgetResult(decision, dry_run=False)
         for snapshot in decision.remove:
             try:
-                repository.store.delete("snapshots/" + snapshot["id"])
+                repository.delete_snapshot(snapshot["id"])
             except ObjectMissing:
                 pass  # already gone: the outcome is the same
             except SafeholdError as error:

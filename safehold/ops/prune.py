@@ -17,19 +17,40 @@ next prune removes.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from safehold.errors import IntegrityError
+from safehold.errors import IntegrityError, UsageError
 from safehold.ops.prune_table import ENTRY_DTYPE, BlobTable, TreeMarks
 from safehold.ops.treewalk import content_ids, walk_trees
 from safehold.repo.pack import PackBuilder
-from safehold.repo.repository import Repository, pack_name
+from safehold.repo.repository import Repository, pack_name, snapshot_problem
 from safehold.store.locks import STALE_AFTER, Lock
 
 INDEX_FILE_RECORDS = 65536  # records per new index file (about 3 MiB)
+# Packs written less than this long ago are neither deleted nor repacked: defence in depth
+# should a backup ever run unseen by the lock (its packs are unreferenced until its snapshot).
+KEEP_YOUNG = 4 * 3600.0
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_keep_young(text: str) -> float:
+    """Parse --keep-young: 0, or a number with a unit s, m, h or d (30m, 4h, 1d) -> seconds."""
+    text = text.strip().lower()
+    if text == "0":
+        return 0.0
+    try:
+        seconds = float(text[:-1]) * _UNITS[text[-1:]]
+        if seconds >= 0:
+            return seconds
+    except (KeyError, ValueError):
+        pass
+    raise UsageError(f"--keep-young takes 0 or a duration such as 30m, 4h or 1d, not {text!r}")
 
 
 @dataclass
@@ -46,6 +67,9 @@ class PrunePlan:
     repack: list[bytes] = field(default_factory=list)
     unindexed: list[bytes] = field(default_factory=list)  # packs no index lists
     temporaries: list[str] = field(default_factory=list)  # temp files of killed writes
+    young: list[bytes] = field(default_factory=list)  # would go, but younger than keep_young
+    bytes_young: int = 0
+    keep_young: float = KEEP_YOUNG
     bytes_temporaries: int = 0
     bytes_delete: int = 0  # file sizes of delete + unindexed
     bytes_repack: int = 0  # file sizes of the packs to repack
@@ -71,6 +95,9 @@ class PrunePlan:
             "packs_delete": [p.hex() for p in self.delete],
             "packs_unindexed": [p.hex() for p in self.unindexed],
             "packs_repack": [p.hex() for p in self.repack],
+            "packs_young": [p.hex() for p in self.young],
+            "bytes_young": self.bytes_young,
+            "keep_young": self.keep_young,
             "temporaries": self.temporaries,
             "bytes_temporaries": self.bytes_temporaries,
             "bytes_delete": self.bytes_delete,
@@ -88,22 +115,27 @@ def prune(
     max_repack_size: int | None = None,
     dry_run: bool = False,
     wait: float = 0.0,
+    keep_young: float = KEEP_YOUNG,
     progress: Callable[[str], None] | None = None,
     before_changes: Callable[[PrunePlan], None] | None = None,
+    clock: Callable[[], float] = time.time,
 ) -> PrunePlan:
     """Plan and (unless ``dry_run``) carry out a prune; returns the plan with what was done.
 
     ``max_unused``: a float below 1 is the share of the repository's pack data that may stay
     unused; an int is a number of bytes. ``max_repack_size`` caps the bytes of packs read for
-    repacking. Raises RepositoryLocked (exit 14) if another process holds the repository
+    repacking. Packs written less than ``keep_young`` seconds before ``clock()`` are left as
+    they are (the repository's clock: the backend's modification times). Raises
+    RepositoryLocked (exit 14) if another process holds the repository
     for longer than ``wait`` seconds, IntegrityError if a tree cannot be read or a snapshot
     needs a blob the index does not list (nothing is changed then).
     """
     report = progress or (lambda message: None)
+    young = (keep_young, clock)
     if dry_run:
-        return plan_prune(repository, max_unused, max_repack_size, report)[0]
+        return plan_prune(repository, max_unused, max_repack_size, report, young)[0]
     with repository.lock(exclusive=True, wait=wait) as lock:
-        plan, table, keep = plan_prune(repository, max_unused, max_repack_size, report)
+        plan, table, keep = plan_prune(repository, max_unused, max_repack_size, report, young)
         plan.dry_run = False
         if before_changes is not None:
             before_changes(plan)
@@ -120,9 +152,11 @@ def plan_prune(
     max_unused: float | int,
     max_repack_size: int | None,
     report: Callable[[str], None],
+    young: tuple[float, Callable[[], float]] = (KEEP_YOUNG, time.time),
 ) -> tuple[PrunePlan, BlobTable, np.ndarray]:
-    """Mark, choose copies and packs; returns (plan, table, mask of the copies kept)."""
-    plan = PrunePlan()
+    """Mark, choose copies and packs; returns (plan, table, mask of the copies kept).
+    ``young``: (seconds, clock): packs written within that time are kept as they are."""
+    plan = PrunePlan(keep_young=young[0])
     report("loading index")
     table = BlobTable.load(repository)
     stored = {bytes.fromhex(n.split("/", 1)[1]): size for n, size in repository.store.list("data")}
@@ -149,9 +183,14 @@ def plan_prune(
     plan.packs_total = len(stored)
     plan.bytes_total = int(sum(stored.values()))
     plan.bytes_used = int(used.sum())
+    too_young = _young_packs(repository, stored, unused, table.packs, young)
     plan.delete = [table.packs[n] for n in range(packs) if used[n] == 0]
     indexed = set(table.packs)
     plan.unindexed = sorted(pack for pack in stored if pack not in indexed)
+    plan.young = sorted(p for p in plan.delete + plan.unindexed if p in too_young)
+    plan.bytes_young = sum(stored[p] for p in plan.young)
+    plan.delete = [p for p in plan.delete if p not in too_young]
+    plan.unindexed = [p for p in plan.unindexed if p not in too_young]
     plan.bytes_delete = sum(stored[p] for p in plan.delete + plan.unindexed)
     plan.bytes_unused = int(unused.sum()) + sum(stored[p] for p in plan.unindexed)
     leftovers = repository.store.temporaries(min_age_locks=STALE_AFTER)
@@ -164,7 +203,7 @@ def plan_prune(
         if remaining <= allowed:
             break
         pack_id = table.packs[number]
-        if plan.bytes_repack + stored[pack_id] > budget:
+        if plan.bytes_repack + stored[pack_id] > budget or pack_id in too_young:
             continue
         plan.repack.append(pack_id)
         plan.bytes_repack += stored[pack_id]
@@ -172,6 +211,31 @@ def plan_prune(
         remaining -= unused[number]
     plan.bytes_unused_after = int(remaining)
     return plan, table, keep
+
+
+def _young_packs(
+    repository: Repository,
+    stored: dict[bytes, int],
+    unused: np.ndarray,
+    indexed_packs: list[bytes],
+    young: tuple[float, Callable[[], float]],
+) -> set[bytes]:
+    """The packs prune would touch (unindexed, or with unused blobs) written less than
+    ``young[0]`` seconds ago; asks the store for times only when there are such packs."""
+    seconds, clock = young
+    if seconds <= 0:
+        return set()
+    indexed = {pack: number for number, pack in enumerate(indexed_packs)}
+    candidates = {pack for pack in stored if pack not in indexed or unused[indexed[pack]] > 0}
+    if not candidates:
+        return set()
+    times = repository.store.modified_times("data")
+    limit = clock() - seconds
+    return {
+        pack
+        for pack in candidates
+        if times.get(pack_name(pack), float("inf")) > limit  # no time known: young
+    }
 
 
 def _allowed_unused(max_unused: float | int, used: int) -> float:
@@ -185,7 +249,16 @@ def _allowed_unused(max_unused: float | int, used: int) -> float:
 def _mark_snapshots(repository: Repository, table: BlobTable, plan: PrunePlan) -> None:
     seen = TreeMarks(table)
     for name in repository.snapshot_names():
-        snapshot = repository.load_object(name)
+        try:
+            snapshot = repository.load_object(name)
+            problem = snapshot_problem(snapshot)
+        except IntegrityError:
+            problem = "damaged"
+        if problem is not None:  # what it needed is unknown: deleting anything could lose it
+            raise IntegrityError(
+                f"{name} is {problem}; prune changed nothing: run 'safehold repair snapshots' "
+                "(it salvages or removes it), then prune again"
+            )
         plan.snapshots += 1
         root = snapshot["tree"]  # type: ignore[index]
         load = lambda tree_id: table.load_tree(repository, tree_id)  # noqa: E731

@@ -10,7 +10,10 @@ are deleted (the order prune uses, so a crash leaves the union of old and new: c
 or that needs a data blob no index lists (or that lives in a pack that is gone), is copied into
 a new snapshot without the unreadable subtrees and the files with missing blobs; the new
 snapshot records ``repaired_from`` and ``dropped_paths``. The damaged snapshot is deleted only
-after the new one is saved. Intact snapshots are not touched.
+after the new one is saved. Intact snapshots are not touched. A snapshot object that does not
+authenticate (nothing in it can be read) is written again from the local object cache when
+that holds an intact copy, and otherwise removed: it names nothing that could be recovered,
+and while it exists prune cannot know what it needed.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from safehold.errors import IntegrityError
 from safehold.repo.format import BLOB_TREE
 from safehold.repo.index import encode_index_file
 from safehold.repo.pack import pack_id_of, read_header
-from safehold.repo.repository import Repository
+from safehold.repo.repository import Repository, snapshot_problem
 from safehold.repo.writer import BlobWriter
 from safehold.store import ObjectMissing
 
@@ -157,6 +160,8 @@ class SnapshotsRepair:
     snapshots: int = 0
     repaired: list[SnapshotRepair] = field(default_factory=list)
     unreadable: list[str] = field(default_factory=list)  # snapshot objects that do not decrypt
+    from_cache: list[str] = field(default_factory=list)  # of those: written again from the cache
+    removed: list[str] = field(default_factory=list)  # of those: removed (or would be)
 
     def as_dict(self) -> dict:
         return {
@@ -171,7 +176,34 @@ class SnapshotsRepair:
                 for item in self.repaired
             ],
             "unreadable": self.unreadable,
+            "from_cache": self.from_cache,
+            "removed": self.removed,
         }
+
+
+def _unreadable(
+    repository: Repository, snapshot_id: str, result: SnapshotsRepair, dry_run: bool
+) -> None:
+    """A snapshot object that does not authenticate: put back the local cache's intact copy
+    (sealed anew: the same snapshot), or remove it."""
+    name = "snapshots/" + snapshot_id
+    cache = repository.object_cache
+    sealed = cache.get(name) if cache is not None else None
+    value = None
+    if sealed is not None:
+        try:
+            value = repository._open_object(name, sealed)
+        except IntegrityError:
+            value = None
+    if value is not None and snapshot_problem(value) is None:
+        result.from_cache.append(snapshot_id)
+        if not dry_run:
+            repository.verify_locks()
+            repository.save_object(name, value)  # replaces the damaged bytes, same content
+        return
+    result.removed.append(snapshot_id)
+    if not dry_run:
+        repository.delete_snapshot(snapshot_id)
 
 
 class _Salvage:
@@ -246,12 +278,13 @@ def repair_snapshots(
     repository.prove_from_repository()
     with repository.lock(exclusive=True, wait=wait, operation="repair snapshots") as lock:
         repository._index = None
-        try:
-            repository.index  # noqa: B018 (load it now: a damaged index file stops us here)
-        except IntegrityError as error:
+        repository.index  # noqa: B018 (load it now: a damaged index file stops us here)
+        damaged_index = sorted(name for name in repository.damaged if name.startswith("index/"))
+        if damaged_index:
             raise IntegrityError(
-                f"{error.fields['message']}; nothing was changed: run 'safehold repair index' first"
-            ) from error
+                f"{damaged_index[0]} is damaged; nothing was changed: run 'safehold repair "
+                "index' first"
+            )
         # adopt=False: a pack 'repair index' left out must stay out (its blobs count as lost)
         writer = None if dry_run else BlobWriter(repository, adopt=False)
         try:
@@ -282,6 +315,9 @@ def repair_snapshots(
         finally:
             if writer is not None:
                 writer.close()
+        for snapshot_id in result.unreadable:
+            _unreadable(repository, snapshot_id, result, dry_run)
+            lock.ensure_exclusive("repair")
         for name, snapshot, new_root, paths in plans:
             old_id = name.split("/", 1)[1]
             if dry_run:

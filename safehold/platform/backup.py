@@ -123,7 +123,7 @@ class PlatformBackup:
     def run(self) -> PlatformBackupResult:
         run_hooks(self.platform.hooks, "before_backup", log=self.log)
         started = self.clock()
-        with self.repository.lock() as lock:
+        with self.repository.lock():
             parent = previous_platform_snapshot(self.repository, self.platform.name, self.hostname)
             parent_trees = self._component_trees(parent)
             with BlobWriter(self.repository) as writer:
@@ -141,8 +141,7 @@ class PlatformBackup:
                     root = root["subtree"]
                 writer.flush()
             snapshot = self._snapshot(root, parent, started, writer)
-            lock.verify()  # a stale lock may have let a prune delete data this snapshot needs
-            snapshot_id = self.repository.save_snapshot(snapshot)
+            snapshot_id = self.repository.save_snapshot(snapshot)  # verifies the lock first
             self.repository.save_dir_table(
                 snapshot_id, root, archiver.new_dirs, superseded=parent["id"] if parent else None
             )

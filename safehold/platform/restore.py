@@ -9,6 +9,11 @@ Three modes:
 - ``target``: everything is written below a directory (dumps as .sql files); nothing live is
   touched.
 - ``to_database``: one database component's dump goes into another database name.
+
+The platform file is the authority on what a live restore writes: the paths a files component
+names and the databases a database component names (``sources_bridge.dump_refusal``), never
+what the snapshot records. A component whose snapshot records anything else (a path or a
+database the platform file does not name) is refused and reported; the others are restored.
 """
 
 from __future__ import annotations
@@ -65,7 +70,12 @@ class PlatformRestore:
         self.target = target
         self.log = log
         self.clock = clock
-        self.recorded = {c["name"]: c for c in snapshot.get("components", [])}
+        components = snapshot.get("components")
+        self.recorded = {
+            c["name"]: c
+            for c in (components if isinstance(components, list) else [])
+            if isinstance(c, dict) and isinstance(c.get("name"), str)
+        }
         self.dirs = {
             os.fsdecode(e["name"]): e
             for e in decode_tree(repository.load_blob(snapshot["tree"]))
@@ -88,6 +98,9 @@ class PlatformRestore:
             (platform.component(n) for n in names),
             key=lambda c: (order[c.type], bool(c.get("rebuildable")), not c.critical),
         )
+        self.refused = {
+            c.name: reason for c in self.components if (reason := self._refusal(c)) is not None
+        }
         if to_database and (
             len(self.components) != 1 or self.components[0].type not in ("postgres", "mysql")
         ):
@@ -95,6 +108,42 @@ class PlatformRestore:
                 "--to-database needs --component naming one postgres or mysql component",
                 file=platform.source,
             )
+
+    def _refusal(self, component) -> str | None:  # type: ignore[no-untyped-def]
+        """Why the snapshot's record of ``component`` must not steer a live restore, or None."""
+        recorded = self.recorded.get(component.name, {})
+        if not isinstance(recorded, dict):
+            return "the snapshot's record of it is not readable"
+        if component.type == "files":
+            named = {os.path.abspath(p) for p in component.get("paths") or []}
+            paths = recorded.get("paths", [])
+            if not isinstance(paths, list):
+                return "the snapshot's list of paths is not readable"
+            extra = [p for p in paths if p not in named]
+            if extra:
+                return (
+                    f"the snapshot records path {extra[0]!r}, which the platform file does not "
+                    "name for this component"
+                )
+            return None
+        databases = recorded.get("databases", {})
+        if not isinstance(databases, dict):
+            return "the snapshot's list of databases is not readable"
+        for name, record in databases.items():
+            reason = sources_bridge.dump_refusal(component, name, record)
+            if reason is not None:
+                return f"the snapshot records {reason}"
+        return None
+
+    def _files_paths(self, component) -> list[str]:  # type: ignore[no-untyped-def]
+        """The paths a live restore of a files component writes: those the platform file
+        names that the snapshot holds."""
+        recorded = self.recorded.get(component.name, {}).get("paths", [])
+        return [
+            path
+            for path in (os.path.abspath(p) for p in component.get("paths") or [])
+            if path in recorded
+        ]
 
     @property
     def live(self) -> bool:
@@ -109,12 +158,15 @@ class PlatformRestore:
         if services:
             steps.append(f"stop services: {', '.join(self._services_to_stop())}")
         for component in self.components:
+            if self.target is None and component.name in self.refused:
+                steps.append(f"{component.name}: REFUSED: {self.refused[component.name]}")
+                continue
             if self.target is not None:
                 steps.append(
                     f"{component.name}: write to {os.path.join(self.target, component.name)}"
                 )
             elif component.type == "files":
-                for path in self.recorded.get(component.name, {}).get("paths", []):
+                for path in self._files_paths(component):
                     steps.append(
                         f"{component.name}: move {path} aside, restore it from the snapshot"
                     )
@@ -189,12 +241,21 @@ class PlatformRestore:
         )
         # A database whose own server the services' stop command stops is restored first,
         # while it runs; the rest inside the stop.
-        early = [c for c in self.components if c.get("stopped_with_services") and services]
+        early = [
+            c
+            for c in self.components
+            if c.get("stopped_with_services") and services and c.name not in self.refused
+        ]
         for component in early:
             self._restore_dumps(component, outcome)
+        for name, reason in self.refused.items():
+            outcome.problems.append(
+                f"{name}: not restored: {reason} (the platform file decides what a restore "
+                "writes; look at the snapshot with --target)"
+            )
         with context as downtime:
             for component in self.components:
-                if component in early:
+                if component in early or component.name in self.refused:
                     continue
                 if component.type == "files":
                     self._restore_files(component, outcome)
@@ -260,7 +321,7 @@ class PlatformRestore:
     def _restore_files(self, component, outcome: RestoreOutcome) -> None:  # type: ignore[no-untyped-def]
         subtree_root = tree.root_entry(self.dirs[component.name]["subtree"])
         stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(self.clock()))
-        for path in self.recorded.get(component.name, {}).get("paths", []):
+        for path in self._files_paths(component):
             entry = tree.find(
                 self.repository, {"tree": subtree_root["subtree"], "id": self.snapshot["id"]}, path
             )

@@ -37,6 +37,35 @@ def source_settings(component: Component) -> dict:
     return {**component.settings, "password": component.password}
 
 
+def configured_dump_names(component: Component) -> list[str] | None:
+    """The dumps the platform file names for a database/command component, as a restore may
+    write them: its databases (None for ``all``: every database of its server but the
+    system schemas), its SQLite files, or its one command dump. The platform file, never a
+    snapshot, decides what a live restore replaces."""
+    if component.type in ("postgres", "mysql"):
+        names = [str(name) for name in component.get("databases") or []]
+        return None if names == ["all"] else names
+    return list(source_module(component.type).dump_names(source_settings(component), LocalTarget()))
+
+
+SYSTEM_DATABASES = {"mysql": ("information_schema", "performance_schema", "mysql", "sys")}
+
+
+def dump_refusal(component: Component, name: object, record: object) -> str | None:
+    """None if a live restore may replace dump ``name`` of ``component`` as the snapshot
+    records it (``record``), else why not, in words."""
+    if not isinstance(name, str) or not name or len(name) > 255 or any(c in name for c in "\0\n"):
+        return f"an invalid database name {name!r}"
+    allowed = configured_dump_names(component)
+    if allowed is not None and name not in allowed:
+        return f"database {name!r}, which the platform file does not name for this component"
+    if allowed is None and name in SYSTEM_DATABASES.get(component.type, ()):
+        return f"the system database {name!r}"
+    if not isinstance(record, dict) or record.get("file") != dump_filename(component, name):
+        return f"database {name!r} in a file other than {dump_filename(component, name)!r}"
+    return None
+
+
 def dump_filename(component: Component, name: str) -> str:
     """The file name a dump is stored under in the component's snapshot directory."""
     if component.type in ("postgres", "mysql"):

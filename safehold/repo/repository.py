@@ -88,6 +88,10 @@ class Repository:
         self.location = store.location  # the path or URL it was opened with (set by open/init)
         self._index: Index | None = None
         self._index_lock = threading.Lock()
+        self.held_locks: list[Lock] = []  # the repository locks this process holds now
+        # Objects found damaged and worked around (a snapshot skipped, an index file whose
+        # packs were read from their headers): name -> what was done. Commands name them.
+        self.damaged: dict[str, str] = {}
         self._tree_cache: TreeCache | bool | None = False  # False: not looked up yet
         self._object_cache: ObjectCache | bool | None = False
         # Index files and snapshots from the local object cache (authenticated on use, as
@@ -250,7 +254,20 @@ class Repository:
         objects, never an overwrite or a delete (safehold/store/locks.py)."""
         if exclusive:
             self.require_delete(operation or "an exclusive operation (forget, prune, repair)")
-        return Lock(self.store, exclusive=exclusive, wait=wait, append_only=self.no_delete)
+        return Lock(
+            self.store,
+            exclusive=exclusive,
+            wait=wait,
+            append_only=self.no_delete,
+            held=self.held_locks,
+        )
+
+    def verify_locks(self) -> None:
+        """Raise RepositoryLocked unless every lock this process holds on the repository was
+        live all along and still exists (``Lock.verify``): called before every commit, so
+        that nothing is committed on the strength of a lock another process took for stale."""
+        for lock in list(self.held_locks):
+            lock.verify()
 
     # ---------------------------------------------------------------- sealed objects
 
@@ -298,6 +315,27 @@ class Repository:
             for name in missing:
                 values[name] = self._fetch_object(self.store, name, cache)
         return [values[name] for name in names]
+
+    def note_damage(self, name: str, what: str) -> None:
+        """Record that the damaged object ``name`` was worked around (``what``): kept in
+        ``damaged`` and for ``take_damage_reports`` (the command line warns about each)."""
+        self.damaged[name] = what
+        _DAMAGE_REPORTS[name] = what
+
+    def load_objects_tolerant(self, names: list[str], *, cached: bool = False) -> dict[str, object]:
+        """``load_objects``, but a damaged object is left out of the result instead of
+        stopping the rest: name -> value of every object that authenticates."""
+        try:
+            return dict(zip(names, self.load_objects(names, cached=cached), strict=True))
+        except IntegrityError:
+            pass
+        values = {}
+        for name in names:
+            try:
+                values[name] = self.load_object(name, cached=cached)
+            except IntegrityError:
+                continue
+        return values
 
     def _fetch_object(self, store: Store, name: str, cache: ObjectCache | None) -> object:
         sealed = store.load(name)
@@ -373,11 +411,58 @@ class Repository:
             if self._index is None:
                 index = Index()
                 names = self.index_names()
-                for content in self.load_objects(names, cached=self.use_object_cache):
-                    index.load_file(content["packs"], content["records"])  # type: ignore[index]
+                loaded = self.load_objects_tolerant(names, cached=self.use_object_cache)
+                damaged = [name for name in names if name not in loaded]
+                for name in names:
+                    content = loaded.get(name)
+                    try:
+                        index.load_file(content["packs"], content["records"])  # type: ignore[index]
+                    except (TypeError, KeyError):
+                        if content is not None:
+                            damaged.append(name)
                 index.finish_loading()
+                if damaged:
+                    self._index_from_headers(index, damaged)
                 self._index = index
             return self._index
+
+    def _index_from_headers(self, index: Index, damaged: list[str]) -> None:
+        """Some index files are damaged: add the blobs of every stored pack no intact index
+        file lists, read from the pack's own (authenticated) header, so that restores and
+        backups find them. Packs that fail the checks are left out (their blobs are lost
+        until 'repair index' or 'check' says more)."""
+        from safehold.repo.pack import pack_id_of, read_header
+
+        known = set(index.packs)
+        for name, _size in list(self.store.list("data")):
+            try:
+                pack_id = bytes.fromhex(name.split("/", 1)[1])
+            except ValueError:
+                continue
+            if pack_id in known:
+                continue
+            try:
+                data = self.store.load(name)
+                if pack_id_of(data) != pack_id:
+                    continue
+                entries = read_header(self.cipher, data)
+            except (ObjectMissing, ValueError, AuthenticationFailed):
+                continue
+            for entry in entries:
+                index.add(
+                    entry.blob_id,
+                    pack_id,
+                    entry.offset,
+                    entry.length,
+                    entry.raw_length,
+                    entry.blob_type,
+                )
+        for name in damaged:
+            self.note_damage(
+                name,
+                "damaged index file: its blobs were found from the packs' headers; "
+                "run 'safehold repair index'",
+            )
 
     def index_names(self) -> list[str]:
         """The names of all index files (the object cache drops copies of any others)."""
@@ -480,10 +565,18 @@ class Repository:
         return names
 
     def save_snapshot(self, snapshot: dict) -> str:
-        """Write a snapshot object (the last write of a backup); returns its hex id."""
+        """Write a snapshot object (the last write of a backup) after verifying the locks
+        held (``verify_locks``); returns its hex id."""
+        self.verify_locks()
         snapshot_id = os.urandom(32).hex()
         self.save_object("snapshots/" + snapshot_id, snapshot)
         return snapshot_id
+
+    def delete_snapshot(self, snapshot_id: str) -> None:
+        """Remove a snapshot object (forget, repair, tag) after verifying the locks held;
+        ObjectMissing if it is gone already."""
+        self.verify_locks()
+        self.store.delete("snapshots/" + snapshot_id)
 
     # ---------------------------------------------------------------- directory tables
 
@@ -534,17 +627,62 @@ class Repository:
     def load_snapshot(self, snapshot_id: str) -> dict:
         return self.load_snapshots([snapshot_id])[0]
 
-    def load_snapshots(self, snapshot_ids: list[str]) -> list[dict]:
-        """The snapshots with these ids (from the object cache where it has them)."""
-        values = self.load_objects(
-            ["snapshots/" + snapshot_id for snapshot_id in snapshot_ids],
-            cached=self.use_object_cache,
-        )
+    def load_snapshots(self, snapshot_ids: list[str], *, skip_damaged: bool = False) -> list[dict]:
+        """The snapshots with these ids (from the object cache where it has them).
+
+        A snapshot that fails authentication, or is not a snapshot at all, raises
+        IntegrityError; with ``skip_damaged`` it is left out and named in ``damaged``."""
+        names = ["snapshots/" + snapshot_id for snapshot_id in snapshot_ids]
+        if skip_damaged:
+            loaded = self.load_objects_tolerant(names, cached=self.use_object_cache)
+        else:
+            values = self.load_objects(names, cached=self.use_object_cache)
+            loaded = dict(zip(names, values, strict=True))
         result = []
-        for snapshot_id, snapshot in zip(snapshot_ids, values, strict=True):
-            assert isinstance(snapshot, dict)
-            result.append(dict(snapshot, id=snapshot_id))
+        for snapshot_id, name in zip(snapshot_ids, names, strict=True):
+            snapshot = loaded.get(name)
+            problem = "damaged" if snapshot is None else snapshot_problem(snapshot)
+            if problem is None:
+                result.append(dict(snapshot, id=snapshot_id))  # type: ignore[arg-type]
+                continue
+            if not skip_damaged:
+                raise IntegrityError(f"{name} is {problem}")
+            self.note_damage(
+                name,
+                f"{problem} snapshot, skipped: 'safehold repair snapshots' salvages or removes it",
+            )
         return result
+
+
+_DAMAGE_REPORTS: dict[str, str] = {}  # what every repository of this process noted
+
+
+def take_damage_reports() -> list[tuple[str, str]]:
+    """(object name, what was done) of every damaged object that the repositories opened in
+    this process met and worked around (``Repository.note_damage``) since the last call."""
+    found = sorted(_DAMAGE_REPORTS.items())
+    _DAMAGE_REPORTS.clear()
+    return found
+
+
+def snapshot_problem(snapshot: object) -> str | None:
+    """None if ``snapshot`` has the fields every command relies on, else what is wrong (a
+    snapshot object that authenticates was still written by someone holding the key: its
+    fields are checked, not trusted)."""
+    if not isinstance(snapshot, dict):
+        return "not a snapshot"
+    if not isinstance(snapshot.get("tree"), bytes) or len(snapshot["tree"]) != 32:
+        return "without a valid root tree"
+    if not isinstance(snapshot.get("time"), int | float):
+        return "without a valid time"
+    for key in ("hostname", "platform", "username"):
+        if snapshot.get(key) is not None and not isinstance(snapshot[key], str):
+            return f"with an invalid {key}"
+    for key in ("paths", "tags"):
+        value = snapshot.get(key, [])
+        if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+            return f"with invalid {key}"
+    return None
 
 
 class StorePool:

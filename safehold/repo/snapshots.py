@@ -13,10 +13,12 @@ def list_snapshots(
     tags: list[str] | None = None,
     paths: list[str] | None = None,
 ) -> list[dict]:
-    """Return the snapshots (oldest first) that match all the given filters."""
+    """Return the snapshots (oldest first) that match all the given filters. A damaged one is
+    skipped and named in ``repository.damaged`` (the command line warns about it)."""
     result = []
     names = repository.snapshot_names()
-    for snapshot in repository.load_snapshots([name.split("/", 1)[1] for name in names]):
+    ids = [name.split("/", 1)[1] for name in names]
+    for snapshot in repository.load_snapshots(ids, skip_damaged=True):
         if host and snapshot.get("hostname") != host:
             continue
         if tags and not set(tags) <= set(snapshot.get("tags", [])):

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from safehold.crypto import OVERHEAD, AuthenticationFailed
+from safehold.errors import ConcurrentChange
 from safehold.repo.cache import cache_root
 from safehold.repo.format import BLOB_TREE, blob_aad, encode_body_scratch
 from safehold.repo.index import Index, encode_index_file
@@ -25,6 +26,7 @@ from safehold.repo.repository import Repository, pack_name
 from safehold.store import ObjectMissing
 
 INDEX_EVERY_PACKS = 16
+CONFIRM_ONE_BY_ONE = 32  # more packs to confirm than this: one listing of data/ instead
 
 
 @dataclass
@@ -78,6 +80,9 @@ class BlobWriter:
         self._spare: list = []  # emptied pack buffers (anonymous mappings) for the next packs
         self._builder: PackBuilder | None = None  # made by the first add
         self._in_flight: set[bytes] = set()
+        # Packs this writer stored or deduplicated against since the last flush: each flush
+        # confirms they all still exist (the index loaded at the start may be stale).
+        self._relied: set[bytes] = set()
         self._queue: queue.Queue = queue.Queue()  # bounded by _slots
         self._slots = threading.Semaphore(self.uploads + 1)
         self._unindexed: list[tuple[bytes, bytes, int, int, int, int]] = []
@@ -106,7 +111,13 @@ class BlobWriter:
 
     def known(self, blob_id: bytes) -> bool:
         """True if the blob is stored or on its way; callers skip sealing known blobs."""
-        return blob_id in self._in_flight or blob_id in self.index
+        if blob_id in self._in_flight:
+            return True
+        location = self.index.lookup(blob_id)
+        if location is None:
+            return False
+        self._relied.add(location.pack_id)
+        return True
 
     def add(self, blob_type: int, blob_id: bytes, data: bytes | memoryview) -> bool:
         """Store a blob unless already known; returns True if it was new.
@@ -236,6 +247,7 @@ class BlobWriter:
             self.index.add(*row)
         with self._lock:
             self._in_flight.difference_update(builder.ids)
+            self._relied.add(pack_id)
             self.stats.packs_written += 1
         with self._index_lock:
             self._unindexed.extend(rows)
@@ -318,7 +330,28 @@ class BlobWriter:
         self._raise_pending_error()
         with self._index_lock:
             self._write_index()
+        self._confirm_packs()
         self._flushed = True
+
+    def _confirm_packs(self) -> None:
+        """Raise ConcurrentChange unless every pack written or deduplicated against since the
+        last flush still exists: defence in depth against a prune that ran unseen by the lock
+        (whatever is committed next, a snapshot, must not point into deleted packs)."""
+        with self._lock:
+            packs, self._relied = self._relied, set()
+        if not packs:
+            return
+        store = self.repository.store
+        if len(packs) <= CONFIRM_ONE_BY_ONE:
+            missing = [pack for pack in packs if not store.exists(pack_name(pack))]
+        else:
+            stored = {name for name, _size in store.list("data")}
+            missing = [pack for pack in packs if pack_name(pack) not in stored]
+        if missing:
+            raise ConcurrentChange(
+                f"pack {missing[0].hex()[:16]} (and {len(missing) - 1} more) that this run "
+                "wrote or relies on was deleted while it ran"
+            )
 
     def close(self) -> None:
         for _ in self._threads:

@@ -216,6 +216,19 @@ class Store:
         except self._catch as error:
             raise self.translate(error, namespace) from error
 
+    def modified_times(self, namespace: str) -> dict[str, float]:
+        """name -> when the object was last written (seconds since the epoch, as the backend's
+        clock says) for every object in ``namespace``: prune keeps young packs by it. A
+        backend that cannot tell raises StorageError (prune then deletes nothing young or
+        old only with ``--keep-young 0``)."""
+        find = getattr(self.target, "modified_times", None)
+        if find is None:
+            raise StorageError(f"{self.location}: cannot tell when objects were written")
+        try:
+            return {f"{namespace}/{name}": when for name, when in find(namespace)}
+        except self._catch as error:
+            raise self.translate(error, namespace) from error
+
     def temporaries(self, min_age_locks: float) -> list[tuple[str, int]]:
         """Temp files that killed writes left behind, as (relative path, size).
 

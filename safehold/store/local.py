@@ -101,6 +101,17 @@ class LocalTarget:
                         relative = os.path.relpath(entry.path, self.path)
                         yield relative, info.st_size, now - info.st_mtime
 
+    def modified_times(self, namespace: str) -> Iterator[tuple[str, float]]:
+        """(key, mtime) of every object in ``namespace`` (its level directories included)."""
+        top = self.path / namespace
+        if not top.is_dir():
+            return
+        for directory in (top, *(d for d in top.iterdir() if d.is_dir())):
+            for entry in os.scandir(directory):
+                if entry.name.endswith(".tmp") or not entry.is_file(follow_symlinks=False):
+                    continue
+                yield entry.name, entry.stat(follow_symlinks=False).st_mtime
+
     def remove_temporary(self, relative: str) -> None:
         """Remove one temp file found by ``temporaries`` (gone already: fine)."""
         if not relative.endswith(".tmp") or ".." in relative.split(os.sep):

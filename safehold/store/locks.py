@@ -1,9 +1,15 @@
 """Repository locks: shared (backup, restore, check) and exclusive (prune, key removal).
 
-A lock is an object ``locks/<random hex>`` holding JSON (host, pid, kind, time). Its holder
-rewrites it every ``refresh_interval`` seconds; a lock not refreshed for ``stale_after`` seconds
-is stale and ignored (and removed by the next locker), so a killed process or a lost host
-never wedges a repository. Locks hold no secrets and are the only objects written twice.
+A lock is an object ``locks/<random hex>`` holding JSON (host, machine, pid, kind, time). Its
+holder rewrites it every ``refresh_interval`` seconds; a lock not refreshed for ``stale_after``
+seconds is stale and ignored (and removed by the next locker), so a killed process or a lost
+host never wedges a repository. Locks hold no secrets and are the only objects written twice.
+
+A lock is declared stale early, by its pid being gone, only on the very machine, boot and PID
+namespace that wrote it (``machine_identity``): hostnames repeat (containers, cloned VMs,
+re-created pods) and pids repeat across PID namespaces, so a hostname and a pid alone say
+nothing about whether the holder is alive. A holder that finds its lock gone stops
+refreshing it (it never writes it again) and ``verify`` refuses to let it commit.
 
 Acquisition: write our lock, then list all locks; if a live conflicting lock exists, remove ours
 and retry until ``wait`` runs out. Writing before looking means two racing lockers both see each
@@ -20,6 +26,8 @@ the objects of finished and stale locks (and the older objects of live ones) as 
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import os
 import socket
@@ -33,6 +41,29 @@ from safehold.store import ObjectMissing, Store
 
 REFRESH_INTERVAL = 60.0
 STALE_AFTER = 300.0
+
+
+@functools.cache
+def machine_identity() -> str:
+    """This process's machine as a lock records it: a hash of /etc/machine-id, the kernel's
+    boot id and the identity of the PID namespace (so another container, a clone, a reboot or
+    another PID namespace is another machine). Empty where none of them can be read, in which
+    case no lock is ever taken for one of ours by its pid."""
+    parts = []
+    for path in ("/etc/machine-id", "/var/lib/dbus/machine-id", "/proc/sys/kernel/random/boot_id"):
+        try:
+            with open(path, "rb") as file:
+                parts.append(file.read(256).strip())
+        except OSError:
+            parts.append(b"")
+    try:
+        namespace = os.stat("/proc/self/ns/pid")
+        parts.append(f"pidns:{namespace.st_dev}:{namespace.st_ino}".encode())
+    except OSError:
+        parts.append(b"")
+    if not any(parts):
+        return ""
+    return hashlib.blake2b(b"\0".join(parts), digest_size=16).hexdigest()
 
 
 @dataclass
@@ -80,6 +111,8 @@ def lock_states(
             document = json.loads(store.load(names[-1]))
         except (ObjectMissing, ValueError):
             continue  # removed meanwhile, or half-visible: not a lock to respect
+        if not isinstance(document, dict):
+            continue  # not a lock document at all
         live = not document.get("released") and not is_stale(document, now, stale_after)
         states.append(LockState(lock_id, names, document, live))
     return states
@@ -101,8 +134,10 @@ class Lock:
         refresh_interval: float = REFRESH_INTERVAL,
         stale_after: float = STALE_AFTER,
         append_only: bool = False,
+        held: list[Lock] | None = None,
     ) -> None:
         self.store = store
+        self.held = held  # while acquired, this lock is in ``held`` (its repository's list)
         self.exclusive = exclusive
         self.wait = wait
         self.clock = clock
@@ -116,11 +151,13 @@ class Lock:
         self._thread: threading.Thread | None = None
         self._last_written: float | None = None  # monotonic time of the last successful write
         self._lapsed = False  # once a gap between writes was long enough to look stale
+        self._lost = False  # the refresh found the lock removed: never written again
 
     def _document(self, **extra: object) -> bytes:
         return json.dumps(
             {
                 "host": socket.gethostname(),
+                "machine": machine_identity(),
                 "pid": os.getpid(),
                 "exclusive": self.exclusive,
                 "time": self.clock(),
@@ -183,6 +220,8 @@ class Lock:
         self._last_written = time.monotonic()
         self._thread = threading.Thread(target=self._refresh, name="lock-refresh", daemon=True)
         self._thread.start()
+        if self.held is not None:
+            self.held.append(self)
         return self
 
     def _withdraw(self) -> None:
@@ -198,6 +237,11 @@ class Lock:
     def _refresh(self) -> None:
         while not self._stop.wait(self.refresh_interval):
             try:
+                if not self.store.exists(self.name):
+                    # Removed as stale by another process, which may have gone on to delete
+                    # data we count on: writing it again would hide that. Stop; verify() fails.
+                    self._lost = True
+                    return
                 self._write()
             except Exception:
                 continue  # the gap grows; verify() notices if it grows too long
@@ -217,6 +261,12 @@ class Lock:
         to another host, or was removed as stale, an exclusive operation (prune) may have run
         meanwhile and deleted data this process counted on.
         """
+        if self._lost:
+            raise RepositoryLocked(
+                "no longer by this process: its lock was removed by another process (which "
+                "took it for stale), so a prune may have run; nothing was written: run the "
+                "command again"
+            )
         last = self._last_written
         if self._lapsed or last is None or time.monotonic() - last > self.stale_after / 2:
             raise RepositoryLocked(
@@ -249,7 +299,7 @@ class Lock:
             document = json.loads(self.store.load(self.name))
         except (ObjectMissing, ValueError):
             document = None
-        age = now - document.get("time", 0) if document else None
+        age = now - _number(document.get("time")) if isinstance(document, dict) else None
         if others or age is None or age > self.stale_after / 2:
             raise RepositoryLocked(
                 f"by another process: {operation}'s own lock was lost or went stale; it stopped "
@@ -257,6 +307,8 @@ class Lock:
             )
 
     def release(self) -> None:
+        if self.held is not None and self in self.held:
+            self.held.remove(self)
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
@@ -281,11 +333,24 @@ def _process_gone(pid: int) -> bool:
 
 def is_stale(document: dict, now: float, stale_after: float = STALE_AFTER) -> bool:
     """True if a lock's holder is certainly gone: not refreshed for ``stale_after`` seconds, or
-    held by a process of this host that no longer exists."""
-    if now - document.get("time", 0) > stale_after:
+    held by a process that no longer exists on this very machine, boot and PID namespace (the
+    hostname alone proves nothing: see ``machine_identity``; a lock that names no machine, as
+    written by safehold before 0.2, goes stale by time only)."""
+    if now - _number(document.get("time")) > stale_after:
         return True
-    same_host = document.get("host") == socket.gethostname()
-    return same_host and isinstance(document.get("pid"), int) and _process_gone(document["pid"])
+    machine = machine_identity()
+    same_machine = (
+        bool(machine)
+        and document.get("machine") == machine
+        and document.get("host") == socket.gethostname()
+    )
+    pid = document.get("pid")
+    return same_machine and isinstance(pid, int) and pid > 0 and _process_gone(pid)
+
+
+def _number(value: object) -> float:
+    """A lock document's time as a number (a hostile or damaged one counts as very old)."""
+    return float(value) if isinstance(value, int | float) else 0.0
 
 
 def list_locks(store: Store, now: float) -> list[dict]:
@@ -299,9 +364,11 @@ def list_locks(store: Store, now: float) -> list[dict]:
                 document = json.loads(store.load(state.name))
             except (ObjectMissing, ValueError):
                 continue
+            if not isinstance(document, dict):
+                continue
         else:
             document = state.document
-        age = now - document.get("time", 0)
+        age = now - _number(document.get("time"))
         found.append(
             dict(document, name=state.name, names=state.names, age=age, stale=not state.live)
         )

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -197,6 +198,15 @@ class S3Target:
         if code in TRANSIENT_CODES or status >= 500:
             return TransientStorageError(f"{where}: server error {code or status} on {what}")
         return StorageError(f"{where}: {code or status} on {what}: {message}")
+
+    def modified_times(self, namespace: str) -> Iterator[tuple[str, float]]:
+        """(key, LastModified) of every object in ``namespace`` (its level prefixes
+        included)."""
+        prefix = f"{self.prefix.rstrip('/')}/{namespace}/"
+        paginator = self.client.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+            for item in page.get("Contents", []):
+                yield item["Key"].rsplit("/", 1)[1], item["LastModified"].timestamp()
 
     def _has_keys(self, prefix: str) -> bool:
         listing = self.client.list_objects_v2(Bucket=self.bucket, Prefix=prefix, MaxKeys=1)

@@ -403,6 +403,25 @@ class SftpTarget:
         finally:
             backend._disconnect()
 
+    def modified_times(self, namespace: str) -> Iterator[tuple[str, float]]:
+        """(key, mtime) of every object in ``namespace`` (its level directories included),
+        over a connection of its own."""
+        top = f"{self.path.rstrip('/')}/{namespace}"
+        with self._client() as client:
+            pending = [top]
+            while pending:
+                directory = pending.pop()
+                try:
+                    entries = client.listdir_attr(directory)
+                except FileNotFoundError:
+                    continue
+                for entry in entries:
+                    if stat.S_ISDIR(entry.st_mode or 0):
+                        if directory == top:
+                            pending.append(f"{directory}/{entry.filename}")
+                    elif not entry.filename.endswith(".tmp"):
+                        yield entry.filename, float(entry.st_mtime or 0)
+
     def _stat(self, client: paramiko.SFTPClient) -> paramiko.SFTPAttributes | None:
         try:
             return client.stat(self.path)

@@ -78,6 +78,9 @@ class StoreWrapper(Store):
     def list(self, namespace: str) -> Iterator[tuple[str, int]]:
         return self.inner.list(namespace)
 
+    def modified_times(self, namespace: str) -> dict[str, float]:
+        return self.inner.modified_times(namespace)
+
     def temporaries(self, min_age_locks: float) -> list[tuple[str, int]]:
         return self.inner.temporaries(min_age_locks)
 
