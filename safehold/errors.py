@@ -6,6 +6,8 @@ Tracebacks are reserved for bugs. The table of exit codes lives in docs/exit-cod
 
 from __future__ import annotations
 
+from safehold.secrecy import mask
+
 EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_USAGE = 2
@@ -23,10 +25,15 @@ class SafeholdError(Exception):
 
     def __str__(self) -> str:
         template = (type(self).__doc__ or "{message}").strip().splitlines()[0]
+        # No known secret in what fills a message (safehold/secrecy.py); the template is ours.
+        fields = {
+            key: mask(value) if isinstance(value, str) else value
+            for key, value in self.fields.items()
+        }
         try:
-            return template.format(**self.fields)
+            return template.format(**fields)
         except (KeyError, IndexError):
-            return str(self.fields.get("message") or template)
+            return str(fields.get("message") or template)
 
 
 class UsageError(SafeholdError):

@@ -47,3 +47,30 @@ def test_full_disk_is_a_clear_error_and_the_next_backup_works(small_disk: Path, 
     assert run_cli("restore", "--repo", repo, f"latest:{source}", "--target", target).code == 0
     assert (target / "big.bin").read_bytes() == (source / "big.bin").read_bytes()
     assert run_cli("check", "--repo", repo, "--read-data").code == 0
+
+
+def test_a_restore_onto_a_full_disk_leaves_no_partial_file_and_a_rerun_completes(
+    small_disk: Path, tmp_path: Path
+) -> None:
+    repo = init_repository(tmp_path / "repo")
+    source = tmp_path / "source"
+    source.mkdir()
+    for number in range(40):
+        (source / f"f{number:02}.bin").write_bytes(os.urandom(200 * 1024))  # 8 MB in all
+    (source / "empty").write_bytes(b"")
+    assert run_cli("backup", "--repo", repo, source).code == 0
+    target = small_disk / "restore"
+
+    full = run_cli("restore", "--repo", repo, f"latest:{source}", "--target", target)
+
+    assert full.code == 3, full.err
+    written = [path for path in target.iterdir() if path.is_file()]
+    assert 0 < len(written) < 41
+    for path in written:  # whatever is there is complete and right
+        assert path.read_bytes() == (source / path.name).read_bytes(), path
+    subprocess.run(["mount", "-o", "remount,size=32m", str(small_disk)], check=True)
+    again = run_cli("restore", "--repo", repo, f"latest:{source}", "--target", target)
+    assert again.code == 3  # the files restored before are kept (exist, not replaced) ...
+    assert sorted(p.name for p in target.iterdir()) == sorted(p.name for p in source.iterdir())
+    for path in source.iterdir():  # ... and the rest is restored now
+        assert (target / path.name).read_bytes() == path.read_bytes()

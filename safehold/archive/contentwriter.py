@@ -39,7 +39,17 @@ DURABLE_FILE = 1024 * 1024
 class FileJob:
     """One file being written."""
 
-    __slots__ = ("damaged", "entry", "failure", "fd", "lock", "path", "remaining", "written")
+    __slots__ = (
+        "created",
+        "damaged",
+        "entry",
+        "failure",
+        "fd",
+        "lock",
+        "path",
+        "remaining",
+        "written",
+    )
 
     def __init__(self, path: bytes, entry: dict) -> None:
         self.path = path
@@ -50,6 +60,7 @@ class FileJob:
         self.failure: str | None = None
         self.damaged = False  # the repository's fault (missing or damaged data), not the target's
         self.written = 0
+        self.created = False  # this restore created the file: a failed one is removed
 
 
 def data_segments(offset: int, length: int, holes: list[list[int]]) -> list[tuple[int, int]]:
@@ -212,6 +223,7 @@ class ContentWriter:
         if job.fd is None:
             flags = os.O_WRONLY | os.O_NOFOLLOW | (os.O_CREAT | os.O_EXCL if not job.written else 0)
             job.fd = os.open(job.path, flags, 0o600)
+            job.created = True
             with self._open_lock:
                 self._open += 1
         holes = job.entry.get("holes")
@@ -248,7 +260,7 @@ class ContentWriter:
 
     def _discard(self, job: FileJob) -> None:
         self._close(job)
-        if job.written or job.fd is not None:
+        if job.created:  # never leave a file that was not completely written (a rerun fills it)
             try:
                 os.unlink(job.path)
             except FileNotFoundError:
@@ -257,6 +269,7 @@ class ContentWriter:
     def _create_empty(self, job: FileJob) -> None:
         try:
             fd = os.open(job.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            job.created = True
             try:
                 os.ftruncate(fd, job.entry["size"])  # a file that is all hole
             finally:

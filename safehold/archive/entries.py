@@ -18,6 +18,8 @@ from functools import lru_cache
 
 import msgpack
 
+from safehold.errors import IntegrityError
+
 FILE, DIR, SYMLINK, FIFO, CHARDEV, BLOCKDEV = (
     "file",
     "dir",
@@ -137,9 +139,75 @@ def encode_tree(entries: list[dict]) -> bytes:
     return msgpack.packb({"version": 1, "entries": entries}, use_bin_type=True)
 
 
+MAX_NAME = 255  # bytes: no Linux file system takes a longer name
+_INTEGERS = ("mode", "uid", "gid", "mtime", "size")
+_BY_TYPE = {FILE: "content", DIR: "subtree", SYMLINK: "target", CHARDEV: "rdev", BLOCKDEV: "rdev"}
+
+
 def decode_tree(data: bytes) -> list[dict]:
-    tree = msgpack.unpackb(data, raw=False, strict_map_key=False)
-    return tree["entries"]
+    """The entries of a tree blob, each checked for the fields and types that every reader
+    relies on (a tree is untrusted input: it may be damaged, or crafted by a key holder).
+
+    Raises IntegrityError naming the first problem.
+    """
+    try:
+        tree = msgpack.unpackb(data, raw=False, strict_map_key=False)
+        entries = tree["entries"]
+        if type(entries) is not list:
+            raise TypeError("entries is not a list")
+        for entry in entries:
+            _check_entry(entry)
+    except (ValueError, TypeError, KeyError, msgpack.UnpackException) as error:
+        detail = str(error) or type(error).__name__
+        raise IntegrityError(f"a tree is not a valid tree ({detail})") from None
+    return entries
+
+
+def _check_entry(entry: object) -> None:
+    """ValueError/TypeError/KeyError unless ``entry`` is a well-formed tree entry."""
+    if type(entry) is not dict:
+        raise TypeError("an entry is not a map")
+    name = entry["name"]
+    if type(name) is not bytes or name in (b"", b".", b"..") or b"/" in name or b"\0" in name:
+        raise ValueError(f"invalid name {name!r}")
+    if len(name) > MAX_NAME:
+        raise ValueError(f"name longer than {MAX_NAME} bytes: {name[:40]!r}...")
+    kind = entry["type"]
+    if kind not in (FILE, DIR, SYMLINK, FIFO, CHARDEV, BLOCKDEV):
+        raise ValueError(f"{name!r} has an unknown type {kind!r}")
+    for key in _INTEGERS:
+        if type(entry[key]) is not int:
+            raise TypeError(f"{name!r} has no integer {key}")
+    needed = _BY_TYPE.get(kind)
+    value = entry[needed] if needed else None
+    if kind == FILE:
+        if type(value) is not list or any(type(b) is not bytes or len(b) != 32 for b in value):
+            raise TypeError(f"{name!r} has an invalid content list")
+    elif kind == DIR:
+        if type(value) is not bytes or len(value) != 32:
+            raise TypeError(f"{name!r} has an invalid subtree id")
+    elif kind == SYMLINK:
+        if type(value) is not bytes or not value or b"\0" in value:
+            raise TypeError(f"{name!r} has an invalid link target")
+    elif needed is not None and type(value) is not int:
+        raise TypeError(f"{name!r} has no integer {needed}")
+    for key in ("holes", "hardlink"):  # [[offset, length], ...] and [dev, inode]
+        value = entry.get(key)
+        if value is not None and not _int_pairs(value if key == "holes" else [value]):
+            raise TypeError(f"{name!r} has invalid {key}")
+    xattrs = entry.get("xattrs")
+    if xattrs is not None and (
+        type(xattrs) is not dict
+        or any(type(k) is not bytes or type(v) is not bytes for k, v in xattrs.items())
+    ):
+        raise TypeError(f"{name!r} has invalid extended attributes")
+
+
+def _int_pairs(value: object) -> bool:
+    return type(value) is list and all(
+        type(pair) is list and len(pair) == 2 and all(type(n) is int and n >= 0 for n in pair)
+        for pair in value
+    )
 
 
 def display_name(name: bytes) -> str:

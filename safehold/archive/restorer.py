@@ -201,6 +201,9 @@ class Restorer:
             created = True
         except FileExistsError:
             created = False
+        except OSError as error:  # a name or path too long for this file system, ...
+            self._error(path, error)
+            return False
         if created or self.overwrite:
             self._directories.append((path, entry))
         self.stats.dirs += 1

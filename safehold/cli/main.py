@@ -348,7 +348,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# A file tree is walked (backup) and written (restore) one frame or two per level: the depth
+# must be limited by the file system (PATH_MAX, 4096 bytes: at most ~2048 levels), not by
+# Python's default limit of 1000 frames. (Python-to-Python calls need no C stack in 3.11.)
+RECURSION_LIMIT = 12_000
+
+
 def main(argv: list[str] | None = None) -> int:
+    sys.setrecursionlimit(max(sys.getrecursionlimit(), RECURSION_LIMIT))
     parser = build_parser()
     args = parser.parse_args(argv)
     prefetch.start(args)  # Argon2id runs while the command's modules load

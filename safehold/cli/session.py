@@ -9,6 +9,7 @@ import sys
 
 from safehold.errors import PassphraseMissing, UsageError
 from safehold.repo.repository import Repository
+from safehold.secrecy import remember
 
 
 def repository_location(args: argparse.Namespace) -> str:
@@ -29,19 +30,25 @@ def _read_file(path: str, what: str) -> bytes:
 def passphrase(args: argparse.Namespace, *, confirm: bool = False) -> bytes:
     """The passphrase from --passphrase-file, $SAFEHOLD_PASSPHRASE or a terminal prompt."""
     if args.passphrase_file:
-        return _read_file(args.passphrase_file, "passphrase")
-    if "SAFEHOLD_PASSPHRASE" in os.environ:
-        return os.environ["SAFEHOLD_PASSPHRASE"].encode()
-    return _prompt("repository passphrase: ", confirm)
+        secret = _read_file(args.passphrase_file, "passphrase")
+    elif "SAFEHOLD_PASSPHRASE" in os.environ:
+        secret = os.environ["SAFEHOLD_PASSPHRASE"].encode()
+    else:
+        secret = _prompt("repository passphrase: ", confirm)
+    remember(secret)  # masked in every message and captured output from now on
+    return secret
 
 
 def new_passphrase(args: argparse.Namespace) -> bytes:
     """The new passphrase for key add/passwd."""
     if args.new_passphrase_file:
-        return _read_file(args.new_passphrase_file, "new passphrase")
-    if "SAFEHOLD_NEW_PASSPHRASE" in os.environ:
-        return os.environ["SAFEHOLD_NEW_PASSPHRASE"].encode()
-    return _prompt("new passphrase: ", True)
+        secret = _read_file(args.new_passphrase_file, "new passphrase")
+    elif "SAFEHOLD_NEW_PASSPHRASE" in os.environ:
+        secret = os.environ["SAFEHOLD_NEW_PASSPHRASE"].encode()
+    else:
+        secret = _prompt("new passphrase: ", True)
+    remember(secret)
+    return secret
 
 
 def _prompt(text: str, confirm: bool) -> bytes:

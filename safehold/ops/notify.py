@@ -25,6 +25,8 @@ from email.header import Header
 from email.message import EmailMessage
 from typing import Any
 
+from safehold.secrecy import remember
+
 TIMEOUT = 10.0  # seconds, for every connection and request
 CHANNELS = ("webhook", "ntfy", "healthchecks", "email")
 EVENTS = ("backup", "drill", "check", "prune", "copy")  # the last three: scheduled jobs
@@ -204,6 +206,7 @@ def _ntfy(options: dict, event: Event) -> None:
         "Content-Type": "text/plain; charset=utf-8",
     }
     if options.get("token"):
+        remember(options["token"])
         headers["Authorization"] = f"Bearer {options['token']}"
     _http(options["url"], event.summary.encode(), headers)
 
@@ -221,9 +224,12 @@ def _password(options: dict) -> str | None:
     if options.get("password_file"):
         try:
             with open(options["password_file"], encoding="utf-8") as handle:
-                return handle.readline().rstrip("\r\n")
+                secret = handle.readline().rstrip("\r\n")
+                remember(secret)
+                return secret
         except OSError as error:
             raise NotifyError(f"cannot read its password_file: {error.strerror}") from None
+    remember(options.get("password"))
     return options.get("password")
 
 

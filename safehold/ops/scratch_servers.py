@@ -34,6 +34,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from safehold.errors import SafeholdError
+from safehold.secrecy import child_env
 
 USER = "safehold_drill"
 START_TIMEOUT = 120.0
@@ -172,6 +173,7 @@ def _run(argv: list[str], what: str, user: pwd.struct_passwd | None, **kwargs: o
     ids = {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []} if user else {}
     if "input" not in kwargs:
         kwargs["stdin"] = subprocess.DEVNULL
+    kwargs.setdefault("env", child_env())
     try:
         done = subprocess.run(
             argv,
@@ -407,6 +409,7 @@ def throwaway_mariadb(scratch: str, programs: tuple[str, str]) -> Iterator[Scrat
                 stderr=null,
                 start_new_session=True,
                 cwd=directory,
+                env=child_env(),
             )
         _wait_for_port(port, process, log, "MariaDB")
         password = secrets.token_urlsafe(24)

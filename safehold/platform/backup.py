@@ -32,6 +32,7 @@ from safehold.platform.services import Downtime, stopped
 from safehold.repo.repository import Repository
 from safehold.repo.snapshots import list_snapshots
 from safehold.repo.writer import BlobWriter
+from safehold.secrecy import mask
 
 
 @dataclass
@@ -268,7 +269,7 @@ class PlatformBackup:
 
 
 def _one_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
+    text = mask(str(error)).strip().splitlines()  # stored in the snapshot: no secret in it
     return text[0] if text else type(error).__name__
 
 

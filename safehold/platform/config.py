@@ -20,6 +20,7 @@ import yaml
 from safehold.errors import SafeholdError
 from safehold.platform.cron import CronError, parse
 from safehold.platform.schema import JOBS, SCHEMA
+from safehold.secrecy import remember
 
 _VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _TYPE_NAMES = {
@@ -311,6 +312,7 @@ def parse_platform(text: str, source: str, environment: dict[str, str] | None = 
             password = _read_password_file(
                 settings["password_file"], source, f"components[{position}]"
             )
+        remember(password, *(settings.get("secrets") or {}).values())
         components.append(Component(settings["name"], settings["type"], settings, password))
     return Platform(
         source=source,

@@ -6,6 +6,7 @@ import subprocess
 from collections.abc import Callable
 
 from safehold.errors import SafeholdError
+from safehold.secrecy import child_env
 
 
 class HookFailed(SafeholdError):
@@ -31,7 +32,7 @@ def run_hooks(
                 capture_output=True,
                 text=True,
                 timeout=timeout,
-                env=environment,
+                env=child_env(environment),
                 check=False,
             )
         except subprocess.TimeoutExpired:

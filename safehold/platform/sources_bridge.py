@@ -13,6 +13,7 @@ import subprocess
 from safehold.archive.archiver import Archiver
 from safehold.platform.config import Component
 from safehold.platform.services import ServiceError
+from safehold.secrecy import child_env
 from safehold.sources import source_module
 from safehold.sources.counting import PostgresCopyCounter
 from safehold.sources.targets import LocalTarget, Target, target_from_via
@@ -126,6 +127,7 @@ class ServiceRunner:
                 timeout=timeout,
                 check=False,
                 stdin=subprocess.DEVNULL,
+                env=child_env(),
             )
         except FileNotFoundError:
             raise ServiceError(f"{command[0]} is not installed: cannot run {argv[0]}") from None

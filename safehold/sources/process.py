@@ -12,6 +12,7 @@ import threading
 from collections.abc import Mapping, Sequence
 from typing import IO
 
+from safehold.secrecy import child_env, mask
 from safehold.sources import SourceError
 
 SecretEnv = Mapping[str, str] | None
@@ -71,7 +72,7 @@ class Tail:
         text = " / ".join([line.strip() for line in lines if line.strip()][-_DETAIL_LINES:])
         for secret in secrets:
             text = text.replace(secret, "***")
-        return text
+        return mask(text)
 
 
 class Process:
@@ -88,7 +89,11 @@ class Process:
         preamble = _secret_lines(secret_env)
         try:
             self.popen = subprocess.Popen(
-                command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+                command,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env=child_env(),
             )
         except OSError as error:
             raise SourceError(f"cannot run {command[0]} {where}: {error.strerror}") from None

@@ -1,0 +1,119 @@
+"""Damaged or crafted tree content is a named integrity error, never a traceback; directory
+depth is limited by the file system, not by Python's recursion limit."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from conftest import init_repository, open_repository, run_cli
+
+from safehold.archive.entries import DIR, FILE, encode_tree, synthetic_entry
+from safehold.repo.format import BLOB_DATA, BLOB_TREE
+from safehold.repo.writer import BlobWriter
+
+CONTENT = b"payload"
+
+
+def _snapshot(repo: Path, build) -> None:  # type: ignore[no-untyped-def]
+    """Write the trees ``build(add)`` makes (``add(entries) -> tree id``) and a snapshot
+    whose root is the tree it returns."""
+    with open_repository(repo) as repository:
+        blob_id = repository.cipher.blob_id(CONTENT)
+        with BlobWriter(repository) as writer:
+            writer.add(BLOB_DATA, blob_id, CONTENT)
+
+            def add(entries: list[dict]) -> bytes:
+                data = encode_tree(sorted(entries, key=lambda entry: entry["name"]))
+                tree_id = repository.cipher.blob_id(data)
+                writer.add(BLOB_TREE, tree_id, data)
+                return tree_id
+
+            root = build(add, blob_id)
+            writer.flush()
+        repository.save_snapshot(
+            {"version": 1, "time": 1.0, "hostname": "h", "paths": ["/x"], "tags": [], "tree": root}
+        )
+
+
+def _file(name: bytes, blob_id: bytes, **extra: object) -> dict:
+    return synthetic_entry(name, FILE, size=len(CONTENT), content=[blob_id], **extra)
+
+
+def _dir(name: bytes, subtree: bytes) -> dict:
+    return synthetic_entry(name, DIR, subtree=subtree)
+
+
+def _assert_named_integrity_error(result) -> None:  # type: ignore[no-untyped-def]
+    assert "Traceback" not in result.err and "internal error" not in result.err, result.err
+    assert result.code == 13, (result.code, result.err)
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["long name", "nul in name", "subtree is a data blob", "entry without uid", "bad holes"],
+)
+def test_crafted_tree_content_is_a_named_integrity_error(tmp_path: Path, case: str) -> None:
+    repo = init_repository(tmp_path / "repo")
+
+    def build(add, blob_id):  # type: ignore[no-untyped-def]
+        good = _file(b"good", blob_id)
+        if case == "long name":
+            bad = _file(b"n" * 300, blob_id)
+        elif case == "nul in name":
+            bad = _file(b"a\0b", blob_id)
+        elif case == "subtree is a data blob":
+            bad = _dir(b"d", blob_id)
+        elif case == "entry without uid":
+            bad = _file(b"u", blob_id)
+            del bad["uid"]
+        else:
+            bad = _file(b"h", blob_id, holes=[["x", 1]])
+        return add([_dir(b"x", add([good, bad]))])
+
+    _snapshot(repo, build)
+    target = tmp_path / "target"
+    for command in (
+        ("restore", "--repo", repo, "latest", "--target", target),
+        ("ls", "--repo", repo, "latest", "-R"),
+        ("check", "--repo", repo),
+    ):
+        result = run_cli(*command)
+        _assert_named_integrity_error(result)
+    assert not any(p.is_file() for p in target.rglob("*") if p.name != "good")
+
+
+def test_a_tree_nested_1500_levels_restores(tmp_path: Path) -> None:
+    repo = init_repository(tmp_path / "repo")
+    depth = 1500
+
+    def build(add, blob_id):  # type: ignore[no-untyped-def]
+        tree = add([_file(b"f", blob_id)])
+        for _ in range(depth):
+            tree = add([_dir(b"d", tree)])
+        return add([_dir(b"x", tree)])
+
+    _snapshot(repo, build)
+    target = tmp_path / "t"
+    result = run_cli("restore", "--repo", repo, "latest", "--target", target)
+    assert result.code == 0, result.err
+    deepest = target / "x" / os.path.join(*["d"] * depth) / "f"
+    assert deepest.read_bytes() == CONTENT
+    assert run_cli("check", "--repo", repo, "--read-data").code == 0
+    assert run_cli("ls", "--repo", repo, "latest", "-R").code == 0
+
+
+def test_a_backup_of_a_tree_1500_levels_deep(repo: Path, tmp_path: Path) -> None:
+    source = tmp_path / "src"
+    current = source
+    current.mkdir()
+    for _ in range(1500):  # one level at a time: os.makedirs would recurse 1500 deep
+        current = current / "d"
+        current.mkdir()
+    (current / "f").write_bytes(CONTENT)
+    backup = run_cli("backup", "--repo", repo, source)
+    assert backup.code == 0, backup.err
+    target = tmp_path / "t"
+    assert run_cli("restore", "--repo", repo, "latest", "--target", target).code == 0
+    assert (target / current.relative_to("/") / "f").read_bytes() == CONTENT
