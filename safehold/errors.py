@@ -84,6 +84,12 @@ class IntegrityError(SafeholdError):
     exit_code = 13
 
 
+class DamagedMarker(IntegrityError):
+    """{location} holds a repository's key files, but its format marker meta/format is damaged: if this is your repository, write the two lines 'safehold repository' and 'format 1' back into it (docs/format.md) and run 'safehold check'"""
+
+    exit_code = 13
+
+
 class RepositoryLocked(SafeholdError):
     """repository is locked {message}; wait for it to finish, or if its holder is gone it expires by itself"""
 

@@ -7,7 +7,15 @@ import random
 from pathlib import Path
 
 import pytest
-from conftest import backup_json, blob_place, flip_byte, run_cli, snapshot_entry, write_file
+from conftest import (
+    backup_json,
+    blob_place,
+    flip_byte,
+    open_repository,
+    run_cli,
+    snapshot_entry,
+    write_file,
+)
 
 from safehold.crypto import NONCE_SIZE
 
@@ -194,3 +202,33 @@ def test_a_tree_entry_named_dotdot_is_never_restored_outside_the_target(tmp_path
     assert list(target.iterdir()) == []
     assert len(stats.damaged) == 1 and "invalid name" in stats.damaged[0]["message"]
     assert not (tmp_path / "x").exists()
+
+
+def test_a_damaged_key_file_is_named_by_check(repo: Path, snapshot_id: str, monkeypatch) -> None:
+    monkeypatch.setenv("SAFEHOLD_NEW_PASSPHRASE", "another passphrase")
+    assert run_cli("key", "add", "--repo", repo).code == 0
+    first, second = sorted((repo / "keys").iterdir())
+    with open_repository(repo) as repository:
+        used = repository.key_name.split("/", 1)[1]
+    other = second if first.name == used else first
+    other.write_text(other.read_text()[:-20])  # cut short: no longer JSON
+    result = run_cli("check", "--repo", repo)
+    assert result.code == 13
+    assert f"keys/{other.name} is damaged" in result.err
+
+
+def test_a_damaged_format_marker_is_named(repo: Path, snapshot_id: str) -> None:
+    (repo / "meta" / "format").write_bytes(b"safehold repositorx\nformat 1\n")
+    result = run_cli("snapshots", "--repo", repo)
+    assert result.code == 13 and "meta/format is damaged" in result.err
+    (repo / "meta" / "format").write_bytes(b"safehold repository\nformat 1\n\n")  # still opens
+    result = run_cli("check", "--repo", repo)
+    assert result.code == 13 and "meta/format is damaged" in result.err
+
+
+def test_a_deleted_index_file_is_named_as_the_likely_cause(repo: Path, snapshot_id: str) -> None:
+    for index_file in (repo / "index").iterdir():
+        index_file.unlink()
+    result = run_cli("check", "--repo", repo)
+    assert result.code == 13
+    assert "an index file is missing or damaged" in result.err and "repair index" in result.err

@@ -4,10 +4,11 @@ depth is limited by the file system, not by Python's recursion limit."""
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 
 import pytest
-from conftest import init_repository, open_repository, run_cli
+from conftest import init_repository, needs_root, open_repository, run_cli
 
 from safehold.archive.entries import DIR, FILE, encode_tree, synthetic_entry
 from safehold.repo.format import BLOB_DATA, BLOB_TREE
@@ -117,3 +118,50 @@ def test_a_backup_of_a_tree_1500_levels_deep(repo: Path, tmp_path: Path) -> None
     target = tmp_path / "t"
     assert run_cli("restore", "--repo", repo, "latest", "--target", target).code == 0
     assert (target / current.relative_to("/") / "f").read_bytes() == CONTENT
+
+
+@needs_root
+def test_no_special_leaves_out_devices_setid_bits_and_capabilities(
+    repo: Path, tmp_path: Path
+) -> None:
+    source = tmp_path / "src"
+    source.mkdir()
+    tool = source / "tool"
+    tool.write_bytes(b"#!/bin/sh\n")
+    os.chmod(tool, 0o6755)
+    os.mknod(source / "null", 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+    capability = bytes.fromhex("0000000200200000000000000000000000000000")  # cap_net_raw
+    os.setxattr(tool, "security.capability", capability)
+    assert run_cli("backup", "--repo", repo, source).code == 0
+
+    plain = tmp_path / "plain"
+    assert run_cli("restore", "--repo", repo, "latest", "--target", plain).code == 0
+    restored = plain / source.relative_to("/")
+    assert stat.S_IMODE(os.lstat(restored / "tool").st_mode) == 0o6755
+    assert stat.S_ISCHR(os.lstat(restored / "null").st_mode)
+    assert os.getxattr(restored / "tool", "security.capability") == capability
+
+    safe = tmp_path / "safe"
+    result = run_cli("restore", "--repo", repo, "latest", "--target", safe, "--no-special")
+    assert result.code == 0, result.err
+    restored = safe / source.relative_to("/")
+    assert stat.S_IMODE(os.lstat(restored / "tool").st_mode) == 0o755
+    assert not os.path.lexists(restored / "null")
+    assert "security.capability" not in os.listxattr(restored / "tool")
+    assert "1 device node(s) not created" in result.err
+
+
+def test_names_with_terminal_escapes_are_printed_escaped(repo: Path, tmp_path: Path) -> None:
+    source = tmp_path / "src"
+    source.mkdir()
+    evil = b"evil\x1b]0;pwned\x07\n\x9b2J.txt"
+    (Path(os.fsdecode(source)) / os.fsdecode(evil)).write_bytes(b"x")
+    assert run_cli("backup", "--repo", repo, source).code == 0
+    listing = run_cli("ls", "--repo", repo, "latest", "-R")
+    assert listing.code == 0
+    assert "\x1b" not in listing.out and "\x07" not in listing.out and "\x9b" not in listing.out
+    assert "evil\\x1b]0;pwned\\x07\\x0a\\x9b2J.txt" in listing.out
+    as_json = run_cli("ls", "--repo", repo, "latest", "-R", "--json")
+    assert any(
+        item["path"].endswith("evil\x1b]0;pwned\x07\n\\x9b2J.txt") for item in as_json.json()
+    )

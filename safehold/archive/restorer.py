@@ -32,9 +32,12 @@ class RestoreStats:
     skipped: list[str] = field(default_factory=list)
     errors: list[dict] = field(default_factory=list)
     damaged: list[dict] = field(default_factory=list)
+    special_skipped: int = 0  # device nodes left out (no_special)
 
 
 Progress = Callable[[str, int, int], None]
+SET_ID_BITS = stat.S_ISUID | stat.S_ISGID
+CAPABILITY = b"security.capability"
 
 
 class Restorer:
@@ -50,6 +53,7 @@ class Restorer:
         excludes: list[str] | None = None,
         workers: int | None = None,
         progress: Progress | None = None,
+        no_special: bool = False,
     ) -> None:
         self.repository = repository
         self.target = os.fsencode(os.path.abspath(target))
@@ -58,6 +62,8 @@ class Restorer:
         self.excludes = Excludes(excludes) if excludes else None
         self.progress = progress or (lambda path, files, size: None)
         self.as_root = os.geteuid() == 0
+        # An untrusted snapshot: no device nodes, no setuid/setgid bits, no file capabilities.
+        self.no_special = no_special
         self.stats = RestoreStats()
         self._lock = threading.Lock()
         self._workers = workers or min(4, os.cpu_count() or 2)
@@ -224,9 +230,13 @@ class Restorer:
             self.stats.skipped.append(os.fsdecode(path))
 
     def _restore_special(self, path: bytes, entry: dict) -> None:
+        kind = entry["type"]
+        if self.no_special and kind in (CHARDEV, BLOCKDEV):
+            with self._lock:
+                self.stats.special_skipped += 1
+            return
         if not self._replaceable(path):
             return
-        kind = entry["type"]
         try:
             if kind == SYMLINK:
                 os.symlink(entry["target"], path)
@@ -271,8 +281,10 @@ class Restorer:
             if self.as_root:
                 os.lchown(path, entry["uid"], entry["gid"])
             if not is_link:
-                os.chmod(path, entry["mode"])
+                os.chmod(path, entry["mode"] & ~SET_ID_BITS if self.no_special else entry["mode"])
             for name, value in (entry.get("xattrs") or {}).items():
+                if self.no_special and name == CAPABILITY:
+                    continue
                 try:
                     os.setxattr(path, name, value, follow_symlinks=False)
                 except OSError:

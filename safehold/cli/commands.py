@@ -82,9 +82,11 @@ def backup(args: argparse.Namespace) -> int:
         )
     summary = result.snapshot["summary"]
     for error in summary["errors"]:
-        print(f"safehold: could not read {error['path']}: {error['message']}", file=sys.stderr)
+        path = render.printable(error["path"])
+        print(f"safehold: could not read {path}: {error['message']}", file=sys.stderr)
     for warning in summary["warnings"]:
-        print(f"safehold: warning: {warning['path']} {warning['message']}", file=sys.stderr)
+        path = render.printable(warning["path"])
+        print(f"safehold: warning: {path} {warning['message']}", file=sys.stderr)
     if args.json:
         render.print_json({"snapshot_id": result.snapshot_id, **summary})
     else:
@@ -189,10 +191,12 @@ def ls(args: argparse.Namespace) -> int:
         return 0
     for entry_path, entry in listing:
         owner = f"{entry.get('user') or entry['uid']}/{entry.get('group') or entry['gid']}"
-        suffix = f" -> {display_name(entry['target'])}" if entry.get("target") else ""
+        target = render.printable(os.fsdecode(entry["target"])) if entry.get("target") else ""
+        suffix = f" -> {target}" if target else ""
         print(
-            f"{_mode_string(entry)} {owner:>16} {entry.get('size', 0):>12} "
-            f"{render.timestamp(entry['mtime'] / 1e9)} {display_name(entry_path)}{suffix}"
+            f"{_mode_string(entry)} {render.printable(str(owner)):>16} {entry.get('size', 0):>12} "
+            f"{render.timestamp(entry['mtime'] / 1e9)} "
+            f"{render.printable(os.fsdecode(entry_path))}{suffix}"
         )
     return 0
 
@@ -223,6 +227,7 @@ def restore(args: argparse.Namespace) -> int:
             includes=args.include,
             excludes=args.exclude,
             progress=bar.advance,
+            no_special=args.no_special,
         )
         if bar.enabled and start.get("type") == DIR:
             bar.set_total(snapshot["summary"]["bytes_total"] if path in ("", "/") else 0)
@@ -230,14 +235,20 @@ def restore(args: argparse.Namespace) -> int:
             stats = restorer.restore(start, path)
     for damaged in stats.damaged:
         print(
-            f"safehold: NOT restored, damaged in the repository: {damaged['path']}: "
-            f"{damaged['message']}",
+            f"safehold: NOT restored, damaged in the repository: "
+            f"{render.printable(damaged['path'])}: {render.printable(damaged['message'])}",
             file=sys.stderr,
         )
     for error in stats.errors:
-        print(f"safehold: could not restore {error['path']}: {error['message']}", file=sys.stderr)
+        path = render.printable(error["path"])
+        print(f"safehold: could not restore {path}: {error['message']}", file=sys.stderr)
+    if stats.special_skipped:
+        print(
+            f"safehold: note: {stats.special_skipped} device node(s) not created (--no-special)",
+            file=sys.stderr,
+        )
     for skipped in stats.skipped[:20]:
-        print(f"safehold: exists, not overwritten: {skipped}", file=sys.stderr)
+        print(f"safehold: exists, not overwritten: {render.printable(skipped)}", file=sys.stderr)
     if len(stats.skipped) > 20:
         print(
             f"safehold: ... and {len(stats.skipped) - 20} more existing paths not overwritten",
@@ -296,7 +307,8 @@ def diff(args: argparse.Namespace) -> int:
         )
         return 0
     for change, path, entry in changes:
-        print(f"{change}  {display_name(path)}{'/' if entry['type'] == DIR else ''}")
+        name = render.printable(os.fsdecode(path))
+        print(f"{change}  {name}{'/' if entry['type'] == DIR else ''}")
     counts = {symbol: sum(1 for c, _, _ in changes if c == symbol) for symbol in "+-MTU"}
     _say(
         args,

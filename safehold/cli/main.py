@@ -147,6 +147,11 @@ def build_parser() -> argparse.ArgumentParser:
     command.add_argument(
         "--overwrite", action="store_true", help="replace files that already exist in the target"
     )
+    command.add_argument(
+        "--no-special",
+        action="store_true",
+        help="no device nodes, setuid/setgid bits or file capabilities (untrusted snapshots)",
+    )
     command.set_defaults(run="commands:restore")
 
     # copy (safehold/cli/copy.py, safehold/ops/copy.py; docs/backends.md)

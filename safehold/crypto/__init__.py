@@ -137,6 +137,26 @@ def wrap_key(
     }
 
 
+def key_document_problem(document: object) -> str | None:
+    """None if ``document`` has the form of a key file (``wrap_key``), else what is wrong.
+    (Whether it opens is known only with its passphrase.)"""
+    if not isinstance(document, dict):
+        return "not a key document"
+    if document.get("kdf") != "argon2id":
+        return f"unknown key derivation {document.get('kdf')!r}"
+    for name in KDF_DEFAULTS:
+        if not isinstance(document.get(name), int):
+            return f"no integer {name}"
+    try:
+        salt = base64.b64decode(document["salt"], validate=True)
+        sealed = base64.b64decode(document["data"], validate=True)
+    except (KeyError, TypeError, ValueError):
+        return "salt or sealed key is not base64"
+    if len(salt) < 16 or len(sealed) <= NONCE_SIZE + 16:
+        return "salt or sealed key too short"
+    return None
+
+
 def unwrap_key(document: dict, passphrase: bytes) -> MasterKey:
     """Return the master key sealed in a key-file document; AuthenticationFailed if wrong."""
     return unwrap_key_flags(document, passphrase)[0]

@@ -19,14 +19,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from safehold.archive.entries import decode_tree
-from safehold.crypto import AuthenticationFailed
+from safehold.crypto import AuthenticationFailed, key_document_problem
 from safehold.errors import IntegrityError, UsageError
 from safehold.localfile import write_atomically
 from safehold.ops.treewalk import content_ids, walk_trees
 from safehold.repo.cache import cache_root
+from safehold.repo.format import MARKER_NAME, MARKER_TEXT
 from safehold.repo.index import Location
 from safehold.repo.pack import pack_id_of, read_header
-from safehold.repo.repository import Repository, pack_name
+from safehold.repo.repository import Repository, pack_name, snapshot_problem
 from safehold.store import ObjectMissing
 
 
@@ -136,6 +137,7 @@ def check(
     started = clock()
     result = CheckResult()
     report = progress or (lambda message: None)
+    _check_meta(repository, result)
     report("loading index")
     index = _load_index(repository, result)
     stored = dict(repository.store.list("data"))
@@ -159,6 +161,14 @@ def check(
     result.packs = len(stored)
     report("checking snapshots")
     _check_snapshots(repository, index, result)
+    unindexed = sum(1 for n in stored if bytes.fromhex(n.split("/", 1)[1]) not in indexed_packs)
+    lacking = ("which is not indexed", "is not in the index")
+    if unindexed and any(text in error for error in result.errors for text in lacking):
+        result.errors.append(
+            f"{unindexed} pack(s) no index file lists, while snapshots need blobs the index "
+            "lacks: an index file is missing or damaged; 'safehold repair index' rebuilds the "
+            "index from the packs"
+        )
     if read_data or subset:
         _read_packs(
             repository,
@@ -173,6 +183,26 @@ def check(
             started,
         )
     return result
+
+
+def _check_meta(repository: Repository, result: CheckResult) -> None:
+    """The format marker and every key file: the marker must read as written at init, and
+    every key file must be a key document (only the one that opened the repository can be
+    proven further without its passphrase)."""
+    try:
+        marker = repository.store.load(MARKER_NAME)
+    except ObjectMissing:
+        marker = None
+    if marker != MARKER_TEXT:
+        result.errors.append(f"{MARKER_NAME} is damaged or missing (it should be {MARKER_TEXT!r})")
+    for name, _size in sorted(repository.store.list("keys")):
+        try:
+            document = json.loads(repository.store.load(name))
+            problem = key_document_problem(document)
+        except (ObjectMissing, ValueError):
+            problem = "not a key document"
+        if problem is not None:
+            result.errors.append(f"{name} is damaged ({problem})")
 
 
 def _load_index(repository: Repository, result: CheckResult):  # type: ignore[no-untyped-def]
@@ -200,6 +230,10 @@ def _check_snapshots(repository: Repository, index, result: CheckResult) -> None
             snapshot = repository.load_object(name)
         except IntegrityError as error:
             result.errors.append(str(error.fields["message"]))
+            continue
+        problem = snapshot_problem(snapshot)
+        if problem is not None:
+            result.errors.append(f"{name} is {problem}")
             continue
         result.snapshots += 1
 

@@ -15,6 +15,7 @@ import msgpack
 
 from safehold.crypto import AuthenticationFailed, Cipher, MasterKey, unwrap_key_flags, wrap_key
 from safehold.errors import (
+    DamagedMarker,
     IntegrityError,
     NoDeleteMode,
     NotARepository,
@@ -169,6 +170,8 @@ class Repository:
             raise
         version = _marker_version(marker)
         if version is None:
+            if any(store.list("keys")):
+                raise DamagedMarker(location=location)
             raise NotARepository(location=location)
         if version > FORMAT_VERSION:
             raise UnsupportedFormat(found=version, supported=FORMAT_VERSION)
