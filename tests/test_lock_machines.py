@@ -208,3 +208,45 @@ def _dead_pid() -> int:
     process = subprocess.Popen(["true"])
     process.wait()
     return process.pid
+
+
+def test_a_writer_confirms_the_packs_it_relied_on_before_anything_is_committed(
+    repo: Path, tmp_path: Path
+) -> None:
+    """Defence in depth: whatever the locks say, a flush (before every snapshot) fails when a
+    pack this writer deduplicated against, or wrote, was deleted meanwhile."""
+    from conftest import backup_json, pack_file
+
+    from safehold.errors import ConcurrentChange
+    from safehold.repo.format import BLOB_DATA
+    from safehold.repo.writer import BlobWriter
+
+    data = os.urandom(200 * KiB)
+    write_file(tmp_path / "src" / "a.bin", data)
+    backup_json(repo, tmp_path / "src")
+    with open_repository(repo) as repository:
+        blob_id = repository.cipher.blob_id(data)
+        location = repository.index.lookup(blob_id)
+        assert location is not None
+        with BlobWriter(repository) as writer:
+            assert writer.known(blob_id)  # deduplicated: the snapshot would point into the pack
+            pack_file(repo, location.pack_id).unlink()  # a prune that ignored the lock
+            with pytest.raises(ConcurrentChange, match="was deleted while it ran"):
+                writer.flush()
+        with BlobWriter(repository) as writer:  # its own packs are confirmed too
+            writer.add(BLOB_DATA, b"\x01" * 32, b"new data")
+            writer.flush()
+            (own,) = [p for p in repository.index.packs if p != location.pack_id]
+            writer.add(BLOB_DATA, b"\x02" * 32, b"more data")
+            pack_file(repo, own).unlink()
+            assert writer.known(b"\x01" * 32)
+            with pytest.raises(ConcurrentChange):
+                writer.flush()
+    # The index still lists the lost pack: the next backup deduplicates against it, notices,
+    # and says what to do; after that, everything is stored again.
+    result = run_cli("backup", "--repo", repo, tmp_path / "src", "--force")
+    assert result.code == 14 and "repair index" in result.err, result.err
+    assert run_cli("repair", "index", "--repo", repo).code == 0
+    assert run_cli("backup", "--repo", repo, tmp_path / "src", "--force").code == 0
+    assert run_cli("restore", "--repo", repo, "latest", "--target", tmp_path / "r").code == 0
+    assert (tmp_path / "r" / (tmp_path / "src" / "a.bin").relative_to("/")).read_bytes() == data
