@@ -138,3 +138,33 @@ def dump_command(args: argparse.Namespace) -> int:
     if args.output:
         _say(args, f"wrote {'a tar of ' if kind == 'tar' else ''}{path} to {args.output}")
     return 0
+
+
+# ------------------------------------------------------------------------------ tag
+
+
+def tag_command(args: argparse.Namespace) -> int:
+    """`safehold tag --add|--remove|--set TAG SNAPSHOT...`: old id -> new id per snapshot."""
+    from safehold.ops.tag import retag, split_tags
+
+    add, remove = split_tags(args.add) or [], split_tags(args.remove) or []
+    replace = split_tags(args.set)
+    with open_repository(args) as repository:
+        results = retag(
+            repository, args.snapshots, add=add, remove=remove, replace=replace, wait=args.lock_wait
+        )
+    if args.json:
+        render.print_json(
+            [
+                {"old_id": r.old_id, "new_id": r.new_id, "tags": r.tags, "changed": r.changed}
+                for r in results
+            ]
+        )
+        return 0
+    for result in results:
+        shown = ",".join(result.tags) or "(none)"
+        if result.changed:
+            _say(args, f"snapshot {result.old_id[:8]} is now {result.new_id[:8]}, tags {shown}")
+        else:
+            _say(args, f"snapshot {result.old_id[:8]} unchanged, tags {shown}")
+    return 0
