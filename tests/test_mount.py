@@ -240,11 +240,14 @@ def test_without_fuse_mount_fails_with_one_line(repo: Path, tmp_path: Path, monk
 
 def test_other_commands_never_import_fuse(repo: Path, tmp_path: Path) -> None:
     source = write_file(tmp_path / "src" / "a.txt", b"a\n").parent
+    tar = str(tmp_path / "all.tar")
     code = (
         "import sys\n"
         "from safehold.cli.main import main\n"
         f"assert main(['backup', '--repo', {str(repo)!r}, '-q', {str(source)!r}]) == 0\n"
         f"assert main(['find', '--repo', {str(repo)!r}, '-q', 'a.txt']) == 0\n"
+        f"assert main(['stats', '--repo', {str(repo)!r}, '-q']) == 0\n"
+        f"assert main(['dump', '--repo', {str(repo)!r}, 'latest:/', '-o', {tar!r}]) == 0\n"
         "assert 'pyfuse3' not in sys.modules and 'trio' not in sys.modules, 'imported'\n"
     )
     result = subprocess.run(

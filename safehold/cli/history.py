@@ -168,3 +168,101 @@ def tag_command(args: argparse.Namespace) -> int:
         else:
             _say(args, f"snapshot {result.old_id[:8]} unchanged, tags {shown}")
     return 0
+
+
+# ------------------------------------------------------------------------------ stats
+
+
+def stats_command(args: argparse.Namespace) -> int:
+    """`safehold stats [SNAPSHOT...]`: per snapshot, per component, per day, and in total."""
+    from safehold.ops.stats import compute_stats
+
+    with open_repository(args) as repository:
+        repository.use_tree_cache = True  # trees from the local cache where it has them
+        chosen = {resolve(repository, spec)["id"] for spec in args.snapshots}
+        stats = compute_stats(repository)
+    rows = [s for s in stats.snapshots if not chosen or s.snapshot["id"] in chosen]
+    if args.json:
+        render.print_json(
+            {
+                "snapshots": [
+                    {
+                        "id": s.snapshot["id"],
+                        "time": render.iso(s.snapshot["time"]),
+                        "hostname": s.snapshot.get("hostname"),
+                        "platform": s.snapshot.get("platform"),
+                        "size": s.size,
+                        "unique": s.unique,
+                        "added": s.added,
+                    }
+                    for s in rows
+                ],
+                "groups": [
+                    {
+                        "platform": g.platform,
+                        "name": g.name,
+                        "snapshots": g.snapshots,
+                        "size": g.size,
+                        "stored": g.stored,
+                        "unique": g.unique,
+                    }
+                    for g in stats.groups
+                ],
+                "growth_per_day": [
+                    {"day": day, "added": added, "snapshots": count}
+                    for day, added, count in stats.growth
+                ],
+                "stored": stats.stored,
+                "unreferenced": stats.unreferenced,
+                "blobs": stats.blobs,
+                "packs": stats.packs,
+                "pack_bytes": stats.pack_bytes,
+            }
+        )
+        return 0
+    if args.quiet:
+        return 0
+    size = render.size
+    print(
+        render.table(
+            ["id", "time", "host", "what", "size", "unique", "added"],
+            [
+                [
+                    s.snapshot["id"][:8],
+                    render.timestamp(s.snapshot["time"]),
+                    s.snapshot.get("hostname") or "-",
+                    f"platform {s.snapshot['platform']}"
+                    if s.snapshot.get("platform")
+                    else ", ".join(s.snapshot.get("paths") or []),
+                    size(s.size),
+                    size(s.unique),
+                    size(s.added),
+                ]
+                for s in rows
+            ],
+        )
+    )
+    print()
+    print(
+        render.table(
+            ["platform", "component / files", "snapshots", "size (newest)", "stored", "unique"],
+            [
+                [g.platform or "-", g.name, str(g.snapshots), size(g.size), size(g.stored)]
+                + [size(g.unique)]
+                for g in stats.groups
+            ],
+        )
+    )
+    print()
+    print(
+        render.table(
+            ["day", "added", "snapshots"],
+            [[day, size(added), str(count)] for day, added, count in stats.growth],
+        )
+    )
+    print(
+        f"\nstored: {size(stats.stored)} in {stats.blobs} blobs needed by "
+        f"{len(stats.snapshots)} snapshot(s); {size(stats.unreferenced)} no snapshot needs "
+        f"(prune frees it); packs: {stats.packs}, {size(stats.pack_bytes)}"
+    )
+    return 0
