@@ -123,3 +123,13 @@ def test_stats_reads_no_file_data(repo: Path, mixed: dict, monkeypatch) -> None:
         stats = compute_stats(repository)
     assert stats.stored > 0
     assert [name for name in loaded if name.startswith("data/")] == []
+
+
+def test_an_empty_repository(repo: Path) -> None:
+    stats = _stats(repo)
+    assert stats["snapshots"] == [] and stats["stored"] == 0 and stats["growth_per_day"] == []
+    assert run_cli("stats", "--repo", repo).code == 0
+    found = run_cli("find", "--repo", repo, "--json", "*")
+    assert found.code == 0 and found.json() == []
+    assert run_cli("dump", "--repo", repo, "latest:/").code == 17
+    assert run_cli("stats", "--repo", repo, "abcd").code == 17

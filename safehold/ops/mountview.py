@@ -68,6 +68,12 @@ def safe_name(text: str) -> bytes:
     return name if name not in (b"", b".", b"..") else b"_" + name
 
 
+def _valid(name: bytes) -> bool:
+    """A name a directory may hold (authenticated trees never hold others; refuse them all
+    the same rather than confuse the kernel)."""
+    return bool(name) and b"/" not in name and name not in (b".", b"..")
+
+
 def _labels(snapshot: dict, kind: str) -> list[str]:
     """A snapshot's host (as a list of one) or its tags."""
     if kind == "host":
@@ -189,6 +195,7 @@ class MountView:
         self._tree_entries = 0
         self._tree_budget = tree_entries
         self._component_roots: dict[tuple[str, str], dict | None] = {}
+        self._listings: dict[tuple, tuple[list[dict], list[tuple[bytes, Node]]]] = {}
         root = Node(ROOT_INODE, self._virtual_entry(b""), "root")
         root.lookups = 1  # the kernel never forgets the root
         self.nodes[ROOT_INODE] = root
@@ -231,13 +238,13 @@ class MountView:
         if node.listing is not None:
             return self._virtual_children(node)
         tree = self._tree(node.entry["subtree"])
-        return [(name, self._child(node, entry)) for name, entry in tree.items()]
+        return [(name, self._child(node, entry)) for name, entry in tree.items() if _valid(name)]
 
     def child(self, node: Node, name: bytes) -> Node | None:
         """The node called ``name`` in directory ``node`` (not yet registered), or None."""
         if node.listing is not None:
-            return dict(self._virtual_children(node)).get(name)
-        entry = self._tree(node.entry["subtree"]).get(name)
+            return dict(self._virtual_children(node)).get(name)  # cached per listing
+        entry = self._tree(node.entry["subtree"]).get(name) if _valid(name) else None
         return None if entry is None else self._child(node, entry)
 
     def _child(self, parent: Node, entry: dict) -> Node:
@@ -276,7 +283,16 @@ class MountView:
         return Node(inode_of("snapshot", snapshot["id"]), entry, snapshot=snapshot["id"])
 
     def _virtual_children(self, node: Node) -> list[tuple[bytes, Node]]:
+        """A virtual directory's children, computed once per read of the snapshot list."""
         snapshots = self.snapshots()
+        cached = self._listings.get((node.listing, node.key))
+        if cached is not None and cached[0] is snapshots:
+            return cached[1]
+        result = self._list_virtual(node, snapshots)
+        self._listings[(node.listing, node.key)] = (snapshots, result)
+        return result
+
+    def _list_virtual(self, node: Node, snapshots: list[dict]) -> list[tuple[bytes, Node]]:
         listing, key = node.listing, node.key
         result: list[tuple[bytes, Node]] = []
         if listing == "root":

@@ -80,6 +80,8 @@ class _Marks:
         self.length = table.length.astype(np.int64)
 
     def positions(self, blob_ids: list[bytes], what: str) -> np.ndarray:
+        if not len(self.table):
+            raise IntegrityError(f"{what} needs blobs, but the index lists none")
         keys = np.array(blob_ids, dtype="S32")
         starts = np.searchsorted(self.table.ids, keys, "left")
         found = (starts < len(self.table)) & (
