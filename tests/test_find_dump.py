@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -117,7 +118,7 @@ def test_dump_refuses_a_terminal(repo: Path, history: dict) -> None:
     env = dict(os.environ)
     process = subprocess.run(
         [
-            os.path.join(os.path.dirname(os.sys.executable), "safehold"),
+            os.path.join(os.path.dirname(sys.executable), "safehold"),
             "dump",
             "--repo",
             str(repo),
@@ -178,3 +179,18 @@ def test_dump_of_a_platform_component(repo: Path, tmp_path: Path, compare_trees)
         hashlib.sha256((tmp_path / "db.dump").read_bytes()).digest()
         == hashlib.sha256(expected).digest()
     )
+
+
+def test_find_in_platform_snapshots(repo: Path, tmp_path: Path) -> None:
+    config = mini_platform(tmp_path / "platform", repo)
+    result = run_cli("backup", "--config", config, "--json")
+    assert result.code == 0, result.err
+    snapshot_id = result.json()["snapshot_id"]
+    found = run_cli("find", "--repo", repo, "--json", "a.txt", "--tag", "component:data")
+    assert found.code == 0, found.err
+    [match] = found.json()
+    assert match["snapshot_id"] == snapshot_id
+    assert match["path"] == "/data" + str(tmp_path / "platform" / "data" / "a.txt")
+    assert match["size"] == len("hello\n" * 1000)
+    dumps = run_cli("find", "--repo", repo, "--json", "/appdb/*")
+    assert [m["type"] for m in dumps.json()] == ["file"]
