@@ -7,7 +7,8 @@
 # Everything lives in ./demo-data; run it again to add snapshots, delete the folder to start over.
 set -euo pipefail
 cd "$(dirname "$0")"
-scripts/bootstrap.sh sqlite3:sqlite3
+scripts/bootstrap.sh sqlite3:sqlite3 \
+    pkg-config:pkg-config /usr/include/fuse3/fuse_lowlevel.h:libfuse3-dev
 . .venv/bin/activate
 
 demo=$PWD/demo-data

@@ -142,3 +142,9 @@ class NoDeleteMode(SafeholdError):
     """{operation} refused: {reason} is in no-delete mode, so safehold deletes and overwrites nothing; use a key that may delete (docs/backends.md, "No-delete mode")"""
 
     exit_code = 26
+
+
+class MountUnavailable(SafeholdError):
+    """cannot mount: {reason}; everything else in safehold works without FUSE (docs/operations.md, "Mount")"""
+
+    exit_code = 27

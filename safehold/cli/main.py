@@ -11,6 +11,7 @@ from typing import NoReturn
 
 from safehold import __version__
 from safehold.cli import prefetch
+from safehold.cli.history_args import add_history_commands
 from safehold.errors import EXIT_ERROR, SafeholdError
 from safehold.platform import PRESETS
 
@@ -170,6 +171,9 @@ def build_parser() -> argparse.ArgumentParser:
     command = sub.add_parser("unlock", help="remove locks whose holder is gone (never live ones)")
     _common(command)
     command.set_defaults(run="unlock:unlock_command")
+
+    # find, dump, stats, tag, mount (safehold/cli/history.py, mount.py; docs/operations.md)
+    add_history_commands(sub, _common)
 
     command = sub.add_parser("diff", help="show what changed between two snapshots")
     _common(command)

@@ -467,6 +467,12 @@ class Repository:
                 "run 'safehold repair index'",
             )
 
+    def forget_index(self) -> None:
+        """Drop the loaded index, so the next use reads the index files again (a long-running
+        reader, such as a mount, sees the blobs of backups made since)."""
+        with self._index_lock:
+            self._index = None
+
     def index_names(self) -> list[str]:
         """The names of all index files (the object cache drops copies of any others)."""
         names = sorted(name for name, _ in self.store.list("index"))
