@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 
 import safehold.crypto
+import safehold.secrecy
 from safehold.archive import tree
 from safehold.cli.main import main
 from safehold.repo.repository import Repository, pack_name
@@ -53,6 +54,8 @@ def safehold_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.delenv("SAFEHOLD_REPO", raising=False)
     monkeypatch.delenv("SAFEHOLD_NEW_PASSPHRASE", raising=False)
     monkeypatch.setattr(safehold.crypto, "KDF_DEFAULTS", dict(FAST_KDF))
+    # Secrets remembered by one test's commands (run in this process) are not another's.
+    monkeypatch.setattr(safehold.secrecy, "_known", set())
 
 
 def init_repository(path: Path, passphrase: str = PASSPHRASE, **config: object) -> Path:

@@ -119,9 +119,13 @@ def test_repository_of_a_newer_format(with_snapshot: Path) -> None:
     assert repo_state(with_snapshot) == before
 
 
-def test_garbled_format_marker_is_not_a_repository(with_snapshot: Path) -> None:
+def test_garbled_format_marker_is_named_as_damage(with_snapshot: Path, tmp_path: Path) -> None:
     (with_snapshot / "meta" / "format").write_bytes(b"something else\n")
     result = run_cli("snapshots", "--repo", with_snapshot)
+    assert_one_line_error(result, 13, "meta/format is damaged", "safehold repository")
+    other = tmp_path / "other"  # the same marker where no repository's keys are
+    write_file(other / "meta" / "format", b"something else\n")
+    result = run_cli("snapshots", "--repo", other)
     assert_one_line_error(result, 10, "is not a safehold repository")
 
 

@@ -17,6 +17,24 @@ from safehold.repo.writer import BlobWriter
 CONTENT = b"payload"
 
 
+@pytest.fixture(autouse=True)
+def remove_deep_trees(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """Remove what a test left, without recursion: pytest's own clean-up of old temporary
+    directories (shutil.rmtree) fails on trees 1,500 levels deep in a later session."""
+    yield
+    stack = [os.fspath(tmp_path)]
+    while stack:
+        entries = list(os.scandir(stack[-1]))
+        directories = [e.path for e in entries if e.is_dir(follow_symlinks=False)]
+        for entry in entries:
+            if not entry.is_dir(follow_symlinks=False):
+                os.unlink(entry.path)
+        if directories:
+            stack.extend(directories)
+        else:
+            os.rmdir(stack.pop())
+
+
 def _snapshot(repo: Path, build) -> None:  # type: ignore[no-untyped-def]
     """Write the trees ``build(add)`` makes (``add(entries) -> tree id``) and a snapshot
     whose root is the tree it returns."""

@@ -117,7 +117,7 @@ def test_prune_from_a_same_named_machine_never_deletes_a_running_backups_data(
 
         assert prune.code == 14, prune.err
         assert "locked" in prune.err
-        assert {name for name, _ in store.list("data")} == packs_before
+        assert packs_before <= {name for name, _ in store.list("data")}  # none deleted
         assert any(store.list("locks"))  # the holder's lock is still there
         store.close()
     finally:
@@ -177,7 +177,9 @@ def test_a_backup_whose_lock_was_removed_writes_no_snapshot(
     marker = tmp_path / "hold"
     marker.touch()
     platform = load_platform(str(_platform(tmp_path, repo, marker)))
-    monkeypatch.setattr(repository_module, "Lock", functools.partial(Lock, refresh_interval=0.05))
+    # Refreshes at 0.3 s, 0.6 s, ...; the lock is deleted well before the first, so the test
+    # does not fall into the (documented) window between a refresh's look and its write.
+    monkeypatch.setattr(repository_module, "Lock", functools.partial(Lock, refresh_interval=0.3))
     outcome: dict = {}
 
     def run() -> None:
@@ -194,7 +196,7 @@ def test_a_backup_whose_lock_was_removed_writes_no_snapshot(
         _wait_for(lambda: any(store.list("locks")))
         for name, _ in list(store.list("locks")):
             store.delete(name)  # as a process that took it for stale would
-        time.sleep(0.3)
+        time.sleep(0.8)
     finally:
         marker.unlink()
         thread.join(60)
