@@ -6,7 +6,7 @@ cd "$(dirname "$0")"
 # Real servers for the integration tests (started by the tests themselves on 127.0.0.1).
 scripts/bootstrap.sh '/usr/lib/postgresql/*/bin/initdb:postgresql' \
     /usr/sbin/mariadbd:mariadb-server /usr/sbin/sshd:openssh-server \
-    sqlite3:sqlite3 runuser:util-linux setpriv:util-linux fincore:util-linux restic:restic
+    sqlite3:sqlite3 runuser:util-linux setpriv:util-linux fincore:util-linux restic:restic /usr/bin/chromium:chromium
 .venv/bin/ruff check safehold tests benchmarks
 .venv/bin/ruff format --check safehold tests benchmarks
 exec .venv/bin/python -m pytest -q "$@"
