@@ -106,7 +106,7 @@ def platform_card(entry: PlatformEntry, sources: Sources, now: float) -> dict:
             "rto": human_duration(status["drill"]["rto_seconds"]),
         },
         "next_runs": [
-            {"job": job, "when": when(times[0]), "in": ago(times[0] - now)}
+            {"job": job, "when": when(times[0]), "in": ago(now - times[0])}
             for job, times in sorted(runs.items(), key=lambda item: item[1][0])
         ],
         "repository": {
