@@ -16,7 +16,7 @@ from pathlib import Path
 from safehold.cli.session import passphrase
 from safehold.errors import UsageError
 from safehold.web.app import Dashboard, Settings
-from safehold.web.data import DEFAULT_TTL, Sources, load_sources
+from safehold.web.data import DEFAULT_TTL, Sources, documents_or_error, load_sources
 from safehold.web.jobs import JobQueue
 from safehold.web.security import (
     Guard,
@@ -90,7 +90,15 @@ def start(
     port = server.bind_addr[1]
     thread = threading.Thread(target=server.serve, name="dashboard", daemon=True)
     thread.start()
+    threading.Thread(target=_warm_up, args=(sources,), name="dashboard-warm", daemon=True).start()
     return Running(listen.url(port, tls is not None), port, server, thread, sources, jobs)
+
+
+def _warm_up(sources: Sources) -> None:
+    """Read every repository's documents once, so that the first page view is fast too (a
+    repository that cannot be read shows its error on the page instead)."""
+    for view in sources.views:
+        documents_or_error(view)
 
 
 def _tls(args: argparse.Namespace) -> tuple[str, str] | None:
