@@ -6,6 +6,7 @@ shown) with a password from the environment: no page may ever show it."""
 from __future__ import annotations
 
 import json
+import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,8 @@ import pytest
 from tests.conftest import PASSPHRASE, init_repository, mini_platform, run_cli
 
 DB_PASSWORD = "dashboard-db-password-0815"
+ODD_NAME = b"caf\xe9 <b>&amp;.txt"  # not UTF-8, and markup to escape
+ODD_BYTES = b"odd name\n"
 FILE_BYTES = random.Random(15).randbytes(5 * 1024 * 1024 + 7)  # several blobs (~1 MiB each)
 
 
@@ -37,6 +40,8 @@ def make_platforms(root: Path, monkeypatch: pytest.MonkeyPatch) -> Platforms:
     first = mini_platform(root / "klink", repos[0], platform="klink")
     original = root / "klink" / "data" / "scan.bin"
     original.write_bytes(FILE_BYTES)
+    with open(os.fsencode(original.parent) + b"/" + ODD_NAME, "wb") as handle:
+        handle.write(ODD_BYTES)
     second = mini_platform(
         root / "ovena",
         repos[1],
@@ -69,4 +74,12 @@ def make_platforms(root: Path, monkeypatch: pytest.MonkeyPatch) -> Platforms:
     return Platforms([first, second], repos, original, state_dir)
 
 
-__all__ = ["DB_PASSWORD", "FILE_BYTES", "PASSPHRASE", "Platforms", "make_platforms"]
+__all__ = [
+    "DB_PASSWORD",
+    "FILE_BYTES",
+    "ODD_BYTES",
+    "ODD_NAME",
+    "PASSPHRASE",
+    "Platforms",
+    "make_platforms",
+]

@@ -20,7 +20,13 @@ from safehold.web.data import load_sources
 from safehold.web.jobs import JobQueue
 from safehold.web.security import COOKIE, Guard, load_token
 from tests.conftest import FAST_KDF, PASSPHRASE, assert_one_line_error, run_cli
-from tests.dashboard_fixtures import DB_PASSWORD, FILE_BYTES, Platforms, make_platforms
+from tests.dashboard_fixtures import (
+    DB_PASSWORD,
+    FILE_BYTES,
+    ODD_BYTES,
+    Platforms,
+    make_platforms,
+)
 
 TOKEN = "test-token-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -177,6 +183,18 @@ def test_download_a_directory_as_tar(client: Client, platforms: Platforms):
     with tarfile.open(fileobj=io.BytesIO(response.get_data())) as archive:
         member = archive.getmember(f"data{platforms.original}")
         assert archive.extractfile(member).read() == FILE_BYTES  # type: ignore[union-attr]
+
+
+def test_names_are_escaped_and_need_not_be_utf8(client: Client, platforms: Platforms):
+    url = first_snapshot_url(client)
+    page = get(client, f"{url}?path=/data{platforms.original.parent}").get_data(as_text=True)
+    assert "<b>" not in page
+    assert "caf\\xe9 &lt;b&gt;&amp;amp;.txt" in page  # shown escaped, the odd byte as \xe9
+    link = f"/download?path=/data{platforms.original.parent}/caf%E9%20%3Cb%3E%26amp%3B.txt"
+    assert link in page  # the raw bytes, percent-encoded
+    response = get(client, url + link)
+    assert response.status_code == 200 and response.get_data() == ODD_BYTES
+    assert response.headers["Content-Disposition"].startswith('attachment; filename="caf')
 
 
 @pytest.mark.parametrize(

@@ -70,7 +70,11 @@ class Settings:
 def _raw_query(request: Request) -> dict[bytes, bytes]:
     """The query string as raw bytes (file names need not be UTF-8)."""
     query = request.environ.get("QUERY_STRING", "").encode("latin-1")
-    return dict(urllib.parse.parse_qsl(query, keep_blank_values=True))
+    found: dict[bytes, bytes] = {}
+    for pair in query.split(b"&"):  # parse_qsl decodes values as UTF-8: not byte-clean
+        key, _, value = pair.replace(b"+", b" ").partition(b"=")
+        found.setdefault(urllib.parse.unquote_to_bytes(key), urllib.parse.unquote_to_bytes(value))
+    return found
 
 
 def quote_path(raw: bytes) -> str:
