@@ -4,6 +4,7 @@ and serving over TLS."""
 from __future__ import annotations
 
 import datetime
+import http.client
 import http.cookiejar
 import os
 import signal
@@ -20,7 +21,15 @@ import pytest
 from safehold.web.data import load_sources
 from safehold.web.security import Listen
 from safehold.web.serve import start
-from tests.conftest import PASSPHRASE, init_repository, mini_platform, run_cli
+from tests.conftest import (
+    PASSPHRASE,
+    blob_place,
+    flip_byte,
+    init_repository,
+    mini_platform,
+    run_cli,
+    snapshot_entry,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -169,3 +178,39 @@ def test_tls(tmp_path: Path):
         assert time.time() - started < 5
     finally:
         running.stop()
+
+
+def test_a_damaged_repository_gives_named_errors_not_traces(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture
+):
+    monkeypatch.setenv("SAFEHOLD_CACHE_DIR", "off")  # every tree read from the packs
+    config = _platform(tmp_path)
+    repo = tmp_path / "repo"
+    data = tmp_path / "p" / "data"
+    file_entry = snapshot_entry(repo, "latest", f"/data{data}/a.txt")
+    directory = snapshot_entry(repo, "latest", f"/data{data}")
+    sources = load_sources([str(config)], lambda: PASSPHRASE.encode(), state_dir=tmp_path)
+    token = "damage-test-token-0123456789"
+    running = start(sources, token, Listen("127.0.0.1", 0))
+    headers = {"Authorization": f"Bearer {token}"}
+    try:
+        snapshot_id = sources.views[0].documents()[0][-1]["id"]
+        base = f"{running.url}r/0/snapshot/{snapshot_id}"
+        pack, offset, _length = blob_place(repo, file_entry["content"][0])
+        flip_byte(pack, offset + 20)
+        request = urllib.request.Request(f"{base}/download?path=/data{data}/a.txt", headers=headers)
+        with pytest.raises((http.client.IncompleteRead, urllib.error.URLError, ConnectionError)):
+            with urllib.request.urlopen(request) as response:
+                response.read()
+        pack, offset, _length = blob_place(repo, directory["subtree"])
+        flip_byte(pack, offset + 20)
+        for url in (f"{base}?path=/data{data}", f"{base}/download?path=/data{data}/a.txt"):
+            with pytest.raises(urllib.error.HTTPError) as failed:
+                urllib.request.urlopen(urllib.request.Request(url, headers=headers))
+            assert failed.value.code == 500
+            assert "integrity error" in failed.value.read().decode()
+    finally:
+        running.stop()
+    err = capfd.readouterr().err
+    assert "Traceback" not in err
+    assert err.count("safehold: dashboard:") == 3, err

@@ -11,6 +11,7 @@ tar), ``/platform/<name>/action/<job>`` (confirm, then POST), ``/static/<file>``
 from __future__ import annotations
 
 import mimetypes
+import sys
 import time
 import urllib.parse
 from collections.abc import Callable, Iterable
@@ -107,6 +108,11 @@ class Dashboard:
             response = self.dispatch(request)
         except HTTPException as error:
             response = self.error(error)
+        except SafeholdError as error:  # a damaged or unreachable repository: named, no trace
+            print(f"safehold: dashboard: {request.path}: {error}", file=sys.stderr)
+            response = self.render(
+                "error.html", status=500, code=500, title="cannot read", message=str(error)
+            )
         for name, value in HEADERS.items():
             response.headers.setdefault(name, value)
         return response(environ, start_response)
@@ -242,10 +248,7 @@ class Dashboard:
             parts = browser.split_path(raw)
         except browser.BadPath as error:
             raise BadRequest(f"path: {error}") from None
-        try:
-            entry = browser.lookup(view, snapshot, parts)
-        except SafeholdError as error:
-            raise NotFound(str(error)) from None
+        entry = browser.lookup(view, snapshot, parts)  # a damaged tree: 500, named
         if entry is None:
             raise NotFound("no such path in this snapshot")
         return view, snapshot, b"/" + b"/".join(parts), entry

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from safehold.cli.session import passphrase
-from safehold.errors import UsageError
+from safehold.errors import SafeholdError, UsageError
 from safehold.web.app import Dashboard, Settings
 from safehold.web.data import DEFAULT_TTL, Sources, documents_or_error, load_sources
 from safehold.web.jobs import JobQueue
@@ -72,7 +72,17 @@ def start(
             after=after,
         )
     application = Dashboard(sources, Guard(token), Settings(allow_actions, tls is not None), jobs)
-    server = wsgi.Server((listen.host, listen.port), application, numthreads=threads)
+
+    class Server(wsgi.Server):
+        def error_log(self, msg: str = "", level: int = 20, traceback: bool = False) -> None:
+            error = sys.exc_info()[1]
+            if isinstance(error, SafeholdError):  # e.g. a damaged blob in the middle of a
+                # download: the connection is cut short (the client sees it), one line here
+                print(f"safehold: dashboard: {error}", file=sys.stderr)
+                return
+            super().error_log(msg, level, traceback)
+
+    server = Server((listen.host, listen.port), application, numthreads=threads)
     server.server_name = "safehold"
     if tls is not None:
         from cheroot.ssl.builtin import BuiltinSSLAdapter
@@ -117,9 +127,10 @@ def serve_command(args: argparse.Namespace) -> int:
     listen = parse_listen(args.listen)
     tls = _tls(args)
     require_safe_transport(listen, tls is not None, args.insecure_http)
+    secret = passphrase(args)  # asked once, here (a prompt only on a terminal)
     sources = load_sources(
         args.config,
-        lambda: passphrase(args),
+        lambda: secret,
         repo=args.repo,
         state_dir=_state_dir(args),
         ttl=DEFAULT_TTL,
@@ -173,8 +184,9 @@ def daemon_with_dashboard(args: argparse.Namespace) -> int:
             f"--dashboard {listen.host} is not a loopback address: the daemon serves the "
             "dashboard on 127.0.0.1 or ::1 only (use safehold serve --tls-cert ... to publish it)"
         )
+    secret = passphrase(args)
     sources = load_sources(
-        [args.config], lambda: passphrase(args), repo=args.repo, state_dir=_state_dir(args)
+        [args.config], lambda: secret, repo=args.repo, state_dir=_state_dir(args)
     )
     token, _made = load_token(None, _state_dir(args))
     running = start(sources, token, listen)
