@@ -107,3 +107,19 @@ def test_guard():
     assert "a-token" not in guard.session + guard.csrf
     assert Guard("another-token-0000000").session != guard.session
     assert not guard.token_ok("\udcff")  # not UTF-8 encodable: refused, no error
+
+
+def test_other_commands_do_not_load_the_web_libraries():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, contextlib, io\n"
+        "from safehold.cli.main import main\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n"
+        "    main(['config', 'schema'])\n"
+        "loaded = [m for m in ('werkzeug', 'jinja2', 'cheroot', 'safehold.web') if m in sys.modules]\n"
+        "print(loaded)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.stdout.strip() == "[]", result.stderr
