@@ -310,7 +310,9 @@ def test_token_file_is_made_once_with_mode_0600(tmp_path: Path):
     assert result.code != 0
 
 
-def test_serve_refuses_a_non_loopback_address_without_tls(platforms: Platforms):
+def test_serve_refuses_a_non_loopback_address_without_tls(
+    platforms: Platforms, monkeypatch: pytest.MonkeyPatch
+):
     config = platforms.configs[0]
     result = run_cli("serve", "--config", config, "--listen", "0.0.0.0:0")
     assert_one_line_error(result, 2, "not a loopback address", "--tls-cert", "--insecure-http")
@@ -318,5 +320,8 @@ def test_serve_refuses_a_non_loopback_address_without_tls(platforms: Platforms):
     assert_one_line_error(result, 2, "--tls-key")
     result = run_cli("serve", "--config", config, "--listen", "localhost:80")
     assert_one_line_error(result, 2, "not an IP address")
+    monkeypatch.delenv("SAFEHOLD_PASSPHRASE")
+    result = run_cli("serve", "--config", config, "--allow-actions")
+    assert_one_line_error(result, 2, "--passphrase-file", "SAFEHOLD_PASSPHRASE")
     result = run_cli("daemon", "--config", config, "--dashboard", "10.1.2.3:8731")
     assert_one_line_error(result, 2, "not a loopback address")

@@ -7,6 +7,7 @@ module); the application is app.py. ``start`` is what the commands and the tests
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import threading
@@ -127,6 +128,11 @@ def serve_command(args: argparse.Namespace) -> int:
     listen = parse_listen(args.listen)
     tls = _tls(args)
     require_safe_transport(listen, tls is not None, args.insecure_http)
+    if args.allow_actions and not (args.passphrase_file or "SAFEHOLD_PASSPHRASE" in os.environ):
+        raise UsageError(
+            "--allow-actions: the jobs run as `safehold schedule run` and need the passphrase "
+            "without a prompt: give --passphrase-file or set SAFEHOLD_PASSPHRASE"
+        )
     secret = passphrase(args)  # asked once, here (a prompt only on a terminal)
     sources = load_sources(
         args.config,
