@@ -325,3 +325,26 @@ def test_serve_refuses_a_non_loopback_address_without_tls(
     assert_one_line_error(result, 2, "--passphrase-file", "SAFEHOLD_PASSPHRASE")
     result = run_cli("daemon", "--config", config, "--dashboard", "10.1.2.3:8731")
     assert_one_line_error(result, 2, "not a loopback address")
+
+
+def test_listings_are_read_again_only_after_the_ttl(
+    platforms: Platforms, monkeypatch: pytest.MonkeyPatch
+):
+    from safehold.repo.repository import Repository
+    from safehold.web.data import RepositoryView
+
+    listed = []
+    original = Repository.snapshot_names
+    monkeypatch.setattr(
+        Repository, "snapshot_names", lambda self: listed.append(1) or original(self)
+    )
+    now = [1000.0]
+    view = RepositoryView(
+        str(platforms.repos[1]), lambda: PASSPHRASE.encode(), ttl=10.0, clock=lambda: now[0]
+    )
+    first = view.documents()
+    now[0] += 9.9
+    assert view.documents() is first and len(listed) == 1
+    now[0] += 0.2
+    assert view.documents() is first and len(listed) == 2  # listed again, nothing new
+    view.close()
