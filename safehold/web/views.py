@@ -139,20 +139,16 @@ def _bytes(value: float) -> str:
 
 
 def charts(snapshots: list[dict], drills: list[dict], all_snapshots: list[dict]) -> list:
-    """The platform page's charts (SVG markup)."""
+    """The platform page's charts: (title, SVG markup)."""
     summary = [(s["time"], s.get("summary") or {}) for s in snapshots]
     growth, total = [], 0
     for s in all_snapshots:
         total += (s.get("summary") or {}).get("bytes_added_stored", 0)
         growth.append((s["time"], float(total)))
-    return [
-        line_chart(
-            "backup size", [(t, float(m.get("bytes_total", 0))) for t, m in summary], _bytes
-        ),
-        line_chart(
-            "backup duration", [(t, float(m.get("duration", 0.0))) for t, m in summary], _seconds
-        ),
-        line_chart(
+    series = [
+        ("backup size", [(t, float(m.get("bytes_total", 0))) for t, m in summary], _bytes),
+        ("backup duration", [(t, float(m.get("duration", 0.0))) for t, m in summary], _seconds),
+        (
             "downtime per cold phase",
             [
                 (s["time"], float(s["downtime"]["seconds"]))
@@ -161,13 +157,15 @@ def charts(snapshots: list[dict], drills: list[dict], all_snapshots: list[dict])
             ],
             _seconds,
         ),
-        line_chart(
+        (
             "drill RTO",
             [(d.get("time", 0.0), float(d.get("rto_seconds", 0.0))) for d in drills],
             _seconds,
         ),
-        line_chart("repository growth (stored bytes)", growth, _bytes, css="growth"),
     ]
+    drawn = [(title, line_chart(title, points, label)) for title, points, label in series]
+    title = "repository growth (stored bytes)"
+    return [*drawn, (title, line_chart(title, growth, _bytes, css="growth"))]
 
 
 def drill_rows(drills: list[dict], limit: int = 20) -> list[dict]:
