@@ -286,7 +286,33 @@ def build_parser() -> argparse.ArgumentParser:
     command.add_argument(
         "--metrics-address", default="127.0.0.1", help="loopback address for /metrics"
     )
+    command.add_argument(
+        "--dashboard",
+        default=None,
+        metavar="ADDRESS:PORT",
+        help="also serve the read-only dashboard there (loopback only; docs/operations.md)",
+    )
     command.set_defaults(run="schedule:daemon_command")
+
+    # serve (safehold/web/: the top layer, imported only when it runs; docs/operations.md)
+    command = sub.add_parser("serve", help="the web dashboard of one or more platforms")
+    command.add_argument("--config", "-c", action="append", required=True, metavar="PLATFORM_FILE")
+    command.add_argument("--repo", "-r", default=None, help="overrides `repository:`")
+    command.add_argument("--passphrase-file", default=None, help="default: $SAFEHOLD_PASSPHRASE")
+    command.add_argument("--state-dir", default=None, help="default ~/.cache/safehold")
+    command.add_argument("--listen", default="127.0.0.1:8731", metavar="ADDRESS:PORT")
+    command.add_argument(
+        "--token-file", default=None, help="the token (default: made on first start)"
+    )
+    command.add_argument(
+        "--allow-actions", action="store_true", help="allow 'back up now' and 'run a drill now'"
+    )
+    command.add_argument("--tls-cert", default=None, metavar="PEM")
+    command.add_argument("--tls-key", default=None, metavar="PEM")
+    command.add_argument(
+        "--insecure-http", action="store_true", help="allow plain HTTP on a non-loopback address"
+    )
+    command.set_defaults(run="safehold.web.serve:serve_command")
     schedule = sub.add_parser("schedule", help="show, install (systemd, cron) or run a schedule")
     schedule_sub = schedule.add_subparsers(dest="schedule_command", required=True, metavar="ACTION")
     command = schedule_sub.add_parser("show", help="the next run times of each job")
@@ -404,7 +430,11 @@ def _run_command(args: argparse.Namespace) -> int:
     try:
         # Command modules are imported on use: a backup does not pay for YAML and JSON Schema.
         module, function = args.run.split(":")
-        run = getattr(importlib.import_module(f"safehold.cli.{module}"), function)
+        if getattr(args, "dashboard", None):  # daemon --dashboard: the web layer wraps it
+            module, function = "safehold.web.serve", "daemon_with_dashboard"
+        # A dotted name is a module above cli/ (safehold.web): named, never imported here.
+        name = module if "." in module else f"safehold.cli.{module}"
+        run = getattr(importlib.import_module(name), function)
         return int(run(args) or 0)
     except SafeholdError as error:
         print(f"safehold: {error}", file=sys.stderr)
