@@ -103,8 +103,16 @@ def _cost(item: tuple[bytes, list]) -> int:
     return end - start + BLOB_COST * len(item[1])
 
 
+# A restore writes the files it has collected once this many are planned (or BATCH_BYTES of
+# content), then walks on: memory is bounded by a batch, not by the number of files in the
+# snapshot. Files come in the order they were backed up, so a batch's blobs lie in few packs.
+BATCH_FILES = 16384
+BATCH_BYTES = 1 << 30
+
+
 class ContentWriter:
-    """Collects files with ``add`` and writes them all with ``run``."""
+    """Collects files with ``add`` and writes them with ``run`` (called once the batch is
+    ``full``, and at the end; each run starts an empty batch)."""
 
     def __init__(
         self,
@@ -122,6 +130,7 @@ class ContentWriter:
         # pack id -> [(offset, length, raw length, type, blob id, [(job, file offset), ...])]
         self._packs: dict[bytes, dict[bytes, tuple]] = {}
         self._jobs: list[FileJob] = []
+        self._planned_bytes = 0
         self._open = 0
         self._open_lock = threading.Lock()
         self._connections = readers.size if readers else repository.store.recommended_uploads
@@ -130,6 +139,7 @@ class ContentWriter:
         """Plan the writing of one regular file (created at its first write)."""
         job = FileJob(path, entry)
         self._jobs.append(job)
+        self._planned_bytes += entry["size"]
         if job.remaining == 0:
             self._create_empty(job)
             return
@@ -167,10 +177,16 @@ class ContentWriter:
             finally:
                 self._readers = given
         self._packs = {}
-        for job in self._jobs:
+        jobs, self._jobs, self._planned_bytes = self._jobs, [], 0
+        for job in jobs:
             if job.failure is not None:
                 self._discard(job)
                 self.failed(job)
+
+    @property
+    def full(self) -> bool:
+        """True once the batch collected by ``add`` should be written (``run``)."""
+        return len(self._jobs) >= BATCH_FILES or self._planned_bytes >= BATCH_BYTES
 
     def _pieces(self) -> list[tuple[bytes, list]]:
         """(pack id, blobs in pack order) to read and write out: each pack whole, or in

@@ -175,6 +175,8 @@ class Restorer:
                 self._first_link[key] = path  # type: ignore[index]
             if self._replaceable(path):
                 self._content.add(path, entry)
+                if self._content.full:
+                    self._content.run()  # memory stays bounded by a batch, not the snapshot
             return
         self._restore_special(path, entry)
 
