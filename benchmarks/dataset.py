@@ -7,6 +7,16 @@ At the default scale (``--size-gb 2.0``, decimal gigabytes) the tree holds rough
 - 20,000 small files of 1-16 KiB over a few hundred directories (``small/``), half of them
   random (thumbnails), half text (JSON-like metadata); about 9 % of the bytes.
 
+Two imaging-archive profiles stand beside it (``--profile``), a tree of studies, series and
+instances as an Orthanc or dcm4chee storage holds them (about 100 instances a series, 4 series
+a study):
+
+- ``small``: ``--files`` (default 300,000) files of 1-64 KiB, incompressible, like small
+  DICOM instances (structured reports, key images, thumbnails);
+- ``dicom``: ``--files`` (default 6,000) files of 100-600 KiB, like CT/MR slices.
+
+Their "1 % change" rewrites every hundredth instance in place (same size, new bytes).
+
 Everything is a function of ``--seed``, so two runs produce byte-identical trees.
 ``apply_change`` makes the "1 % change" (overwrite regions of a few large files, append to a
 SQL dump, add a few small files) and ``revert_change`` undoes it, so every benchmark round
@@ -15,6 +25,7 @@ starts from the same bytes.
 Usage::
 
     python benchmarks/dataset.py DIRECTORY [--size-gb 2.0] [--seed 1]
+    python benchmarks/dataset.py DIRECTORY --profile small [--files 300000]
 """
 
 from __future__ import annotations
@@ -276,11 +287,73 @@ class Summary:
         counts[1] += size
 
 
-def generate(root: str, size_gb: float = 2.0, seed: int = 1) -> Summary:
+# profile -> (smallest file, largest file, default number of files)
+PROFILES = {
+    "mixed": None,
+    "small": (KiB, 64 * KiB, 300_000),
+    "dicom": (100 * KiB, 600 * KiB, 6_000),
+}
+SERIES_FILES = 100  # instances per series
+STUDY_SERIES = 4  # series per study
+
+
+def profile_files(profile: str, files: int | None) -> int:
+    """How many files an archive profile writes (``files`` or its default)."""
+    return files if files is not None else PROFILES[profile][2]  # type: ignore[index]
+
+
+def expected_bytes(profile: str, size_gb: float, files: int | None) -> int:
+    """About how many bytes the data set of these knobs holds (for the disk check)."""
+    if profile == "mixed":
+        return int(size_gb * GB)
+    low, high, _ = PROFILES[profile]  # type: ignore[misc]
+    return profile_files(profile, files) * (low + high) // 2
+
+
+def instance_path(root: str, number: int) -> str:
+    """Where instance ``number`` of an archive profile lives."""
+    series = number // SERIES_FILES
+    study = series // STUDY_SERIES
+    return os.path.join(
+        root,
+        f"study_{study:06d}",
+        f"series_{series % STUDY_SERIES:02d}",
+        f"instance_{number % SERIES_FILES:03d}.dcm",
+    )
+
+
+def _archive_files(root: str, profile: str, files: int, seed: int) -> Iterator[tuple[str, int]]:
+    """Write an archive profile's instances; yields (path, size)."""
+    low, high, _ = PROFILES[profile]  # type: ignore[misc]
+    rng = np.random.Generator(_bits(seed, 7))
+    bits = _bits(seed, 7, 1)
+    sizes = rng.integers(low, high + 1, size=files)
+    for number in range(files):
+        path = instance_path(root, number)
+        if number % SERIES_FILES == 0:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+        size = int(sizes[number])
+        with open(path, "wb") as handle:
+            handle.write((_dicom_preamble(number) + random_bytes(bits, size))[:size])
+        yield path, size
+
+
+def generate(
+    root: str,
+    size_gb: float = 2.0,
+    seed: int = 1,
+    profile: str = "mixed",
+    files: int | None = None,
+) -> Summary:
     """Create the data set in ``root`` (which must not exist or be empty)."""
     if os.path.exists(root) and os.listdir(root):
         raise FileExistsError(f"{root} is not empty")
     os.makedirs(root, exist_ok=True)
+    if profile != "mixed":
+        summary = Summary()
+        for _path, size in _archive_files(root, profile, profile_files(profile, files), seed):
+            summary.add(profile, size)
+        return summary
     plan = plan_for(size_gb)
     summary = Summary()
     for kind, writer in (("large", _large_files), ("text", _text_files), ("small", _small_files)):
@@ -335,9 +408,27 @@ def _overwrite_regions(change: Change, paths: list[str], budget: int, seed: int)
                 change.bytes_changed += length
 
 
-def apply_change(root: str, seed: int = 1, fraction: float = 0.01) -> Change:
-    """Modify about ``fraction`` of the data set's bytes; deterministic for a given seed."""
+def apply_change(
+    root: str,
+    seed: int = 1,
+    fraction: float = 0.01,
+    profile: str = "mixed",
+    files: int | None = None,
+) -> Change:
+    """Modify about ``fraction`` of the data set's bytes (archive profiles: of its files);
+    deterministic for a given seed."""
     change = Change()
+    if profile != "mixed":
+        step = max(1, round(1 / fraction))
+        bits = _bits(seed, 8)
+        for number in range(step // 2, profile_files(profile, files), step):
+            path = instance_path(root, number)
+            with open(path, "r+b") as handle:
+                old = handle.read()
+                handle.seek(132)
+                change.bytes_changed += handle.write(random_bytes(bits, len(old) - 132))
+            change.regions.append((path, 0, old))
+        return change
     large = _files_under(root, "dicom", ".dcm")
     step = max(1, len(large) // 8)
     targets = large[::step][:8]
@@ -384,20 +475,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("directory", help="where to create the data set (must be empty)")
     parser.add_argument("--size-gb", type=float, default=2.0, help="scale (default 2.0)")
     parser.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
+    parser.add_argument("--profile", choices=sorted(PROFILES), default="mixed")
+    parser.add_argument("--files", type=int, default=None, help="files of an archive profile")
     parser.add_argument(
         "--change", action="store_true", help="apply the 1%% change to an existing data set instead"
     )
     args = parser.parse_args(argv)
     started = time.monotonic()
     if args.change:
-        change = apply_change(args.directory, args.seed)
+        change = apply_change(args.directory, args.seed, profile=args.profile, files=args.files)
         print(
             f"changed {change.bytes_changed / 1e6:.1f} MB in {len(change.regions)} regions, "
             f"appended to {change.appended[0] if change.appended else '-'}, "
             f"added {len(change.added)} files"
         )
         return 0
-    summary = generate(args.directory, args.size_gb, args.seed)
+    summary = generate(args.directory, args.size_gb, args.seed, args.profile, args.files)
     for kind, (files, size) in summary.by_kind.items():
         print(f"{kind:>6}: {files:>6} files, {size / 1e9:.3f} GB")
     print(

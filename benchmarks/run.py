@@ -333,8 +333,11 @@ class Round:
         source: str,
         seed: int,
         guard: QuietGuard,
+        profile: str = "mixed",
+        files: int | None = None,
     ) -> None:
         self.number = number
+        self.profile, self.files = profile, files
         self.guard = guard
         self.tools = order(tools, number)
         self.workdir = workdir
@@ -396,7 +399,9 @@ class Round:
         self._backups("unchanged")
         marker = self.source + ".changed"
         open(marker, "w").close()
-        change = dataset.apply_change(self.source, self.seed)
+        change = dataset.apply_change(
+            self.source, self.seed, profile=self.profile, files=self.files
+        )
         try:
             self._backups("changed")
             self._repo_sizes("after three backups")
@@ -413,11 +418,15 @@ class Round:
 # ---------------------------------------------------------------- data set and disk
 
 
-def prepare_data(workdir: str, size_gb: float, seed: int) -> tuple[str, dict]:
+def prepare_data(
+    workdir: str, size_gb: float, seed: int, profile: str = "mixed", files: int | None = None
+) -> tuple[str, dict]:
     """Reuse the data set in ``workdir/data`` if it was made with the same knobs, else make it."""
     source = os.path.join(workdir, "data")
     manifest_path = os.path.join(workdir, "data.json")
     wanted = {"size_gb": size_gb, "seed": seed, "generator": 1}
+    if profile != "mixed":
+        wanted = {"profile": profile, "files": dataset.profile_files(profile, files), **wanted}
     reverted = not os.path.exists(source + ".changed")
     if reverted and os.path.exists(manifest_path) and os.path.isdir(source):
         with open(manifest_path) as handle:
@@ -428,9 +437,10 @@ def prepare_data(workdir: str, size_gb: float, seed: int) -> tuple[str, dict]:
     for stale in (manifest_path, source + ".changed"):
         if os.path.exists(stale):
             os.unlink(stale)
-    print(f"generating {size_gb} GB data set in {source} ...", flush=True)
+    what = f"{size_gb} GB" if profile == "mixed" else f"{wanted['files']:,}-file {profile}"
+    print(f"generating {what} data set in {source} ...", flush=True)
     started = time.monotonic()
-    summary = dataset.generate(source, size_gb, seed)
+    summary = dataset.generate(source, size_gb, seed, profile, files)
     manifest = {
         **wanted,
         "files": summary.files,
@@ -457,8 +467,10 @@ def start(
     workdir = os.path.abspath(args.workdir)
     os.makedirs(os.path.join(workdir, "logs"), exist_ok=True)
     have_data = os.path.isdir(os.path.join(workdir, "data"))
-    check_disk(workdir, args.size_gb, have_data, copies)
-    source, manifest = prepare_data(workdir, args.size_gb, args.seed)
+    profile, files = getattr(args, "profile", "mixed"), getattr(args, "files", None)
+    size_gb = dataset.expected_bytes(profile, args.size_gb, files) / 1e9
+    check_disk(workdir, size_gb, have_data, copies)
+    source, manifest = prepare_data(workdir, args.size_gb, args.seed, profile, files)
     return command_line, workdir, source, manifest
 
 
@@ -612,6 +624,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--restic", default=shutil.which("restic") or "restic", help="command that runs restic"
     )
+    parser.add_argument(
+        "--profile",
+        choices=sorted(dataset.PROFILES),
+        default="mixed",
+        help="mixed (2 GB of everything, --size-gb), or an imaging archive: small (300,000 "
+        "files of 1-64 KiB) or dicom (6,000 files of 100-600 KiB); see dataset.py",
+    )
+    parser.add_argument(
+        "--files", type=int, default=None, help="files of an archive profile (e.g. 1000000)"
+    )
     return parser.parse_args(argv)
 
 
@@ -724,7 +746,9 @@ def main(argv: list[str] | None = None) -> int:
             f"{', '.join(tool.name for tool in order(tools, number))}",
             flush=True,
         )
-        rounds.append(Round(number, tools, workdir, source, args.seed, guard).run())
+        rounds.append(
+            Round(number, tools, workdir, source, args.seed, guard, args.profile, args.files).run()
+        )
     write_json(args.json_out, report(args, command_line, env, rounds))
     return 0
 
