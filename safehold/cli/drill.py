@@ -13,6 +13,7 @@ from safehold.cli.platform_commands import open_for_platform
 from safehold.ops.drill import Drill, DrillFailed, DrillResult, choose_snapshot, save_drill
 from safehold.ops.notify import drill_event, notify
 from safehold.platform.config import load_platform
+from safehold.sources import DRILL_READ_BACK, kinds
 
 
 def _log(args: argparse.Namespace):  # type: ignore[no-untyped-def]
@@ -72,9 +73,10 @@ def _report_problems(result: DrillResult) -> None:
 
 
 def _details(component) -> str:  # type: ignore[no-untyped-def]
-    if component.type == "files":
+    kind = kinds().get(component.type)
+    if kind is None or kind.module is None:  # files, objects
         return f"{component.files} files, {render.size(component.bytes)} read back"
-    if component.type == "command":
+    if kind.drill == DRILL_READ_BACK:
         return f"dump of {render.size(component.bytes)} read back"
     tables = sum(d["tables"] for d in component.databases.values())
     rows = sum(d["rows"] for d in component.databases.values())

@@ -24,7 +24,7 @@ from safehold.platform.discover import discover
 from safehold.platform.discover import render as render_discovery
 from safehold.platform.docs import config_reference
 from safehold.platform.restore import PlatformRestore
-from safehold.platform.schema import SCHEMA
+from safehold.platform.schema import platform_schema
 from safehold.repo.repository import Repository
 from safehold.repo.snapshots import list_snapshots, resolve
 
@@ -290,7 +290,7 @@ def config_validate(args: argparse.Namespace) -> int:
 
 
 def config_schema(args: argparse.Namespace) -> int:
-    json.dump(SCHEMA, sys.stdout, indent=2)
+    json.dump(platform_schema(), sys.stdout, indent=2)
     sys.stdout.write("\n")
     return 0
 

@@ -19,7 +19,8 @@ import yaml
 
 from safehold.errors import SafeholdError
 from safehold.platform.cron import CronError, parse
-from safehold.platform.schema import JOBS, SCHEMA
+from safehold.platform.schema import JOBS, platform_schema
+from safehold.sources import kind_of
 
 _VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _TYPE_NAMES = {
@@ -110,14 +111,34 @@ def _describe(error: jsonschema.ValidationError) -> str:
     return error.message
 
 
+def _problems(error: jsonschema.ValidationError) -> list[str]:
+    path = list(error.absolute_path)
+    instance = error.instance
+    if (
+        error.validator == "additionalProperties"
+        and isinstance(instance, dict)
+        and "then" in error.schema_path
+        and "type" in instance
+    ):
+        # A key another kind takes (``paths`` on a postgres component): name it and the kind.
+        allowed = error.schema.get("properties", {})
+        return [
+            f"at {format_path([*path, key])}: unknown key for a {instance['type']} component"
+            for key in instance
+            if key not in allowed
+        ]
+    return [f"at {format_path(path)}: {_describe(error)}"]
+
+
 def validation_errors(document: Any) -> list[str]:
     """All schema and consistency problems of a parsed document, as 'at PATH: problem'."""
-    validator = jsonschema.Draft202012Validator(SCHEMA)
+    validator = jsonschema.Draft202012Validator(platform_schema())
     problems = [
-        f"at {format_path(list(error.absolute_path))}: {_describe(error)}"
+        problem
         for error in sorted(
             validator.iter_errors(document), key=lambda e: list(map(str, e.absolute_path))
         )
+        for problem in _problems(error)
     ]
     if problems or not isinstance(document, dict):
         return problems or ["at the top level: expected a mapping"]
@@ -152,10 +173,9 @@ def _consistency_errors(document: dict) -> list[str]:
             needed = required.get(via["exec"])
             if needed and needed not in via:
                 problems.append(f"{where}.via: exec {via['exec']} needs `{needed}`")
-        if component["type"] == "files":
-            for path in component["paths"]:
-                if not path.startswith("/"):
-                    problems.append(f"{where}.paths: {path!r} is not an absolute path")
+        kind = kind_of(component["type"])
+        if kind.validate is not None:
+            problems += kind.validate(component, where)
     strategy = document.get("strategy", "hot")
     services = document.get("services")
     if strategy != "hot" and not services:

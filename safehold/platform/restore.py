@@ -28,7 +28,7 @@ from safehold.platform.config import ConfigError, Platform
 from safehold.platform.hooks import run_hooks
 from safehold.platform.services import stopped
 from safehold.repo.repository import Repository
-from safehold.sources import source_module
+from safehold.sources import restore_order, source_module
 
 
 @dataclass
@@ -54,6 +54,7 @@ class PlatformRestore:
         to_database: str | None = None,
         database: str | None = None,
         target: str | None = None,
+        kind_options: dict | None = None,
         log: Callable[[str], None] = lambda text: None,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -63,6 +64,7 @@ class PlatformRestore:
         self.to_database = to_database
         self.database = database
         self.target = target
+        self.kind_options = dict(kind_options or {})  # e.g. bucket: to_bucket, delete_extra
         self.log = log
         self.clock = clock
         self.recorded = {c["name"]: c for c in snapshot.get("components", [])}
@@ -83,13 +85,12 @@ class PlatformRestore:
                     f"snapshot {snapshot['id'][:8]} holds no component {name!r}",
                     file=platform.source,
                 )
-        order = {"postgres": 0, "mysql": 0, "sqlite": 1, "command": 2, "files": 3}
         self.components = sorted(
             (platform.component(n) for n in names),
-            key=lambda c: (order[c.type], bool(c.get("rebuildable")), not c.critical),
+            key=lambda c: restore_order(sources_bridge.kind(c), c.settings, c.critical),
         )
         if to_database and (
-            len(self.components) != 1 or self.components[0].type not in ("postgres", "mysql")
+            len(self.components) != 1 or not sources_bridge.kind(self.components[0]).databases
         ):
             raise ConfigError(
                 "--to-database needs --component naming one postgres or mysql component",
@@ -113,13 +114,15 @@ class PlatformRestore:
                 steps.append(
                     f"{component.name}: write to {os.path.join(self.target, component.name)}"
                 )
-            elif component.type == "files":
+            elif sources_bridge.kind(component).files:
                 for path in self.recorded.get(component.name, {}).get("paths", []):
                     steps.append(
                         f"{component.name}: move {path} aside, restore it from the snapshot"
                     )
+            elif sources_bridge.kind(component).restore_component is not None:
+                steps.append(f"{component.name}: restore it ({component.type})")
             else:
-                if self.live and component.type == "postgres":
+                if self.live and hasattr(sources_bridge.kind(component).module, "restore_globals"):
                     steps.append(
                         f"{component.name}: apply roles and grants ({sources_bridge.GLOBALS_FILE})"
                     )
@@ -140,7 +143,7 @@ class PlatformRestore:
         hosting = {
             c.get("via", {}).get("service")
             for c in self.components
-            if c.type != "files" and isinstance(c.get("via"), dict)
+            if not sources_bridge.kind(c).files and isinstance(c.get("via"), dict)
         }
         return [name for name in services.get("stop", []) if name not in hosting]
 
@@ -189,15 +192,24 @@ class PlatformRestore:
         )
         # A database whose own server the services' stop command stops is restored first,
         # while it runs; the rest inside the stop.
-        early = [c for c in self.components if c.get("stopped_with_services") and services]
+        early = [
+            c
+            for c in self.components
+            if services and (c.get("stopped_with_services") or sources_bridge.kind(c).before_stop)
+        ]
         for component in early:
-            self._restore_dumps(component, outcome)
+            if sources_bridge.kind(component).restore_component is not None:
+                self._restore_own(component, outcome)
+            else:
+                self._restore_dumps(component, outcome)
         with context as downtime:
             for component in self.components:
                 if component in early:
                     continue
-                if component.type == "files":
+                if sources_bridge.kind(component).files:
                     self._restore_files(component, outcome)
+                elif sources_bridge.kind(component).restore_component is not None:
+                    self._restore_own(component, outcome)
                 else:
                     self._restore_dumps(component, outcome)
         outcome.downtime = getattr(downtime, "seconds", 0.0)
@@ -216,6 +228,20 @@ class PlatformRestore:
         outcome.problems += [f"{name}: exists, not replaced: {p}" for p in stats.skipped]
         if name not in outcome.restored:
             outcome.restored.append(name)
+
+    def _restore_own(self, component, outcome: RestoreOutcome) -> None:  # type: ignore[no-untyped-def]
+        """A kind that restores itself (a bucket): its hook gets the component's directory."""
+        restore = sources_bridge.kind(component).restore_component
+        result = restore(  # type: ignore[misc]
+            self.repository,
+            self.dirs[component.name],
+            sources_bridge.source_settings(component),
+            self.kind_options,
+            self.log,
+        )
+        outcome.problems += [f"{component.name}: {problem}" for problem in result.problems]
+        outcome.notes += [f"{component.name}: {note}" for note in result.notes]
+        outcome.restored.append(component.name)
 
     def _restore_dumps(self, component, outcome: RestoreOutcome) -> None:  # type: ignore[no-untyped-def]
         module = source_module(component.type)

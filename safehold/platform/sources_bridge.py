@@ -1,23 +1,20 @@
-"""Between the platform model and the sources: targets, dumps into trees, service runners.
+"""Between the platform model and the sources: targets, source settings, service runners.
 
-A database component's snapshot directory holds one file per dump: ``<database>.sql`` for
-PostgreSQL and MySQL (plus ``_globals.sql`` for PostgreSQL roles), the database file's name
-for SQLite, and ``filename`` (default ``dump``) for a command component.
+What a component of each kind is and how it is backed up lives in its kind's module
+(``safehold/sources/<kind>.py``, found by ``safehold.sources.kinds``).
 """
 
 from __future__ import annotations
 
-import os
 import subprocess
 
-from safehold.archive.archiver import Archiver
 from safehold.platform.config import Component
 from safehold.platform.services import ServiceError
-from safehold.sources import source_module
-from safehold.sources.counting import PostgresCopyCounter
+from safehold.sources import Kind, kind_of
+from safehold.sources.dumps import GLOBALS_FILE
 from safehold.sources.targets import LocalTarget, Target, target_from_via
 
-GLOBALS_FILE = "_globals.sql"
+__all__ = ["GLOBALS_FILE", "ServiceRunner", "kind", "service_runner", "source_settings"]
 
 
 def target_for(component: Component, services: dict | None = None) -> Target:
@@ -37,48 +34,9 @@ def source_settings(component: Component) -> dict:
     return {**component.settings, "password": component.password}
 
 
-def dump_filename(component: Component, name: str) -> str:
-    """The file name a dump is stored under in the component's snapshot directory."""
-    if component.type in ("postgres", "mysql"):
-        return f"{name}.sql"
-    if component.type == "command":
-        return component.get("filename") or "dump"
-    return os.path.basename(name) or "database"
-
-
-def archive_dumps(
-    archiver: Archiver, component: Component, result, services: dict | None = None
-) -> dict:  # type: ignore[no-untyped-def]
-    """Stream every dump of a database/command component into the archive.
-
-    Fills ``result`` (databases: name -> file, bytes, rows; server_version) and returns the
-    component's directory entry. Raises SourceError when a dump fails.
-    """
-    module = source_module(component.type)
-    target = target_for(component, services)
-    settings = source_settings(component)
-    entries = []
-    if hasattr(module, "server_version"):
-        result.server_version = module.server_version(settings, target)
-    dump_globals = getattr(module, "dump_globals", None)
-    if dump_globals is not None:
-        with dump_globals(settings, target) as stream:
-            entries.append(archiver.archive_stream(GLOBALS_FILE, stream))
-    for name in module.dump_names(settings, target):
-        filename = dump_filename(component, name)
-        with module.dump(settings, target, name) as stream:
-            counter = PostgresCopyCounter(stream) if component.type == "postgres" else None
-            entry = archiver.archive_stream(filename, counter or stream)
-        entries.append(entry)
-        record: dict = {"file": filename, "bytes": entry["size"]}
-        if counter is not None:
-            record["rows"], record["rows_exact"] = counter.counts, True
-        elif hasattr(module, "row_counts"):
-            # Counted after the dump: writes in between make these differ from the dump.
-            record["rows"], record["rows_exact"] = module.row_counts(settings, target, name), False
-        result.databases[name] = record
-    # Component folders carry a fixed time, so an unchanged component diffs as unchanged.
-    return archiver.store_directory(component.name, entries, mtime_ns=0)
+def kind(component: Component) -> Kind:
+    """The source kind of a component (its ``type``), from the registry."""
+    return kind_of(component.type)
 
 
 class ServiceRunner:
