@@ -144,7 +144,7 @@ def _mariadb(component: Component, scratch: str, record: dict) -> tuple[Callable
 # A kind's ``drill_server`` names one of these: (component, scratch directory, what the backup
 # recorded) -> (a context manager factory yielding a ScratchServer, or None; why not).
 THROWAWAY_SERVERS: dict[str, Callable[[Component, str, dict], tuple[Callable | None, str]]] = {
-    "postgres": _postgres,
+    "postgresql": _postgres,
     "mariadb": _mariadb,
 }
 

@@ -268,7 +268,7 @@ KIND = Kind(
     counter=PostgresCopyCounter,
     databases=True,
     drill=DRILL_SERVER,
-    drill_server="postgres",
+    drill_server="postgresql",
     images=(
         "postgres",
         "postgis/postgis",
