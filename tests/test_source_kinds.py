@@ -82,7 +82,7 @@ def test_no_module_outside_sources_tests_a_type_against_a_kind_name():
 
 
 def test_every_package_kind_is_found_with_its_alias():
-    assert {"files", "postgres", "mysql", "sqlite", "command"} <= set(kinds())
+    assert {"files", "postgres", "mysql", "sqlite", "command", "bucket"} <= set(kinds())
     assert "mariadb" in type_names()
 
 

@@ -236,6 +236,11 @@ def restore_platform(args: argparse.Namespace) -> int:
             to_database=args.to_database,
             database=args.database,
             target=args.target,
+            kind_options={
+                "to_bucket": args.to_bucket,
+                "to_endpoint": args.to_endpoint,
+                "delete_extra": args.delete_extra,
+            },
             log=_log(args),
         )
         steps = restore.plan()

@@ -49,6 +49,7 @@ class ComponentResult:
     server_version: str | None = None
     errors: list = field(default_factory=list)
     paths: list = field(default_factory=list)
+    details: dict = field(default_factory=dict)  # kind-specific counts (bucket: per bucket)
 
 
 @dataclass

@@ -293,13 +293,13 @@ class Platform:
         raise ConfigError(f"no component named {name!r} (known: {known})", file=self.source)
 
 
-def _read_password_file(path: str, source: str, where: str) -> str:
+def _read_password_file(path: str, source: str, where: str, key: str = "password_file") -> str:
     try:
         with open(os.path.expanduser(path), encoding="utf-8") as handle:
             return handle.readline().rstrip("\r\n")
     except OSError as error:
         raise ConfigError(
-            f"at {where}.password_file: cannot read {path}: {error.strerror}", file=source
+            f"at {where}.{key}: cannot read {path}: {error.strerror}", file=source
         ) from None
 
 
@@ -331,6 +331,16 @@ def parse_platform(text: str, source: str, environment: dict[str, str] | None = 
             password = _read_password_file(
                 settings["password_file"], source, f"components[{position}]"
             )
+        credentials = settings.get("credentials")
+        if isinstance(credentials, dict):  # a secret key is a password: kept out of settings
+            password = credentials.pop("secret_key", password)
+            if "secret_key_file" in credentials:
+                password = _read_password_file(
+                    credentials["secret_key_file"],
+                    source,
+                    f"components[{position}].credentials",
+                    "secret_key_file",
+                )
         components.append(Component(settings["name"], settings["type"], settings, password))
     return Platform(
         source=source,

@@ -97,9 +97,20 @@ class PlatformRestore:
                 file=platform.source,
             )
 
+        elsewhere = [key for key in ("to_bucket", "to_endpoint") if self.kind_options.get(key)]
+        if elsewhere and (
+            len(self.components) != 1
+            or sources_bridge.kind(self.components[0]).restore_component is None
+        ):
+            raise ConfigError(
+                f"--{elsewhere[0].replace('_', '-')} needs --component naming one bucket component",
+                file=platform.source,
+            )
+
     @property
     def live(self) -> bool:
-        return self.target is None and self.to_database is None
+        elsewhere = self.kind_options.get("to_bucket") or self.kind_options.get("to_endpoint")
+        return self.target is None and self.to_database is None and not elsewhere
 
     def plan(self) -> list[str]:
         """Human-readable steps, in order."""
