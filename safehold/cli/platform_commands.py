@@ -31,7 +31,7 @@ from safehold.platform.docs import config_reference
 from safehold.platform.restore import PlatformRestore
 from safehold.platform.schema import platform_schema
 from safehold.repo.repository import Repository
-from safehold.repo.snapshots import list_snapshots, resolve
+from safehold.repo.snapshots import platform_snapshots, resolve
 
 __all__ = ["CriticalComponentFailed", "access", "open_for_platform"]
 
@@ -120,7 +120,7 @@ def restore_platform(args: argparse.Namespace) -> int:
     platform = load_platform(args.config)
     with open_for_platform(args, platform.repository) as repository, repository.lock():
         repository.use_tree_cache = True  # verified cached trees are the snapshot's trees
-        snapshots = [s for s in list_snapshots(repository) if s.get("platform") == platform.name]
+        snapshots = platform_snapshots(repository, platform.name)
         spec = args.source or "latest"
         if spec == "latest":
             if not snapshots:

@@ -25,7 +25,7 @@ from safehold.ops.status import Policy
 from safehold.platform.backup import PlatformBackup, PlatformBackupResult
 from safehold.platform.config import ConfigError, Platform, load_platform, load_yaml
 from safehold.repo.repository import Repository
-from safehold.repo.snapshots import list_snapshots
+from safehold.repo.snapshots import list_snapshots, platform_snapshots
 
 EXIT_CRITICAL = 23
 Lines = Callable[[str], None]
@@ -311,9 +311,7 @@ def copy_job(platform: Platform, context: JobContext) -> JobOutcome:
 
     def body() -> JobOutcome:
         with context.access.open(platform.repository) as repository:
-            ids = [
-                s["id"] for s in list_snapshots(repository) if s.get("platform") == platform.name
-            ]
+            ids = [s["id"] for s in platform_snapshots(repository, platform.name)]
             outcome = copy_offsite(repository, platform, ids)
         if outcome.problems:
             return JobOutcome("failed", "; ".join(outcome.problems))

@@ -29,7 +29,7 @@ from safehold.platform.config import Component, Platform
 from safehold.platform.hooks import run_hooks
 from safehold.platform.services import Downtime, stopped
 from safehold.repo.repository import Repository
-from safehold.repo.snapshots import list_snapshots
+from safehold.repo.snapshots import platform_snapshots
 from safehold.repo.writer import BlobWriter
 
 
@@ -87,9 +87,7 @@ def _stopped_service_of(component: Component, services: dict | None) -> bool:
 
 
 def previous_platform_snapshot(repository: Repository, platform: str, hostname: str) -> dict | None:
-    candidates = [
-        s for s in list_snapshots(repository, host=hostname) if s.get("platform") == platform
-    ]
+    candidates = platform_snapshots(repository, platform, host=hostname)
     return candidates[-1] if candidates else None
 
 
