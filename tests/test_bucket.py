@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -56,10 +57,13 @@ def _pages(client, name: str):  # type: ignore[no-untyped-def]
 
 def _fill(client, name: str, count: int) -> None:  # type: ignore[no-untyped-def]
     client.create_bucket(Bucket=name)
-    for number in range(count):
-        client.put_object(
-            Bucket=name, Key=f"series/{number % 7}/image-{number:05d}.dcm", Body=b"x%d" % number
-        )
+
+    def put(number: int) -> None:
+        key = f"series/{number % 7}/image-{number:05d}.dcm"
+        client.put_object(Bucket=name, Key=key, Body=b"x%d" % number)
+
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(put, range(count)))
     # Keys that are not plain paths, content types and user metadata.
     client.put_object(Bucket=name, Key="a", Body=b"object and prefix", ContentType="text/plain")
     client.put_object(Bucket=name, Key="a/b", Body=b"below", Metadata={"study": "s1", "k": "v"})

@@ -23,12 +23,14 @@ another endpoint), skipping equal ones, and deletes nothing unless asked (``dele
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import re
 import secrets
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import IO, Any
 from urllib.parse import unquote
@@ -43,6 +45,9 @@ ETAG = XATTR + b"etag"
 CONTENT_TYPE = XATTR + b"content-type"
 META = XATTR + b"meta."
 EMPTY, ALSO_PREFIX = "%E", "%O"
+WINDOW = 32  # objects downloaded ahead
+SMALL = 1 << 20  # objects up to this size are fetched by the pool, whole
+FETCHERS = 4  # threads fetching small objects (a botocore client is thread-safe)
 SPOOL = 8 << 20  # objects up to this size are buffered in memory before an upload
 PART = 64 << 20  # larger ones go up in parts of this size
 _SECRET = re.compile(r"\$\{[A-Za-z_][A-Za-z0-9_]*(:-[^}]*)?\}")
@@ -200,12 +205,15 @@ def archive(archiver: Any, component: Mapping[str, Any], target: Any, parent: An
     s3 = client(component)
     previous = _children(archiver, parent)
     entries, details = [], {}
-    for bucket in _bucket_names(s3, component):
-        stats = BucketStats()
-        old = previous.get(bucket.encode())
-        old_tree = old["subtree"] if old and old["type"] == DIR else None
-        entries.append(_archive_level(archiver, s3, bucket, "", old_tree, bucket.encode(), stats))
-        details[bucket] = vars(stats)
+    with ThreadPoolExecutor(FETCHERS, thread_name_prefix="safehold-bucket") as pool:
+        for bucket in _bucket_names(s3, component):
+            stats = BucketStats()
+            old = previous.get(bucket.encode())
+            old_tree = old["subtree"] if old and old["type"] == DIR else None
+            entries.append(
+                _archive_level(archiver, s3, pool, bucket, "", old_tree, bucket.encode(), stats)
+            )
+            details[bucket] = vars(stats)
     if hasattr(result, "details"):
         result.details = {"buckets": details}
     return archiver.store_directory(component["name"], entries, mtime_ns=0, previous=parent)
@@ -221,12 +229,12 @@ def _children(archiver: Any, tree_id: bytes | None) -> dict[bytes, dict]:
 
 
 def _archive_level(  # type: ignore[no-untyped-def]
-    archiver, s3, bucket: str, prefix: str, old_tree, name: bytes, stats: BucketStats
+    archiver, s3, pool, bucket: str, prefix: str, old_tree, name: bytes, stats: BucketStats
 ) -> dict:
     previous = _children(archiver, old_tree)
     objects, prefixes = _level(s3, bucket, prefix)
     below = {item[len(prefix) : -1] for item in prefixes}
-    entries = []
+    entries, wanted = [], []
     for item in objects:
         segment = item["Key"][len(prefix) :]
         filename = encode_segment(segment) + (ALSO_PREFIX.encode() if segment in below else b"")
@@ -235,14 +243,16 @@ def _archive_level(  # type: ignore[no-untyped-def]
         stats.bytes += item["Size"]
         if _unchanged(old, item):
             entries.append(old)
-            continue
-        entries.append(_download(archiver, s3, bucket, item["Key"], filename))
-        stats.downloaded += 1
+        else:
+            wanted.append((item, filename))
+    for start in range(0, len(wanted), WINDOW):
+        entries += _download_window(archiver, s3, pool, bucket, wanted[start : start + WINDOW])
+        stats.downloaded += len(wanted[start : start + WINDOW])
     for item in prefixes:
         dirname = encode_segment(item[len(prefix) : -1])
         old = previous.get(dirname)
         subtree = old["subtree"] if old and old["type"] == DIR else None
-        entries.append(_archive_level(archiver, s3, bucket, item, subtree, dirname, stats))
+        entries.append(_archive_level(archiver, s3, pool, bucket, item, subtree, dirname, stats))
     return archiver.store_directory(name.decode(), entries, mtime_ns=0, previous=old_tree)
 
 
@@ -258,11 +268,47 @@ def _unchanged(old: dict | None, item: dict) -> bool:
     )
 
 
-def _download(archiver: Any, s3: Any, bucket: str, key: str, filename: bytes) -> dict:
+def _download_window(
+    archiver: Any, s3: Any, pool: ThreadPoolExecutor, bucket: str, wanted: list
+) -> list[dict]:
+    """Archives a window of objects: the small ones fetched by a few threads at once (at most
+    WINDOW x SMALL bytes in memory), the others streamed one by one; in order."""
+    small = {
+        position: pool.submit(_fetch, s3, bucket, item["Key"])
+        for position, (item, _) in enumerate(wanted)
+        if item["Size"] <= SMALL
+    }
+    try:
+        return [
+            _download(archiver, s3, bucket, item["Key"], filename, small.get(position))
+            for position, (item, filename) in enumerate(wanted)
+        ]
+    finally:
+        for future in small.values():
+            future.cancel()
+
+
+def _fetch(s3: Any, bucket: str, key: str) -> dict:
+    """GET of a small object, its body read whole."""
     try:
         response = s3.get_object(Bucket=bucket, Key=key)
+        with response["Body"] as body:
+            response["Body"] = io.BytesIO(body.read())
+        return response
     except Exception as error:
         raise _failed(f"reading s3://{bucket}/{key}", error) from None
+
+
+def _download(  # type: ignore[no-untyped-def]
+    archiver, s3, bucket: str, key: str, filename: bytes, fetched=None
+) -> dict:
+    """Archives one object as the file ``filename`` (``fetched``: a Future of its _fetch)."""
+    response = fetched.result() if fetched is not None else None
+    if response is None:
+        try:
+            response = s3.get_object(Bucket=bucket, Key=key)
+        except Exception as error:
+            raise _failed(f"reading s3://{bucket}/{key}", error) from None
     with response["Body"] as body:
         entry = archiver.archive_stream(
             filename.decode("utf-8", "surrogateescape"),
@@ -293,6 +339,32 @@ class BucketRestore:
     bytes: int = 0
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    pool: ThreadPoolExecutor | None = field(default=None, repr=False)  # uploads small objects
+    pending: list = field(default_factory=list, repr=False)  # (future, key, size)
+
+    def upload(self, key: str, size: int, put: Callable[[], Any]) -> None:
+        """Runs ``put`` (the upload of object ``key``) in the pool, at most WINDOW at once,
+        or here without a pool; counts it when done."""
+        if self.pool is None:
+            put()
+            self.restored += 1
+            self.bytes += size
+            return
+        self.pending.append((self.pool.submit(put), key, size))
+        if len(self.pending) >= WINDOW:
+            self.wait(WINDOW // 2)
+
+    def wait(self, left: int = 0) -> None:
+        """Waits until at most ``left`` uploads are pending; a failed one is a problem."""
+        while len(self.pending) > left:
+            future, key, size = self.pending.pop(0)
+            try:
+                future.result()
+            except SafeholdError as error:
+                self.problems.append(f"{key}: {error}")
+                continue
+            self.restored += 1
+            self.bytes += size
 
 
 def _snapshot_buckets(repository: Any, entry: dict) -> dict[str, dict]:
@@ -326,23 +398,18 @@ def restore_component(  # type: ignore[no-untyped-def]
             f"{', '.join(names) or 'none'}"
         )
     s3 = client(component, options.get("to_endpoint"))
-    outcome = BucketRestore()
-    for name in names:
-        bucket = to_bucket or name
-        _ensure_bucket(s3, bucket, component)
-        log(
-            f"{component.get('name')}: restoring bucket {name}"
-            + (f" into {bucket}" if to_bucket else "")
-        )
-        _restore_level(
-            repository,
-            s3,
-            bucket,
-            "",
-            held[name]["subtree"],
-            bool(options.get("delete_extra")),
-            outcome,
-        )
+    with ThreadPoolExecutor(FETCHERS, thread_name_prefix="safehold-bucket") as pool:
+        outcome = BucketRestore(pool=pool)
+        for name in names:
+            bucket = to_bucket or name
+            _ensure_bucket(s3, bucket, component)
+            log(
+                f"{component.get('name')}: restoring bucket {name}"
+                + (f" into {bucket}" if to_bucket else "")
+            )
+            delete_extra = bool(options.get("delete_extra"))
+            _restore_level(repository, s3, bucket, "", held[name]["subtree"], delete_extra, outcome)
+        outcome.wait()
     outcome.notes.append(
         f"{outcome.restored} objects written, {outcome.skipped} already equal"
         + (f", {outcome.deleted} deleted" if outcome.deleted else "")
@@ -441,6 +508,11 @@ def put_object(  # type: ignore[no-untyped-def]
             outcome.skipped += 1
             return
         extra = {"Metadata": metadata, **({"ContentType": content_type} if content_type else {})}
+        if entry["size"] <= SMALL:  # uploaded from memory, by the pool
+            spool.seek(0)
+            body = spool.read()
+            outcome.upload(key, entry["size"], lambda: _put(s3, bucket, key, body, extra))
+            return
         try:
             if entry["size"] > PART:
                 _put_in_parts(s3, bucket, key, spool, extra)
@@ -453,6 +525,13 @@ def put_object(  # type: ignore[no-untyped-def]
             raise _failed(f"writing s3://{bucket}/{key}", error) from None
     outcome.restored += 1
     outcome.bytes += entry["size"]
+
+
+def _put(s3: Any, bucket: str, key: str, body: bytes, extra: dict) -> None:
+    try:
+        s3.put_object(Bucket=bucket, Key=key, Body=body, **extra)
+    except Exception as error:
+        raise _failed(f"writing s3://{bucket}/{key}", error) from None
 
 
 def _put_in_parts(s3: Any, bucket: str, key: str, spool: IO[bytes], extra: dict) -> None:
@@ -515,11 +594,12 @@ def drill_component(  # type: ignore[no-untyped-def]
     log(f"{component.get('name')}: restoring into scratch bucket {scratch_bucket}")
     try:
         for name, bucket_entry in sorted(held.items()):
-            written = BucketRestore()
             began = time.monotonic()
-            _restore_level(
-                repository, s3, scratch_bucket, name + "/", bucket_entry["subtree"], False, written
-            )
+            with ThreadPoolExecutor(FETCHERS, thread_name_prefix="safehold-bucket") as pool:
+                written = BucketRestore(pool=pool)
+                subtree = bucket_entry["subtree"]
+                _restore_level(repository, s3, scratch_bucket, name + "/", subtree, False, written)
+                written.wait()
             outcome.restore_seconds += time.monotonic() - began
             outcome.failures += written.problems
             began = time.monotonic()
