@@ -48,7 +48,18 @@ def test_a_valid_file_resolves_secrets_from_the_environment():
             ("databases: [dms]", "databases: dms"),
             "at components[0].databases: expected a list of names",
         ),
-        (("type: files", "type: filez"), "at components[1].type: expected one of: files, postgres"),
+        (
+            ("type: files", "type: filez"),
+            "at components[1].type: expected one of: bucket, command, files",
+        ),
+        (
+            ("databases: [dms]", "databases: [dms]\n    paths: [/srv]"),
+            "at components[0].paths: unknown key for a mysql component",
+        ),
+        (
+            ("databases: [dms]", "databases: [dms]\n    port: x"),
+            "at components[0].port: expected an integer",
+        ),
         (
             ("    paths: [/opt/k-link/storage/data]\n", ""),
             "at components[1]: missing required key 'paths'",

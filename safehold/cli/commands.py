@@ -208,7 +208,7 @@ def restore(args: argparse.Namespace) -> int:
         from safehold.cli import platform_commands
 
         return platform_commands.restore_platform(args)
-    for option in ("component", "database", "to_database"):
+    for option in ("component", "database", "to_database", "to_bucket", "to_endpoint"):
         if getattr(args, option):
             raise UsageError(f"--{option.replace('_', '-')} needs --config")
     if not args.source or not args.target:

@@ -9,10 +9,11 @@ import argparse
 import sys
 
 from safehold.cli import render
-from safehold.cli.platform_commands import open_for_platform
-from safehold.ops.drill import Drill, DrillFailed, DrillResult, choose_snapshot, save_drill
-from safehold.ops.notify import drill_event, notify
+from safehold.cli.platform_commands import access
+from safehold.ops.drill import DrillResult
+from safehold.ops.platform_jobs import DrillOptions, drill_platform, finish_drill
 from safehold.platform.config import load_platform
+from safehold.sources import DRILL_READ_BACK, kinds
 
 
 def _log(args: argparse.Namespace):  # type: ignore[no-untyped-def]
@@ -25,30 +26,14 @@ def drill_command(args: argparse.Namespace) -> int:
     """`safehold drill --config FILE [SNAPSHOT|--random-older]`: exit 0 if everything restored
     and checked out, DrillFailed (25) otherwise; the result is stored in the repository."""
     platform = load_platform(args.config)
-    with open_for_platform(args, platform.repository) as repository, repository.lock():
-        repository.prove_from_repository()  # the snapshot too, not a cached copy
-        snapshot, notes = choose_snapshot(
-            repository, platform, args.snapshot, random_older=args.random_older
-        )
-        drill = Drill(repository, platform, snapshot, scratch=args.scratch, log=_log(args))
-        result = drill.run()
-        result.notes[:0] = notes
-        record = result.record()
-        stored = save_drill(repository, record)
-    if stored is None:
-        result.notes.append(
-            "the drill result was not stored: this safehold's store has no drills/ namespace"
-        )
-    _report_problems(result)
+    options = DrillOptions(args.snapshot, args.random_older, args.scratch, log=_log(args))
+    run = drill_platform(platform, access(args), options)
+    _report_problems(run.result)
     if args.json:
-        render.print_json({**record, "notes": result.notes, "stored_as": stored})
+        render.print_json({**run.record, "notes": run.result.notes, "stored_as": run.stored})
     elif not args.quiet:
-        _print_summary(result, record, stored)
-    notify(platform.notify, drill_event(platform, result))
-    if result.failed:
-        what = [c.name for c in result.components if c.status == "failed"]
-        what += [f"check {c['name']!r}" for c in result.checks if c["status"] == "failed"]
-        raise DrillFailed(snapshot=snapshot["id"][:8], what=", ".join(what))
+        _print_summary(run.result, run.record, run.stored)
+    finish_drill(platform, run)  # notifies; DrillFailed if it failed
     return 0
 
 
@@ -72,9 +57,10 @@ def _report_problems(result: DrillResult) -> None:
 
 
 def _details(component) -> str:  # type: ignore[no-untyped-def]
-    if component.type == "files":
+    kind = kinds().get(component.type)
+    if kind is None or kind.module is None:  # files, objects
         return f"{component.files} files, {render.size(component.bytes)} read back"
-    if component.type == "command":
+    if kind.drill == DRILL_READ_BACK:
         return f"dump of {render.size(component.bytes)} read back"
     tables = sum(d["tables"] for d in component.databases.values())
     rows = sum(d["rows"] for d in component.databases.values())

@@ -141,6 +141,15 @@ def build_parser() -> argparse.ArgumentParser:
     command.add_argument("--component", help="with --config: only this component")
     command.add_argument("--database", help="with --config: only this database of the component")
     command.add_argument("--to-database", help="with --config: restore the dump into this database")
+    command.add_argument("--to-bucket", help="with --config: restore a bucket into this one")
+    command.add_argument(
+        "--to-endpoint", help="with --config: a bucket's objects go to this S3 URL"
+    )
+    command.add_argument(
+        "--delete-extra",
+        action="store_true",
+        help="with --config: delete objects not in the backup",
+    )
     command.add_argument("--yes", action="store_true", help="replace live data without asking")
     command.add_argument("--dry-run", action="store_true", help="show the steps, change nothing")
     command.add_argument("--include", "-i", action="append", default=[], metavar="PATTERN")

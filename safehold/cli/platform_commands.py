@@ -10,9 +10,14 @@ from pathlib import Path
 
 from safehold.cli import render
 from safehold.cli.session import passphrase
-from safehold.errors import EXIT_PARTIAL, SafeholdError, UsageError
-from safehold.ops.notify import Event, backup_event, notify
-from safehold.platform.backup import PlatformBackup
+from safehold.errors import EXIT_PARTIAL, UsageError
+from safehold.ops import platform_jobs
+from safehold.ops.platform_jobs import (
+    BackupOptions,
+    CriticalComponentFailed,
+    RepositoryAccess,
+    load_notified,
+)
 from safehold.platform.config import (
     ConfigError,
     UnsetVariable,
@@ -24,17 +29,11 @@ from safehold.platform.discover import discover
 from safehold.platform.discover import render as render_discovery
 from safehold.platform.docs import config_reference
 from safehold.platform.restore import PlatformRestore
-from safehold.platform.schema import SCHEMA
+from safehold.platform.schema import platform_schema
 from safehold.repo.repository import Repository
-from safehold.repo.snapshots import list_snapshots, resolve
+from safehold.repo.snapshots import platform_snapshots, resolve
 
-EXIT_CRITICAL = 23
-
-
-class CriticalComponentFailed(SafeholdError):
-    """backup saved, but critical component(s) failed: {names}; see the messages above"""
-
-    exit_code = EXIT_CRITICAL
+__all__ = ["CriticalComponentFailed", "access", "open_for_platform"]
 
 
 def _log(args: argparse.Namespace):  # type: ignore[no-untyped-def]
@@ -42,21 +41,24 @@ def _log(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     return (lambda text: None) if quiet else (lambda text: print(f"  {text}", file=sys.stderr))
 
 
-def open_for_platform(args: argparse.Namespace, location: str | None) -> Repository:
-    import os
+def access(args: argparse.Namespace) -> RepositoryAccess:
+    """The repository the options name (--repo, else the platform file's, else
+    $SAFEHOLD_REPO) and its passphrase (--passphrase-file, $SAFEHOLD_PASSPHRASE, a prompt)."""
+    secret_file = argparse.Namespace(passphrase_file=getattr(args, "passphrase_file", None))
+    return RepositoryAccess(getattr(args, "repo", None), lambda: passphrase(secret_file))
 
-    chosen = args.repo or location or os.environ.get("SAFEHOLD_REPO")
-    if not chosen:
-        raise UsageError(
-            "no repository: set `repository:` in the platform file, pass --repo, "
-            "or set SAFEHOLD_REPO"
-        )
-    return Repository.open(chosen, lambda: passphrase(args))
+
+def open_for_platform(args: argparse.Namespace, location: str | None) -> Repository:
+    """Opens the repository of a platform command. Raises UsageError if none is named."""
+    return access(args).open(location)
 
 
 def backup_platform(args: argparse.Namespace) -> int:
-    platform = load_for_backup(args)
-    result, copy_problems = run_backup(args, platform, _log(args))
+    """`safehold backup --config FILE`: ops.platform_jobs.backup_platform, rendered."""
+    platform = load_notified(args.config)
+    result, copy_problems = platform_jobs.backup_platform(
+        platform, access(args), BackupOptions(tags=list(args.tag or []), log=_log(args))
+    )
     snapshot = result.snapshot
     if args.json:
         render.print_json(
@@ -95,113 +97,11 @@ def backup_platform(args: argparse.Namespace) -> int:
     return finish_backup(platform, result, copy_problems)
 
 
-def load_for_backup(args: argparse.Namespace):  # type: ignore[no-untyped-def]
-    """The platform file of a backup; if it cannot be used, the failure is notified (through
-    its `notify:` section, if that part of the file is usable) before the error is raised."""
-    try:
-        return load_platform(args.config)
-    except ConfigError as error:
-        notify_unusable_config(args.config, error)
-        raise
-
-
-def run_backup(args: argparse.Namespace, platform, log):  # type: ignore[no-untyped-def]
-    """Open the repository, back up the platform and copy it off-site: (result, copy
-    problems). A backup that cannot start or finish (repository unreachable or locked, a
-    hook failed, ...) is notified as failed before the error is raised."""
-    try:
-        with open_for_platform(args, platform.repository) as repository:
-            result = PlatformBackup(repository, platform, tags=args.tag, log=log).run()
-            copy_problems = _copy_offsite(repository, platform, result.snapshot_id, args)
-    except SafeholdError as error:
-        problem = f"the backup could not run: {error}"
-        notify(platform.notify, Event(platform.name, "backup", "failed", "", problems=[problem]))
-        raise
-    return result, copy_problems
-
-
-def notify_unusable_config(path: str, error: SafeholdError) -> None:
-    """Best effort: a platform file that does not load may still have a valid `notify:`."""
-    import os
-
-    import jsonschema
-
-    from safehold.platform.config import interpolate, read_env_file
-    from safehold.platform.schema import NOTIFY
-
-    try:
-        document = load_yaml(Path(path).read_text(encoding="utf-8"), path)
-        section = document.get("notify") if isinstance(document, dict) else None
-        if not isinstance(section, dict):
-            return
-        jsonschema.validate(section, NOTIFY)
-        environment = dict(os.environ)
-        if isinstance(document.get("env_file"), str):
-            environment = {**read_env_file(Path(document["env_file"])), **environment}
-        section = interpolate(section, environment)
-        name = str(document.get("platform") or Path(path).stem)
-    except Exception:  # the file is beyond use: nothing to notify through
-        return
-    notify(
-        section,
-        Event(name, "backup", "failed", "", problems=[f"the backup could not run: {error}"]),
-    )
-
-
 def finish_backup(platform, result, copy_problems: list[str]) -> int:  # type: ignore[no-untyped-def]
     """Problems on stderr, the notification, and the exit code (or CriticalComponentFailed)."""
-    for component in result.components:
-        if component.status == "failed":
-            print(
-                f"safehold: component {component.name} failed: {component.error}", file=sys.stderr
-            )
-        for error in component.errors:
-            print(
-                f"safehold: {component.name}: could not read {error['path']}: {error['message']}",
-                file=sys.stderr,
-            )
-    for problem in copy_problems:
-        print(f"safehold: backup saved, but {problem}", file=sys.stderr)
-    notify(platform.notify, backup_event(platform, result, copy_problems))
-    if result.status == "failed":
-        raise CriticalComponentFailed(
-            names=", ".join(
-                c.name for c in result.components if c.status == "failed" and c.critical
-            )
-        )
-    return EXIT_PARTIAL if result.status == "partial" or copy_problems else 0
-
-
-def _copy_offsite(repository: Repository, platform, snapshot_id: str, args) -> list[str]:  # type: ignore[no-untyped-def]
-    """Copy the new snapshot to every `copies:` repository; returns one line per failure."""
-    import os
-
-    from safehold.ops.copy import copy_snapshots
-
-    problems = []
-    for copy in platform.copies:
-        try:
-            secret = _copy_passphrase(copy, os.environ)
-            with Repository.open(copy["to"], secret) as target:
-                outcome = copy_snapshots(repository, target, [snapshot_id])
-            for item in outcome.copied:
-                _log(args)(f"copied to {copy['to']}: {render.size(item.bytes_added_stored)} new")
-        except SafeholdError as error:
-            problems.append(f"the copy to {copy['to']} failed: {error}")
-    return problems
-
-
-def _copy_passphrase(copy: dict, environment) -> bytes:  # type: ignore[no-untyped-def]
-    if copy.get("passphrase_file"):
-        try:
-            with open(copy["passphrase_file"], "rb") as handle:
-                return handle.readline().rstrip(b"\r\n")
-        except OSError as error:
-            raise UsageError(f"cannot read {copy['passphrase_file']}: {error.strerror}") from None
-    variable = copy.get("passphrase_env", "SAFEHOLD_TO_PASSPHRASE")
-    if variable not in environment:
-        raise UsageError(f"no passphrase for it: set {variable}")
-    return environment[variable].encode()
+    return platform_jobs.finish_backup(
+        platform, result, copy_problems, lambda line: print(line, file=sys.stderr)
+    )
 
 
 def _confirm(args: argparse.Namespace, steps: list[str]) -> None:
@@ -220,7 +120,7 @@ def restore_platform(args: argparse.Namespace) -> int:
     platform = load_platform(args.config)
     with open_for_platform(args, platform.repository) as repository, repository.lock():
         repository.use_tree_cache = True  # verified cached trees are the snapshot's trees
-        snapshots = [s for s in list_snapshots(repository) if s.get("platform") == platform.name]
+        snapshots = platform_snapshots(repository, platform.name)
         spec = args.source or "latest"
         if spec == "latest":
             if not snapshots:
@@ -241,6 +141,11 @@ def restore_platform(args: argparse.Namespace) -> int:
             to_database=args.to_database,
             database=args.database,
             target=args.target,
+            kind_options={
+                "to_bucket": args.to_bucket,
+                "to_endpoint": args.to_endpoint,
+                "delete_extra": args.delete_extra,
+            },
             log=_log(args),
         )
         steps = restore.plan()
@@ -295,7 +200,7 @@ def config_validate(args: argparse.Namespace) -> int:
 
 
 def config_schema(args: argparse.Namespace) -> int:
-    json.dump(SCHEMA, sys.stdout, indent=2)
+    json.dump(platform_schema(), sys.stdout, indent=2)
     sys.stdout.write("\n")
     return 0
 

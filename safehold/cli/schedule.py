@@ -1,9 +1,9 @@
 """safehold daemon, safehold schedule show|install|run: a platform's jobs, unattended.
 
-The jobs run the same code as the commands: backup = `backup --config` (load_for_backup,
-run_backup, finish_backup in platform_commands.py), prune = `forget --config --prune`,
-check = `check [--read-data-subset]`, copy = `copy` to each `copies:` repository, drill =
-`drill --config`. The scheduling is safehold/ops/daemon.py and safehold/ops/schedule.py.
+The jobs run the same code as the commands (safehold/ops/platform_jobs.py, with typed
+options: JobContext): backup = `backup --config`, prune = `forget --config --prune`, check =
+`check [--read-data-subset]`, copy = `copy` to each `copies:` repository, drill = `drill
+--config`. The scheduling is safehold/ops/daemon.py and safehold/ops/schedule.py.
 Options are declared in main.py (the parser must not import this module).
 """
 
@@ -19,17 +19,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 from safehold.cli import log
-from safehold.cli.platform_commands import (
-    _copy_passphrase,
-    finish_backup,
-    load_for_backup,
-    notify_unusable_config,
-    open_for_platform,
-    run_backup,
-)
-from safehold.errors import EXIT_PARTIAL, IntegrityError, SafeholdError, UsageError
+from safehold.cli.platform_commands import access
+from safehold.errors import EXIT_PARTIAL, SafeholdError, UsageError
 from safehold.ops.daemon import Daemon, JobOutcome, MetricsServer, Stop, check_loopback
-from safehold.ops.notify import Event, notify
+from safehold.ops.platform_jobs import JOBS as JOB_BODIES
+from safehold.ops.platform_jobs import JobContext, load_notified
 from safehold.ops.schedule import (
     DESCRIPTIONS,
     FileLock,
@@ -44,25 +38,11 @@ from safehold.ops.schedule import (
     systemd_units,
     write_units,
 )
-from safehold.platform.config import ConfigError, Platform, load_platform
+from safehold.platform.config import Platform, load_platform
 from safehold.platform.schema import JOBS
 
 clock: Callable[[], float] = time.time  # tests move it
 sleep: Callable[[float], None] = time.sleep  # and this
-
-
-def _namespace(args: argparse.Namespace, **extra: object) -> argparse.Namespace:
-    """The options the command functions read, for a job run from the schedule."""
-    values = {
-        "config": args.config,
-        "repo": getattr(args, "repo", None),
-        "passphrase_file": getattr(args, "passphrase_file", None),
-        "json": False,
-        "quiet": True,
-        "tag": [],
-        "lock_wait": 60.0,
-    }
-    return argparse.Namespace(**(values | extra))
 
 
 def _state_dir(args: argparse.Namespace) -> Path:
@@ -70,181 +50,32 @@ def _state_dir(args: argparse.Namespace) -> Path:
 
 
 def _load(args: argparse.Namespace) -> Platform:
-    try:
-        return load_platform(args.config)
-    except ConfigError as error:
-        notify_unusable_config(args.config, error)
-        raise
+    return load_notified(args.config)
 
 
 # ------------------------------------------------------------------ the jobs
 
 
-def _notified(platform: Platform, job: str, body: Callable[[], JobOutcome]) -> JobOutcome:
-    """Run a job that does not notify by itself (copy, prune, check): its outcome, or its
-    error, goes to the `notify:` channels that want it."""
-    try:
-        outcome = body()
-    except SafeholdError as error:
-        notify(platform.notify, Event(platform.name, job, "failed", "", problems=[str(error)]))
-        raise
-    problems = [outcome.message] if outcome.status != "ok" and outcome.message else []
-    notify(platform.notify, Event(platform.name, job, outcome.status, "", problems=problems))
-    return outcome
-
-
-def backup_job(args: argparse.Namespace) -> JobOutcome:
-    options = _namespace(args)
-    platform = load_for_backup(options)
-    names = {f"{c.name}: {c.type} (": c.name for c in platform.components}
-
-    def step(text: str) -> None:
-        component = next((n for prefix, n in names.items() if text.startswith(prefix)), None)
-        if component:
-            log.event("component-start", f"backup: {text}", job="backup", component=component)
-        else:
-            log.event("backup-step", f"backup: {text}", job="backup")
-
-    result, copy_problems = run_backup(options, platform, step)
-    for c in result.components:
-        log.event(
-            "component-end",
-            f"backup: {c.name}: {c.status}, {c.bytes} bytes in {c.duration:.1f} s"
-            + (f": {c.error}" if c.error else ""),
-            level="info" if c.status == "ok" else "error",
-            job="backup",
-            component=c.name,
-            status=c.status,
-            bytes=c.bytes,
-            duration=c.duration,
-        )
-    code = finish_backup(platform, result, copy_problems)  # notifies; raises if it failed
-    status = "partial" if code == EXIT_PARTIAL else "ok"
-    message = f"snapshot {result.snapshot_id[:8]}" + (
-        f"; {copy_problems[0]}" if copy_problems else ""
+def _context(args: argparse.Namespace) -> JobContext:
+    """The typed options of a job, from the command line's: nothing below sees ``args``."""
+    return JobContext(
+        access=access(args),
+        state_dir=_state_dir(args),
+        report=lambda line: print(line, file=sys.stderr),
+        event=log.event,
     )
-    return JobOutcome(status, message, {"snapshot_id": result.snapshot_id})
 
 
-def copy_job(args: argparse.Namespace) -> JobOutcome:
-    from safehold.ops.copy import copy_snapshots
-    from safehold.repo.repository import Repository
-    from safehold.repo.snapshots import list_snapshots
+def _runner(job: str) -> Callable[[argparse.Namespace], JobOutcome]:
+    def run(args: argparse.Namespace) -> JobOutcome:
+        return JOB_BODIES[job](_load(args), _context(args))
 
-    platform = _load(args)
-
-    def body() -> JobOutcome:
-        problems, copied = [], 0
-        with open_for_platform(_namespace(args), platform.repository) as repository:
-            ids = [
-                s["id"] for s in list_snapshots(repository) if s.get("platform") == platform.name
-            ]
-            for target in platform.copies:
-                try:
-                    secret = _copy_passphrase(target, os.environ)
-                    with Repository.open(target["to"], secret) as other:
-                        copied += len(copy_snapshots(repository, other, ids).copied)
-                except SafeholdError as error:
-                    problems.append(f"the copy to {target['to']} failed: {error}")
-        if problems:
-            return JobOutcome("failed", "; ".join(problems))
-        return JobOutcome("ok", f"{copied} snapshot(s) copied", {"copied": copied})
-
-    return _notified(platform, "copy", body)
+    run.__name__ = f"{job}_job"
+    return run
 
 
-def prune_job(args: argparse.Namespace) -> JobOutcome:
-    from safehold.cli.prune import prune_repository
-    from safehold.ops.forget import forget
-    from safehold.ops.retention import parse_group_by, require_policy
-
-    platform = _load(args)
-
-    def body() -> JobOutcome:
-        settings = dict(platform.retention)
-        fields = parse_group_by(settings.pop("group_by", None))
-        options = _namespace(
-            args, max_unused="5%", max_repack_size=None, dry_run=False, keep_young="4h"
-        )
-        with open_for_platform(options, platform.repository) as repository:
-            result = forget(
-                repository,
-                require_policy(settings),
-                now=time.time(),
-                group_by=fields,
-                platform=platform.name,
-                wait=options.lock_wait,
-            )
-            plan = prune_repository(repository, options, show=False)
-        freed = plan.done.get("bytes_deleted", 0) - plan.done.get("bytes_written", 0)
-        return JobOutcome(
-            "ok",
-            f"{len(result.removed)} snapshot(s) forgotten, {freed} bytes freed",
-            {"forgotten": len(result.removed), "bytes_freed": freed},
-        )
-
-    return _notified(platform, "prune", body)
-
-
-def check_job(args: argparse.Namespace) -> JobOutcome:
-    from safehold.ops.check import check
-
-    platform = _load(args)
-    subset = Schedule.from_section(platform.schedule).read_data_subset
-    state = State(_state_dir(args), platform.name)
-
-    def body() -> JobOutcome:
-        began = time.time()
-        with open_for_platform(_namespace(args), platform.repository) as repository:
-            with repository.lock():
-                result = check(repository, read_data=False, subset=subset)
-        state.record_check(
-            {
-                "time": began,
-                "duration": time.time() - began,
-                "ok": result.ok,
-                "complete": result.complete,
-                "read_data_subset": subset,
-                "errors": len(result.errors),
-                "first_errors": result.errors[:5],
-                "snapshots": result.snapshots,
-                "packs": result.packs,
-                "packs_read": result.packs_read,
-            }
-        )
-        if not result.ok:
-            for error in result.errors:
-                print(f"safehold: check: {error}", file=sys.stderr)
-            raise IntegrityError(f"check found {len(result.errors)} problem(s): {result.errors[0]}")
-        read = f", {result.packs_read} pack(s) read ({subset})" if subset else ""
-        return JobOutcome("ok", f"no errors in {result.snapshots} snapshot(s){read}")
-
-    return _notified(platform, "check", body)
-
-
-def drill_job(args: argparse.Namespace) -> JobOutcome:
-    from safehold.cli.drill import drill_command
-    from safehold.ops.drill import DrillFailed
-
-    options = _namespace(args, snapshot=None, random_older=False, scratch=None)
-    platform = _load(args)
-    try:
-        drill_command(options)  # notifies its result; DrillFailed (25) if it failed
-    except DrillFailed:
-        raise
-    except SafeholdError as error:  # it could not run: notify that too
-        notify(platform.notify, Event(platform.name, "drill", "failed", "", problems=[str(error)]))
-        raise
-    return JobOutcome("ok", "drill passed")
-
-
-RUNNERS = {
-    "backup": backup_job,
-    "copy": copy_job,
-    "prune": prune_job,
-    "check": check_job,
-    "drill": drill_job,
-}
+# The job bodies are safehold.ops.platform_jobs (the same functions the commands use).
+RUNNERS = {job: _runner(job) for job in JOBS}
 
 
 # ------------------------------------------------------------------ commands
@@ -463,11 +294,13 @@ def build_daemon(
 
 
 def metrics_for(args: argparse.Namespace, now: float) -> str:
-    from safehold.cli.status import collect, policy_for
+    from safehold.cli.status import policy_for
+    from safehold.ops.platform_jobs import collect_status
     from safehold.ops.status import metrics_text
 
     platform = load_platform(args.config)
-    statuses, totals = collect(_namespace(args), policy_for(platform, None, None, 3, now), now)
+    policy = policy_for(platform, None, None, 3, now)
+    statuses, totals = collect_status(platform, access(args), _state_dir(args), policy, now)
     return metrics_text(statuses, totals)
 
 

@@ -11,21 +11,17 @@ import time
 from pathlib import Path
 
 from safehold.cli import render
-from safehold.cli.platform_commands import open_for_platform
+from safehold.cli.platform_commands import access
 from safehold.errors import EXIT_PARTIAL, UsageError
 from safehold.localfile import write_atomically
-from safehold.ops.drill_records import list_drills
+from safehold.ops.platform_jobs import collect_status
 from safehold.ops.status import (
     Policy,
     human_duration,
     metrics_text,
     parse_interval,
-    platform_status,
-    platforms_in,
-    repository_totals,
 )
 from safehold.platform.config import Platform, load_platform
-from safehold.repo.snapshots import list_snapshots
 
 clock = time.time  # tests move it
 
@@ -39,28 +35,11 @@ def _interval(text: str, option: str) -> float:
 
 def collect(args: argparse.Namespace, policy: Policy, now: float) -> tuple[list[dict], dict]:
     """(the status of each platform asked for, the repository totals)."""
-    from safehold.ops.schedule import load_check_status
-
     platform = load_platform(args.config) if args.config else None
-    with open_for_platform(args, platform.repository if platform else None) as repository:
-        snapshots = list_snapshots(repository)
-        drills = list_drills(repository)
-    names = [platform.name] if platform else platforms_in(snapshots)
-    if not names:
-        raise UsageError("no platform snapshots in this repository: pass --config PLATFORM_FILE")
     state_dir = getattr(args, "state_dir", None)
-    statuses = [
-        platform_status(
-            name,
-            snapshots,
-            drills,
-            now,
-            policy,
-            load_check_status(name, Path(state_dir) if state_dir else None),
-        )
-        for name in names
-    ]
-    return statuses, repository_totals(snapshots)
+    return collect_status(
+        platform, access(args), Path(state_dir) if state_dir else None, policy, now
+    )
 
 
 def policy_for(

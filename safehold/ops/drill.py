@@ -45,6 +45,7 @@ from safehold.platform import sources_bridge
 from safehold.platform.config import Component, ConfigError, Platform
 from safehold.platform.services import Terminated, signals_raise
 from safehold.repo.repository import Repository
+from safehold.sources import DRILL_READ_BACK, kinds, restore_order
 
 __all__ = [
     "ComponentDrill",
@@ -58,8 +59,6 @@ __all__ = [
 ]
 
 EXIT_DRILL = 25
-DATABASE_TYPES = ("postgres", "mysql", "sqlite")
-_ORDER = {"postgres": 0, "mysql": 0, "sqlite": 1, "command": 2, "files": 3}
 
 
 class DrillFailed(SafeholdError):
@@ -140,10 +139,13 @@ class Drill:
                     f"{where}.component: no component named {check['component']!r}",
                     file=self.platform.source,
                 ) from None
-            if component.type not in DATABASE_TYPES:
+            if not hasattr(sources_bridge.kind(component).module, "query"):
+                queried = ", ".join(
+                    name for name, kind in kinds().items() if hasattr(kind.module, "query")
+                )
                 raise ConfigError(
                     f"{where}.component: {component.name} is a {component.type} component; "
-                    "checks run on postgres, mysql or sqlite components",
+                    f"checks run on {queried} components",
                     file=self.platform.source,
                 )
             names = list(self.recorded.get(component.name, {}).get("databases", {}))
@@ -167,7 +169,7 @@ class Drill:
             result.notes.append(f"component {name} is in the snapshot, not in the platform file")
         components = sorted(
             (c for c in self.platform.components if c.name in self.recorded),
-            key=lambda c: (_ORDER[c.type], not c.critical),
+            key=lambda c: restore_order(sources_bridge.kind(c), c.settings, c.critical),
         )
         for component in self.platform.components:
             if component.name not in self.recorded:
@@ -235,9 +237,19 @@ class Drill:
                 raise SafeholdError(f"not restorable: its backup failed ({record.get('error')})")
             if component.name not in self.dirs:
                 raise SafeholdError("not restorable: it is missing from the snapshot")
-            if component.type == "files":
+            kind = sources_bridge.kind(component)
+            if kind.files:
                 self._files(component, root, outcome)
-            elif component.type == "command":
+            elif kind.drill_component is not None:
+                kind.drill_component(
+                    self.repository,
+                    self.dirs[component.name],
+                    sources_bridge.source_settings(component),
+                    databases.private_directory(root, kind.name, component.name),
+                    outcome,
+                    self.log,
+                )
+            elif kind.drill == DRILL_READ_BACK:
                 self._command(component, outcome)
             else:
                 self._databases(component, root, outcome)
@@ -303,10 +315,11 @@ class Drill:
                     "pid": server.pid,
                     "directory": server.directory,
                 }
-                if sources_bridge.GLOBALS_FILE in files and component.type == "postgres":
+                module = sources_bridge.kind(component).module
+                if sources_bridge.GLOBALS_FILE in files and hasattr(module, "restore_globals"):
                     self.log(f"{component.name}: applying roles ({sources_bridge.GLOBALS_FILE})")
                     outcome.restore_seconds += databases.restore_globals(
-                        self.repository, place, files[sources_bridge.GLOBALS_FILE]
+                        self.repository, place, files[sources_bridge.GLOBALS_FILE], module
                     )
             for name, dump in record.get("databases", {}).items():
                 self._database(component, place, name, dump, files, outcome)

@@ -16,14 +16,12 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import sqlite3
 import time
 from collections.abc import Callable, Iterator
-from contextlib import closing, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
-from urllib.parse import quote
 
 from safehold.archive import tree
 from safehold.errors import SafeholdError
@@ -32,7 +30,7 @@ from safehold.ops.drill_verify import compare_rows, evaluate, scratch_database_n
 from safehold.platform import sources_bridge
 from safehold.platform.config import Component, Platform
 from safehold.repo.repository import Repository
-from safehold.sources import SourceError, source_module
+from safehold.sources import DRILL_SCRATCH_FILES, source_module
 from safehold.sources.targets import LocalTarget, Target
 
 Log = Callable[[str], None]
@@ -97,25 +95,16 @@ def place_for(
     """Yields the place to restore component's dumps into (see the module docstring); a
     throwaway server is stopped and removed on leaving. Adds to notes why a configured server
     is used. Raises ScratchServerError if a throwaway server cannot start."""
-    if component.type == "sqlite":
-        directory = private_directory(scratch, "sqlite", component.name)
+    kind = sources_bridge.kind(component)
+    if kind.drill == DRILL_SCRATCH_FILES:
+        directory = private_directory(scratch, kind.name, component.name)
         yield Place("scratch files", {}, LocalTarget(), directory=directory)
         return
     wanted = platform.drill.get("throwaway_servers", True)
     throwaway, why = None, ""
-    if wanted and component.type == "postgres":
-        local = component.get("bin_dir") if component.get("via") in (None, "local") else None
-        bin_dir = scratch_servers.choose_postgres(
-            _major(record.get("server_version")), [local] if local else []
-        )
-        if bin_dir:
-            throwaway = partial(scratch_servers.throwaway_postgres, scratch, bin_dir)
-        why = "the PostgreSQL server programs (initdb, pg_ctl) are not installed here"
-    elif wanted and component.type == "mysql":
-        programs = scratch_servers.mariadb_programs()
-        if programs:
-            throwaway = partial(scratch_servers.throwaway_mariadb, scratch, programs)
-        why = "the MariaDB server programs (mariadb-install-db, mariadbd) are not installed here"
+    factory = THROWAWAY_SERVERS.get(kind.drill_server or "")
+    if wanted and factory is not None:
+        throwaway, why = factory(component, scratch, record)
     if throwaway is None:
         target = sources_bridge.target_for(component, platform.services)
         if why:
@@ -132,6 +121,32 @@ def place_for(
         notes += _version_notes(server, record.get("server_version") or "")
         yield Place(server.describe(), server.settings, LocalTarget(), server=server)
     log(f"{component.name}: stopped and removed the throwaway server")
+
+
+def _postgres(component: Component, scratch: str, record: dict) -> tuple[Callable | None, str]:
+    local = component.get("bin_dir") if component.get("via") in (None, "local") else None
+    bin_dir = scratch_servers.choose_postgres(
+        _major(record.get("server_version")), [local] if local else []
+    )
+    throwaway = partial(scratch_servers.throwaway_postgres, scratch, bin_dir) if bin_dir else None
+    return throwaway, "the PostgreSQL server programs (initdb, pg_ctl) are not installed here"
+
+
+def _mariadb(component: Component, scratch: str, record: dict) -> tuple[Callable | None, str]:
+    programs = scratch_servers.mariadb_programs()
+    throwaway = partial(scratch_servers.throwaway_mariadb, scratch, programs) if programs else None
+    return (
+        throwaway,
+        "the MariaDB server programs (mariadb-install-db, mariadbd) are not installed here",
+    )
+
+
+# A kind's ``drill_server`` names one of these: (component, scratch directory, what the backup
+# recorded) -> (a context manager factory yielding a ScratchServer, or None; why not).
+THROWAWAY_SERVERS: dict[str, Callable[[Component, str, dict], tuple[Callable | None, str]]] = {
+    "postgresql": _postgres,
+    "mariadb": _mariadb,
+}
 
 
 def _version_notes(server: scratch_servers.ScratchServer, backed_up: str) -> list[str]:
@@ -179,13 +194,12 @@ def restore_dump(
     return outcome
 
 
-def restore_globals(repository: Repository, place: Place, entry: dict) -> float:
+def restore_globals(repository: Repository, place: Place, entry: dict, module: Any) -> float:
     """Applies PostgreSQL roles (``_globals.sql``) on a throwaway server; returns the seconds
     it took. Raises SourceError on failure."""
     began = time.monotonic()
-    postgres = source_module("postgres")
     with tree.EntryReader(repository, entry) as stream:
-        postgres.restore_globals(place.settings, place.target, stream)
+        module.restore_globals(place.settings, place.target, stream)
     return time.monotonic() - began
 
 
@@ -198,10 +212,7 @@ def drop_scratch(component: Component, place: Place, name: str) -> str | None:
                 if os.path.exists(name + suffix):
                     os.unlink(name + suffix)
         elif place.configured:
-            module = source_module(component.type)
-            quote_char = '"' if component.type == "postgres" else "`"
-            quoted = quote_char + name.replace(quote_char, quote_char * 2) + quote_char
-            module.query(place.settings, place.target, f"DROP DATABASE IF EXISTS {quoted}")
+            source_module(component.type).drop_database(place.settings, place.target, name)
     except (SafeholdError, OSError) as error:
         return f"could not remove the scratch database {name} ({error}): remove it by hand"
     return None
@@ -210,13 +221,6 @@ def drop_scratch(component: Component, place: Place, name: str) -> str | None:
 def run_query(component: Component, place: Place, into: str, sql: str) -> list[list[str]]:
     """Runs a user's SQL check on the restored copy ``into``; returns rows of strings.
     Raises SourceError if the query fails."""
-    if component.type == "sqlite":
-        try:
-            uri = f"file:{quote(os.path.abspath(into))}?mode=ro"
-            with closing(sqlite3.connect(uri, uri=True, timeout=60)) as db:
-                return [["" if v is None else str(v) for v in row] for row in db.execute(sql)]
-        except sqlite3.Error as error:
-            raise SourceError(f"sqlite: {error}") from None
     module = source_module(component.type)
     return module.query(place.settings, place.target, sql, into)
 

@@ -16,7 +16,7 @@ from safehold import __version__
 from safehold.errors import UsageError
 from safehold.platform.config import Platform
 from safehold.repo.repository import Repository
-from safehold.repo.snapshots import list_snapshots, resolve
+from safehold.repo.snapshots import platform_snapshots, resolve
 from safehold.store import NAMESPACES
 
 DRILLS = "drills/"
@@ -102,7 +102,7 @@ def choose_snapshot(
     SnapshotNotFound."""
     if spec and random_older:
         raise UsageError("give either a SNAPSHOT or --random-older, not both")
-    snapshots = [s for s in list_snapshots(repository) if s.get("platform") == platform.name]
+    snapshots = platform_snapshots(repository, platform.name)
     if spec and spec != "latest":
         snapshot = resolve(repository, spec)
         if snapshot.get("platform") != platform.name:

@@ -14,6 +14,8 @@ import math
 import re
 from dataclasses import dataclass
 
+from safehold.repo.snapshots import SnapshotRecord
+
 CLOCK_TOLERANCE = 300.0  # a snapshot or drill this far in the future means a wrong clock
 _UNITS = {"s": 1, "min": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
@@ -44,7 +46,7 @@ def platforms_in(snapshots: list[dict]) -> list[str]:
 
 def _component(snapshot: dict, name: str) -> dict | None:
     for component in snapshot.get("components") or []:
-        if component.get("name") == name:
+        if isinstance(component, dict) and component.get("name") == name:
             return component
     return None
 
@@ -151,9 +153,9 @@ def platform_status(
             }
         names: list[str] = []
         for snapshot in mine:
-            for component in snapshot.get("components") or []:
-                if component.get("name") not in names:
-                    names.append(component.get("name"))
+            for component in SnapshotRecord.from_dict(snapshot).components:
+                if component.name not in names:
+                    names.append(component.name)
         result["components"] = [component_status(n, mine, drill, now) for n in names]
     if drill is not None:
         result["drill"] = {

@@ -23,14 +23,13 @@ from dataclasses import asdict, dataclass, field
 from safehold import __version__
 from safehold.archive.archiver import Archiver, Progress
 from safehold.archive.entries import DIR, decode_tree
-from safehold.archive.excludes import Excludes
 from safehold.errors import IntegrityError, SafeholdError, StorageError
 from safehold.platform import sources_bridge
 from safehold.platform.config import Component, Platform
 from safehold.platform.hooks import run_hooks
 from safehold.platform.services import Downtime, stopped
 from safehold.repo.repository import Repository
-from safehold.repo.snapshots import list_snapshots
+from safehold.repo.snapshots import platform_snapshots
 from safehold.repo.writer import BlobWriter
 from safehold.secrecy import mask
 
@@ -51,6 +50,7 @@ class ComponentResult:
     server_version: str | None = None
     errors: list = field(default_factory=list)
     paths: list = field(default_factory=list)
+    details: dict = field(default_factory=dict)  # kind-specific counts (bucket: per bucket)
 
 
 @dataclass
@@ -88,9 +88,7 @@ def _stopped_service_of(component: Component, services: dict | None) -> bool:
 
 
 def previous_platform_snapshot(repository: Repository, platform: str, hostname: str) -> dict | None:
-    candidates = [
-        s for s in list_snapshots(repository, host=hostname) if s.get("platform") == platform
-    ]
+    candidates = platform_snapshots(repository, platform, host=hostname)
     return candidates[-1] if candidates else None
 
 
@@ -156,9 +154,14 @@ class PlatformBackup:
 
     def _phases(self, archiver: Archiver, parent_trees: dict[str, bytes]) -> None:
         strategy, services = self.platform.strategy, self.platform.services
-        files = [c for c in self.platform.components if c.type == "files"]
-        dumps = [c for c in self.platform.components if c.type != "files"]
-        early = [c for c in dumps if strategy != "hot" and _stopped_service_of(c, services)]
+        files = [c for c in self.platform.components if sources_bridge.kind(c).files]
+        dumps = [c for c in self.platform.components if c not in files]
+        early = [
+            c
+            for c in dumps
+            if strategy != "hot"
+            and (sources_bridge.kind(c).before_stop or _stopped_service_of(c, services))
+        ]
         late = [c for c in dumps if c not in early]
         for component in early:
             self._component(archiver, component, parent_trees, "hot")
@@ -199,12 +202,13 @@ class PlatformBackup:
         before = archiver.stats.bytes_total
         errors_before = len(archiver.stats.errors)
         try:
-            if component.type == "files":
-                entry = self._files(archiver, component, parent_trees.get(component.name))
-            else:
-                entry = sources_bridge.archive_dumps(
-                    archiver, component, result, self.platform.services
-                )
+            entry = sources_bridge.kind(component).backup(
+                archiver,
+                sources_bridge.source_settings(component),
+                sources_bridge.target_for(component, self.platform.services),
+                parent_trees.get(component.name),
+                result,
+            )
         except (StorageError, IntegrityError):
             raise  # the repository itself failed: nothing else can be saved either
         except (SafeholdError, OSError) as error:
@@ -217,13 +221,6 @@ class PlatformBackup:
         result.bytes = archiver.stats.bytes_total - before
         result.errors = archiver.stats.errors[errors_before:]
         result.status = "ok"
-
-    def _files(self, archiver: Archiver, component: Component, parent_tree: bytes | None) -> dict:
-        archiver.excludes = Excludes(component.get("exclude", []))
-        archiver.one_file_system = bool(component.get("one_file_system", False))
-        self.results[component.name].paths = [os.path.abspath(p) for p in component.get("paths")]
-        tree_id = archiver.archive(component.get("paths"), parent_tree)
-        return archiver.directory_entry(component.name, tree_id, mtime_ns=0)
 
     # ---------------------------------------------------------------- snapshot
 
@@ -238,7 +235,10 @@ class PlatformBackup:
     ) -> dict:
         results = list(self.results.values())
         paths = [
-            path for c in self.platform.components if c.type == "files" for path in c.get("paths")
+            path
+            for c in self.platform.components
+            if sources_bridge.kind(c).files
+            for path in c.get("paths")
         ]
         status = PlatformBackupResult("", {}, results).status
         return {

@@ -19,8 +19,9 @@ import yaml
 
 from safehold.errors import SafeholdError
 from safehold.platform.cron import CronError, parse
-from safehold.platform.schema import JOBS, SCHEMA
+from safehold.platform.schema import JOBS, platform_schema
 from safehold.secrecy import remember
+from safehold.sources import kind_of
 
 _VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _TYPE_NAMES = {
@@ -111,14 +112,34 @@ def _describe(error: jsonschema.ValidationError) -> str:
     return error.message
 
 
+def _problems(error: jsonschema.ValidationError) -> list[str]:
+    path = list(error.absolute_path)
+    instance = error.instance
+    if (
+        error.validator == "additionalProperties"
+        and isinstance(instance, dict)
+        and "then" in error.schema_path
+        and "type" in instance
+    ):
+        # A key another kind takes (``paths`` on a postgres component): name it and the kind.
+        allowed = error.schema.get("properties", {})
+        return [
+            f"at {format_path([*path, key])}: unknown key for a {instance['type']} component"
+            for key in instance
+            if key not in allowed
+        ]
+    return [f"at {format_path(path)}: {_describe(error)}"]
+
+
 def validation_errors(document: Any) -> list[str]:
     """All schema and consistency problems of a parsed document, as 'at PATH: problem'."""
-    validator = jsonschema.Draft202012Validator(SCHEMA)
+    validator = jsonschema.Draft202012Validator(platform_schema())
     problems = [
-        f"at {format_path(list(error.absolute_path))}: {_describe(error)}"
+        problem
         for error in sorted(
             validator.iter_errors(document), key=lambda e: list(map(str, e.absolute_path))
         )
+        for problem in _problems(error)
     ]
     if problems or not isinstance(document, dict):
         return problems or ["at the top level: expected a mapping"]
@@ -153,10 +174,9 @@ def _consistency_errors(document: dict) -> list[str]:
             needed = required.get(via["exec"])
             if needed and needed not in via:
                 problems.append(f"{where}.via: exec {via['exec']} needs `{needed}`")
-        if component["type"] == "files":
-            for path in component["paths"]:
-                if not path.startswith("/"):
-                    problems.append(f"{where}.paths: {path!r} is not an absolute path")
+        kind = kind_of(component["type"])
+        if kind.validate is not None:
+            problems += kind.validate(component, where)
     strategy = document.get("strategy", "hot")
     services = document.get("services")
     if strategy != "hot" and not services:
@@ -274,13 +294,13 @@ class Platform:
         raise ConfigError(f"no component named {name!r} (known: {known})", file=self.source)
 
 
-def _read_password_file(path: str, source: str, where: str) -> str:
+def _read_password_file(path: str, source: str, where: str, key: str = "password_file") -> str:
     try:
         with open(os.path.expanduser(path), encoding="utf-8") as handle:
             return handle.readline().rstrip("\r\n")
     except OSError as error:
         raise ConfigError(
-            f"at {where}.password_file: cannot read {path}: {error.strerror}", file=source
+            f"at {where}.{key}: cannot read {path}: {error.strerror}", file=source
         ) from None
 
 
@@ -312,6 +332,16 @@ def parse_platform(text: str, source: str, environment: dict[str, str] | None = 
             password = _read_password_file(
                 settings["password_file"], source, f"components[{position}]"
             )
+        credentials = settings.get("credentials")
+        if isinstance(credentials, dict):  # a secret key is a password: kept out of settings
+            password = credentials.pop("secret_key", password)
+            if "secret_key_file" in credentials:
+                password = _read_password_file(
+                    credentials["secret_key_file"],
+                    source,
+                    f"components[{position}].credentials",
+                    "secret_key_file",
+                )
         remember(password, *(settings.get("secrets") or {}).values())
         components.append(Component(settings["name"], settings["type"], settings, password))
     return Platform(

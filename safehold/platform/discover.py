@@ -11,6 +11,7 @@ left to the dump), hot+cold with the non-database services stopped. What it cann
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import re
 from dataclasses import dataclass, field
@@ -19,12 +20,11 @@ from pathlib import Path
 import yaml
 
 from safehold.platform.config import ConfigError, load_yaml, read_env_file
+from safehold.sources import kinds
 
 _INTERPOLATION = re.compile(
     r"\$(?:\$|\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}|([A-Za-z_][A-Za-z0-9_]*))"
 )
-POSTGRES_IMAGES = ("postgres", "postgis/postgis", "bitnami/postgresql", "timescale/timescaledb")
-MYSQL_IMAGES = ("mysql", "mariadb", "bitnami/mariadb", "bitnami/mysql")
 UNHANDLED_IMAGES = {
     "mongo": "MongoDB: add a command component running `mongodump --archive` (restore: "
     "`mongorestore --archive --drop`)",
@@ -36,8 +36,6 @@ UNHANDLED_IMAGES = {
     "as rebuildable",
     "solr": "Solr: its index is copied as files in the cold phase; mark it rebuildable if the "
     "application can reindex",
-    "minio": "MinIO: its data directory is copied as files in the cold phase; for a running "
-    "copy use `mc mirror` in a command component",
 }
 DOCKER_VOLUMES = "/var/lib/docker/volumes"
 
@@ -81,12 +79,13 @@ def _walk(value: object, environment: dict[str, str]) -> object:
 
 
 def _image_kind(image: str) -> str | None:
+    """The source kind whose ``images`` match an image (without tag or digest), else the key
+    of UNHANDLED_IMAGES it starts with, else None."""
     name = image.split("@")[0].rsplit(":", 1)[0] if ":" in image.split("/")[-1] else image
     name = name.removeprefix("docker.io/").removeprefix("library/")
-    if name in POSTGRES_IMAGES or name.endswith("/postgres"):
-        return "postgres"
-    if name in MYSQL_IMAGES or name.endswith(("/mysql", "/mariadb")):
-        return "mysql"
+    for kind in kinds().values():
+        if kind.propose and any(fnmatch.fnmatchcase(name, known) for known in kind.images):
+            return kind.name
     base = name.split("/")[-1]
     for known in UNHANDLED_IMAGES:
         if base.startswith(known):
@@ -189,12 +188,17 @@ def _propose(compose: dict, raw: dict, base: Path, env: dict[str, str]) -> Disco
                 f"service {name}: anonymous volume at {target} cannot be located before "
                 "the container exists: give it a name in the compose file"
             )
-        if kind in ("postgres", "mysql"):
-            components.append(_database_component(name, kind, service_env, raw["services"][name]))
+        if kind in kinds():
+            proposed = kinds()[kind].propose(name, service_env, raw["services"][name])  # type: ignore[misc]
+            components.append({"name": _component_name(name), "type": kind, **proposed})
             if paths:
                 notes.append(
                     f"service {name}: its volumes ({', '.join(paths)}) are not copied as "
-                    f"files: the database is dumped instead, which is consistent"
+                    + (
+                        "files: the database is dumped instead, which is consistent"
+                        if kinds()[kind].module is not None
+                        else f"files: the {kind} component reads them through the service"
+                    )
                 )
             continue
         if kind in UNHANDLED_IMAGES:
@@ -217,42 +221,6 @@ def _propose(compose: dict, raw: dict, base: Path, env: dict[str, str]) -> Disco
 
 def _component_name(service: str) -> str:
     return re.sub(r"[^a-z0-9_.-]", "-", service.lower()).lstrip("-_.") or "service"
-
-
-def _database_component(name: str, kind: str, env: dict[str, str], raw_service: dict) -> dict:
-    component: dict = {
-        "name": _component_name(name),
-        "type": kind,
-        "via": {"exec": "compose", "service": name},
-    }
-    if kind == "postgres":
-        user = env.get("POSTGRES_USER") or "postgres"
-        component["user"] = user
-        component["databases"] = [env.get("POSTGRES_DB") or user]
-        # Inside the official image, local socket connections need no password.
-        return component
-    database = env.get("MARIADB_DATABASE") or env.get("MYSQL_DATABASE")
-    component["user"] = "root"
-    component["password"] = "${" + _password_variable(name, raw_service) + "}"
-    component["databases"] = [database] if database else ["all"]
-    return component
-
-
-def _password_variable(service: str, raw_service: dict) -> str:
-    """The variable the compose file itself takes the root password from, else a new name."""
-    environment = raw_service.get("environment") or {}
-    items = (
-        environment.items()
-        if isinstance(environment, dict)
-        else (item.split("=", 1) for item in environment if "=" in item)
-    )
-    for key, value in items:
-        if key in ("MARIADB_ROOT_PASSWORD", "MYSQL_ROOT_PASSWORD") and isinstance(value, str):
-            used: set[str] = set()
-            interpolate(value, {}, used)
-            if used:
-                return sorted(used)[0]
-    return re.sub(r"[^A-Z0-9]", "_", service.upper()) + "_ROOT_PASSWORD"
 
 
 def render(discovery: Discovery, compose_path: str) -> str:

@@ -5,14 +5,16 @@ from __future__ import annotations
 from typing import Any
 
 from safehold.platform.schema import (
-    COMPONENT,
+    COMMON_COMPONENT_FIELDS,
     HOOKS,
     RETENTION,
     SCHEDULE,
-    SCHEMA,
     SERVICES,
     VIA,
+    component_schema,
+    platform_schema,
 )
+from safehold.sources import kinds
 
 HEADER = """# Platform file reference
 
@@ -52,13 +54,24 @@ def _section(title: str, schema: dict[str, Any]) -> list[str]:
 
 def config_reference() -> str:
     """The Markdown reference of every key."""
-    lines = _section("Top level", SCHEMA)
-    lines += _section("components[]", COMPONENT)
-    lines += [
-        "Required by type: `files` needs `paths`; `postgres` and `mysql` need `databases`; "
-        "`sqlite` needs `path`; `command` needs `backup`.",
-        "",
-    ]
+    lines = _section("Top level", platform_schema())
+    common = component_schema()
+    lines += _section(
+        "components[]",
+        {**common, "properties": {**common["properties"], **COMMON_COMPONENT_FIELDS}},
+    )
+    for kind in kinds().values():
+        also = f" (also `{'`, `'.join(kind.aliases)}`)" if kind.aliases else ""
+        properties = dict(kind.properties)
+        lines += _section(
+            f"components[] of type `{kind.name}`{also}",
+            {
+                "description": f"{kind.description[0].upper()}{kind.description[1:]}; "
+                "these keys, besides the common ones above.",
+                "required": list(kind.required),
+                "properties": properties,
+            },
+        )
     lines += _section("via (mapping form)", VIA["oneOf"][1])
     lines += _section("services", SERVICES)
     lines += _section("hooks", HOOKS)

@@ -33,7 +33,7 @@ from safehold.platform.config import ConfigError, Platform
 from safehold.platform.hooks import run_hooks
 from safehold.platform.services import stopped
 from safehold.repo.repository import Repository
-from safehold.sources import source_module
+from safehold.sources import restore_order, source_module
 
 
 @dataclass
@@ -59,6 +59,7 @@ class PlatformRestore:
         to_database: str | None = None,
         database: str | None = None,
         target: str | None = None,
+        kind_options: dict | None = None,
         log: Callable[[str], None] = lambda text: None,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -68,6 +69,7 @@ class PlatformRestore:
         self.to_database = to_database
         self.database = database
         self.target = target
+        self.kind_options = dict(kind_options or {})  # e.g. bucket: to_bucket, delete_extra
         self.log = log
         self.clock = clock
         components = snapshot.get("components")
@@ -93,28 +95,38 @@ class PlatformRestore:
                     f"snapshot {snapshot['id'][:8]} holds no component {name!r}",
                     file=platform.source,
                 )
-        order = {"postgres": 0, "mysql": 0, "sqlite": 1, "command": 2, "files": 3}
         self.components = sorted(
             (platform.component(n) for n in names),
-            key=lambda c: (order[c.type], bool(c.get("rebuildable")), not c.critical),
+            key=lambda c: restore_order(sources_bridge.kind(c), c.settings, c.critical),
         )
         self.refused = {
             c.name: reason for c in self.components if (reason := self._refusal(c)) is not None
         }
         if to_database and (
-            len(self.components) != 1 or self.components[0].type not in ("postgres", "mysql")
+            len(self.components) != 1 or not sources_bridge.kind(self.components[0]).databases
         ):
             raise ConfigError(
                 "--to-database needs --component naming one postgres or mysql component",
                 file=platform.source,
             )
 
+        elsewhere = [key for key in ("to_bucket", "to_endpoint") if self.kind_options.get(key)]
+        if elsewhere and (
+            len(self.components) != 1
+            or sources_bridge.kind(self.components[0]).restore_component is None
+        ):
+            raise ConfigError(
+                f"--{elsewhere[0].replace('_', '-')} needs --component naming one bucket component",
+                file=platform.source,
+            )
+
     def _refusal(self, component) -> str | None:  # type: ignore[no-untyped-def]
         """Why the snapshot's record of ``component`` must not steer a live restore, or None."""
         recorded = self.recorded.get(component.name, {})
+        kind_ = sources_bridge.kind(component)
         if not isinstance(recorded, dict):
             return "the snapshot's record of it is not readable"
-        if component.type == "files":
+        if kind_.files:
             named = {os.path.abspath(p) for p in component.get("paths") or []}
             paths = recorded.get("paths", [])
             if not isinstance(paths, list):
@@ -126,6 +138,8 @@ class PlatformRestore:
                     "name for this component"
                 )
             return None
+        if kind_.module is None:
+            return None  # a kind with its own layout (bucket) writes what the platform names
         databases = recorded.get("databases", {})
         if not isinstance(databases, dict):
             return "the snapshot's list of databases is not readable"
@@ -147,7 +161,8 @@ class PlatformRestore:
 
     @property
     def live(self) -> bool:
-        return self.target is None and self.to_database is None
+        elsewhere = self.kind_options.get("to_bucket") or self.kind_options.get("to_endpoint")
+        return self.target is None and self.to_database is None and not elsewhere
 
     def plan(self) -> list[str]:
         """Human-readable steps, in order."""
@@ -165,13 +180,15 @@ class PlatformRestore:
                 steps.append(
                     f"{component.name}: write to {os.path.join(self.target, component.name)}"
                 )
-            elif component.type == "files":
+            elif sources_bridge.kind(component).files:
                 for path in self._files_paths(component):
                     steps.append(
                         f"{component.name}: move {path} aside, restore it from the snapshot"
                     )
+            elif sources_bridge.kind(component).restore_component is not None:
+                steps.append(f"{component.name}: restore it ({component.type})")
             else:
-                if self.live and component.type == "postgres":
+                if self.live and hasattr(sources_bridge.kind(component).module, "restore_globals"):
                     steps.append(
                         f"{component.name}: apply roles and grants ({sources_bridge.GLOBALS_FILE})"
                     )
@@ -192,7 +209,7 @@ class PlatformRestore:
         hosting = {
             c.get("via", {}).get("service")
             for c in self.components
-            if c.type != "files" and isinstance(c.get("via"), dict)
+            if not sources_bridge.kind(c).files and isinstance(c.get("via"), dict)
         }
         return [name for name in services.get("stop", []) if name not in hosting]
 
@@ -244,21 +261,28 @@ class PlatformRestore:
         early = [
             c
             for c in self.components
-            if c.get("stopped_with_services") and services and c.name not in self.refused
+            if services
+            and (c.get("stopped_with_services") or sources_bridge.kind(c).before_stop)
+            and c.name not in self.refused
         ]
-        for component in early:
-            self._restore_dumps(component, outcome)
         for name, reason in self.refused.items():
             outcome.problems.append(
                 f"{name}: not restored: {reason} (the platform file decides what a restore "
                 "writes; look at the snapshot with --target)"
             )
+        for component in early:
+            if sources_bridge.kind(component).restore_component is not None:
+                self._restore_own(component, outcome)
+            else:
+                self._restore_dumps(component, outcome)
         with context as downtime:
             for component in self.components:
                 if component in early or component.name in self.refused:
                     continue
-                if component.type == "files":
+                if sources_bridge.kind(component).files:
                     self._restore_files(component, outcome)
+                elif sources_bridge.kind(component).restore_component is not None:
+                    self._restore_own(component, outcome)
                 else:
                     self._restore_dumps(component, outcome)
         outcome.downtime = getattr(downtime, "seconds", 0.0)
@@ -277,6 +301,20 @@ class PlatformRestore:
         outcome.problems += [f"{name}: exists, not replaced: {p}" for p in stats.skipped]
         if name not in outcome.restored:
             outcome.restored.append(name)
+
+    def _restore_own(self, component, outcome: RestoreOutcome) -> None:  # type: ignore[no-untyped-def]
+        """A kind that restores itself (a bucket): its hook gets the component's directory."""
+        restore = sources_bridge.kind(component).restore_component
+        result = restore(  # type: ignore[misc]
+            self.repository,
+            self.dirs[component.name],
+            sources_bridge.source_settings(component),
+            self.kind_options,
+            self.log,
+        )
+        outcome.problems += [f"{component.name}: {problem}" for problem in result.problems]
+        outcome.notes += [f"{component.name}: {note}" for note in result.notes]
+        outcome.restored.append(component.name)
 
     def _restore_dumps(self, component, outcome: RestoreOutcome) -> None:  # type: ignore[no-untyped-def]
         module = source_module(component.type)

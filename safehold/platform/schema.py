@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from safehold.sources import Kind, kinds, type_names
+
 VIA = {
     "description": "How to reach the component: where its commands run.",
     "oneOf": [
@@ -65,110 +67,76 @@ VIA = {
     ],
 }
 
-_DATABASE_FIELDS = {
-    "host": {"type": "string", "description": "database host as seen from the target"},
-    "port": {"type": "integer", "minimum": 1, "maximum": 65535, "description": "database port"},
-    "user": {"type": "string", "description": "database user (may be `${VAR}`)"},
-    "password": {
+# The keys every component takes, whatever its kind; each kind adds its own
+# (safehold/sources/<kind>.py, ``KIND.properties``).
+COMMON_COMPONENT_FIELDS = {
+    "name": {
         "type": "string",
-        "description": "password: only as `${VAR}` (from the environment); never literal",
+        "pattern": "^[a-z0-9][a-z0-9_.-]*$",
+        "description": "unique name (lowercase letters, digits, `_ . -`)",
     },
-    "password_file": {"type": "string", "description": "file whose first line is the password"},
-    "databases": {
-        "type": "array",
-        "items": {"type": "string"},
-        "minItems": 1,
-        "description": "names of the databases to dump, or `[all]`",
+    "via": VIA,
+    "critical": {
+        "type": "boolean",
+        "default": True,
+        "description": "a failure of this component fails the whole backup",
+    },
+    "stopped_with_services": {
+        "type": "boolean",
+        "default": False,
+        "description": "the cold phase stops this component's own "
+        "server (with `command` or `systemd` control): "
+        "dump it before the stop",
+    },
+    "rebuildable": {
+        "type": "boolean",
+        "default": False,
+        "description": "can be rebuilt (e.g. a search index): restored last, failures are warnings",
     },
 }
 
-COMPONENT = {
-    "type": "object",
-    "required": ["name", "type"],
-    "additionalProperties": False,
-    "properties": {
-        "name": {
-            "type": "string",
-            "pattern": "^[a-z0-9][a-z0-9_.-]*$",
-            "description": "unique name (lowercase letters, digits, `_ . -`)",
+
+def _type_field() -> dict:
+    return {"enum": sorted(type_names()), "description": "what kind of state this is"}
+
+
+def kind_schema(kind: Kind) -> dict:
+    """The schema of a component of one kind: the common keys and the kind's own."""
+    return {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["name", "type", *kind.required],
+        "description": f"`type: {kind.name}`: {kind.description}",
+        "properties": {
+            "name": COMMON_COMPONENT_FIELDS["name"],
+            "type": {"enum": [kind.name, *kind.aliases], "description": kind.description},
+            **{key: value for key, value in COMMON_COMPONENT_FIELDS.items() if key != "name"},
+            **kind.properties,
         },
-        "type": {
-            "enum": ["files", "postgres", "mysql", "sqlite", "command"],
-            "description": "what kind of state this is",
-        },
-        "via": VIA,
-        "critical": {
-            "type": "boolean",
-            "default": True,
-            "description": "a failure of this component fails the whole backup",
-        },
-        "stopped_with_services": {
-            "type": "boolean",
-            "default": False,
-            "description": "the cold phase stops this database's own "
-            "server (with `command` or `systemd` control): "
-            "dump it before the stop",
-        },
-        "rebuildable": {
-            "type": "boolean",
-            "default": False,
-            "description": "can be rebuilt (e.g. a search index): restored last, "
-            "failures are warnings",
-        },
-        "paths": {
-            "type": "array",
-            "items": {"type": "string"},
-            "minItems": 1,
-            "description": "files: absolute paths to back up",
-        },
-        "exclude": {
-            "type": "array",
-            "items": {"type": "string"},
-            "description": "files: exclude patterns",
-        },
-        "one_file_system": {"type": "boolean", "description": "files: stay on one file system"},
-        **_DATABASE_FIELDS,
-        "socket": {"type": "string", "description": "mysql: unix socket instead of host/port"},
-        "bin_dir": {
-            "type": "string",
-            "description": "postgres: directory of pg_dump/psql on the target "
-            "(default: found on PATH)",
-        },
-        "maintenance_db": {
-            "type": "string",
-            "description": "postgres: database to connect to for DROP/CREATE (default `postgres`)",
-        },
-        "path": {"type": "string", "description": "sqlite: the database file"},
-        "staging_dir": {
-            "type": "string",
-            "description": "sqlite: where the consistent copy is made while "
-            "streaming (default: the system temp dir; the copy is "
-            "unlinked as soon as it is open)",
-        },
-        "backup": {
-            "type": "string",
-            "description": "command: shell command whose stdout is the dump",
-        },
-        "restore": {
-            "type": "string",
-            "description": "command: shell command that reads the dump on stdin",
-        },
-        "filename": {"type": "string", "description": "command: name of the dump in the snapshot"},
-        "version": {
-            "type": "string",
-            "description": "command: shell command printing the server version",
-        },
-    },
-    "allOf": [
-        {"if": {"properties": {"type": {"const": "files"}}}, "then": {"required": ["paths"]}},
-        {
-            "if": {"properties": {"type": {"enum": ["postgres", "mysql"]}}},
-            "then": {"required": ["databases"]},
-        },
-        {"if": {"properties": {"type": {"const": "sqlite"}}}, "then": {"required": ["path"]}},
-        {"if": {"properties": {"type": {"const": "command"}}}, "then": {"required": ["backup"]}},
-    ],
-}
+    }
+
+
+def component_schema() -> dict:
+    """The schema of a component, built from the source kinds' registry: ``type`` chooses
+    the kind, and the kind's schema (``kind_schema``) checks every other key."""
+    return {
+        "type": "object",
+        "required": ["name", "type"],
+        "description": "One stateful part of the platform; the keys beyond the common ones "
+        "depend on `type`.",
+        "properties": {"name": COMMON_COMPONENT_FIELDS["name"], "type": _type_field()},
+        "allOf": [
+            {
+                "if": {
+                    "properties": {"type": {"enum": [kind.name, *kind.aliases]}},
+                    "required": ["type"],
+                },
+                "then": kind_schema(kind),
+            }
+            for kind in kinds().values()
+        ],
+    }
+
 
 SERVICES = {
     "type": "object",
@@ -466,7 +434,31 @@ SCHEDULE = {
     },
 }
 
-SCHEMA: dict[str, Any] = {
+
+def platform_schema() -> dict[str, Any]:
+    """The whole platform file's schema, with the component schema of the kinds known now."""
+    return {**_PLATFORM, "properties": {**_PLATFORM["properties"], "components": _components()}}
+
+
+def _components() -> dict:
+    return {
+        "type": "array",
+        "items": component_schema(),
+        "minItems": 1,
+        "description": "the stateful parts of the platform",
+    }
+
+
+def __getattr__(name: str) -> Any:
+    # SCHEMA and COMPONENT are built on use: a kind registered later is in them.
+    if name == "SCHEMA":
+        return platform_schema()
+    if name == "COMPONENT":
+        return component_schema()
+    raise AttributeError(name)
+
+
+_PLATFORM: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
     "title": "safehold platform file",
     "type": "object",
@@ -493,12 +485,7 @@ SCHEMA: dict[str, Any] = {
             "hot+cold: copy while running, stop, copy the changes, start",
         },
         "services": SERVICES,
-        "components": {
-            "type": "array",
-            "items": COMPONENT,
-            "minItems": 1,
-            "description": "the stateful parts of the platform",
-        },
+        "components": {},  # platform_schema() puts component_schema() here
         "hooks": HOOKS,
         "tags": {
             "type": "array",

@@ -1,24 +1,21 @@
-"""Between the platform model and the sources: targets, dumps into trees, service runners.
+"""Between the platform model and the sources: targets, source settings, service runners.
 
-A database component's snapshot directory holds one file per dump: ``<database>.sql`` for
-PostgreSQL and MySQL (plus ``_globals.sql`` for PostgreSQL roles), the database file's name
-for SQLite, and ``filename`` (default ``dump``) for a command component.
+What a component of each kind is and how it is backed up lives in its kind's module
+(``safehold/sources/<kind>.py``, found by ``safehold.sources.kinds``).
 """
 
 from __future__ import annotations
 
-import os
 import subprocess
 
-from safehold.archive.archiver import Archiver
 from safehold.platform.config import Component
 from safehold.platform.services import ServiceError
 from safehold.secrecy import child_env
-from safehold.sources import source_module
-from safehold.sources.counting import PostgresCopyCounter
+from safehold.sources import Kind, kind_of
+from safehold.sources.dumps import GLOBALS_FILE
 from safehold.sources.targets import LocalTarget, Target, target_from_via
 
-GLOBALS_FILE = "_globals.sql"
+__all__ = ["GLOBALS_FILE", "ServiceRunner", "kind", "service_runner", "source_settings"]
 
 
 def target_for(component: Component, services: dict | None = None) -> Target:
@@ -38,15 +35,22 @@ def source_settings(component: Component) -> dict:
     return {**component.settings, "password": component.password}
 
 
+def kind(component: Component) -> Kind:
+    """The source kind of a component (its ``type``), from the registry."""
+    return kind_of(component.type)
+
+
 def configured_dump_names(component: Component) -> list[str] | None:
-    """The dumps the platform file names for a database/command component, as a restore may
-    write them: its databases (None for ``all``: every database of its server but the
-    system schemas), its SQLite files, or its one command dump. The platform file, never a
-    snapshot, decides what a live restore replaces."""
-    if component.type in ("postgres", "mysql"):
+    """The dumps the platform file names for a dumps component, as a restore may write them:
+    its databases (None for ``all``: every database of its server but the system schemas),
+    its SQLite files, or its one command dump. The platform file, never a snapshot, decides
+    what a live restore replaces."""
+    of_kind = kind(component)
+    if of_kind.databases:
         names = [str(name) for name in component.get("databases") or []]
         return None if names == ["all"] else names
-    return list(source_module(component.type).dump_names(source_settings(component), LocalTarget()))
+    assert of_kind.module is not None
+    return list(of_kind.module.dump_names(source_settings(component), LocalTarget()))
 
 
 SYSTEM_DATABASES = {"mysql": ("information_schema", "performance_schema", "mysql", "sys")}
@@ -60,55 +64,13 @@ def dump_refusal(component: Component, name: object, record: object) -> str | No
     allowed = configured_dump_names(component)
     if allowed is not None and name not in allowed:
         return f"database {name!r}, which the platform file does not name for this component"
-    if allowed is None and name in SYSTEM_DATABASES.get(component.type, ()):
+    if allowed is None and name in SYSTEM_DATABASES.get(kind(component).name, ()):
         return f"the system database {name!r}"
-    if not isinstance(record, dict) or record.get("file") != dump_filename(component, name):
-        return f"database {name!r} in a file other than {dump_filename(component, name)!r}"
+    dump_file = kind(component).dump_file
+    expected = dump_file(component.settings, name) if dump_file else None
+    if not isinstance(record, dict) or record.get("file") != expected:
+        return f"database {name!r} in a file other than {expected!r}"
     return None
-
-
-def dump_filename(component: Component, name: str) -> str:
-    """The file name a dump is stored under in the component's snapshot directory."""
-    if component.type in ("postgres", "mysql"):
-        return f"{name}.sql"
-    if component.type == "command":
-        return component.get("filename") or "dump"
-    return os.path.basename(name) or "database"
-
-
-def archive_dumps(
-    archiver: Archiver, component: Component, result, services: dict | None = None
-) -> dict:  # type: ignore[no-untyped-def]
-    """Stream every dump of a database/command component into the archive.
-
-    Fills ``result`` (databases: name -> file, bytes, rows; server_version) and returns the
-    component's directory entry. Raises SourceError when a dump fails.
-    """
-    module = source_module(component.type)
-    target = target_for(component, services)
-    settings = source_settings(component)
-    entries = []
-    if hasattr(module, "server_version"):
-        result.server_version = module.server_version(settings, target)
-    dump_globals = getattr(module, "dump_globals", None)
-    if dump_globals is not None:
-        with dump_globals(settings, target) as stream:
-            entries.append(archiver.archive_stream(GLOBALS_FILE, stream))
-    for name in module.dump_names(settings, target):
-        filename = dump_filename(component, name)
-        with module.dump(settings, target, name) as stream:
-            counter = PostgresCopyCounter(stream) if component.type == "postgres" else None
-            entry = archiver.archive_stream(filename, counter or stream)
-        entries.append(entry)
-        record: dict = {"file": filename, "bytes": entry["size"]}
-        if counter is not None:
-            record["rows"], record["rows_exact"] = counter.counts, True
-        elif hasattr(module, "row_counts"):
-            # Counted after the dump: writes in between make these differ from the dump.
-            record["rows"], record["rows_exact"] = module.row_counts(settings, target, name), False
-        result.databases[name] = record
-    # Component folders carry a fixed time, so an unchanged component diffs as unchanged.
-    return archiver.store_directory(component.name, entries, mtime_ns=0)
 
 
 class ServiceRunner:

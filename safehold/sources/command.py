@@ -15,10 +15,12 @@ exit non-zero on truncated input).
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping
 from contextlib import AbstractContextManager
 from typing import IO, Any
 
+from safehold.sources import Kind
 from safehold.sources.common import copy_checked, required
 from safehold.sources.targets import Target
 
@@ -86,3 +88,38 @@ def server_version(component: Mapping[str, Any], target: Target) -> str:
         ["sh", "-c", command], _secrets(component), label=f"version command of {_name(component)}"
     )
     return (output.strip().splitlines() or [""])[0]
+
+
+def dump_file(component: Mapping[str, Any], name: str) -> str:
+    """Returns ``filename`` (default ``dump``): what the command's output is stored under."""
+    return component.get("filename") or "dump"
+
+
+KIND = Kind(
+    name="command",
+    description="any program whose stdout is the dump",
+    properties={
+        "backup": {
+            "type": "string",
+            "description": "command: shell command whose stdout is the dump",
+        },
+        "restore": {
+            "type": "string",
+            "description": "command: shell command that reads the dump on stdin",
+        },
+        "filename": {"type": "string", "description": "command: name of the dump in the snapshot"},
+        "version": {
+            "type": "string",
+            "description": "command: shell command printing the server version",
+        },
+        "password": {
+            "type": "string",
+            "description": "exported to both commands as SAFEHOLD_PASSWORD: only as `${VAR}`",
+        },
+        "password_file": {"type": "string", "description": "file whose first line is the password"},
+    },
+    required=("backup",),
+    rank=2,
+    module=sys.modules[__name__],
+    dump_file=dump_file,
+)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import IO, Any
 
@@ -56,3 +57,39 @@ def counts_from_rows(rows: list[list[str]], program: str) -> dict[str, int]:
         return {row[0]: int(row[1]) for row in rows}
     except (IndexError, ValueError):
         raise SourceError(f"unexpected row count output from {program}: {rows[:3]!r}") from None
+
+
+# The keys of a database server component (postgres, mysql), as a JSON-schema fragment.
+DATABASE_FIELDS = {
+    "host": {"type": "string", "description": "database host as seen from the target"},
+    "port": {"type": "integer", "minimum": 1, "maximum": 65535, "description": "database port"},
+    "user": {"type": "string", "description": "database user (may be `${VAR}`)"},
+    "password": {
+        "type": "string",
+        "description": "password: only as `${VAR}` (from the environment); never literal",
+    },
+    "password_file": {"type": "string", "description": "file whose first line is the password"},
+    "databases": {
+        "type": "array",
+        "items": {"type": "string"},
+        "minItems": 1,
+        "description": "names of the databases to dump, or `[all]`",
+    },
+}
+
+_VARIABLE = re.compile(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)")
+
+
+def sql_file(component: Mapping[str, Any], name: str) -> str:
+    """Returns ``<name>.sql``: the file a database's dump is stored under."""
+    return f"{name}.sql"
+
+
+def variables_in(text: str) -> list[str]:
+    """Returns the names of the ``$VAR``/``${VAR}`` references in text, sorted."""
+    return sorted(set(_VARIABLE.findall(text)))
+
+
+def quoted_identifier(name: str, quote: str) -> str:
+    """Returns name between quote characters, inner quotes doubled (SQL identifiers)."""
+    return quote + name.replace(quote, quote * 2) + quote

@@ -16,11 +16,24 @@ the error says so. Users and grants (the ``mysql`` schema) are not part of these
 
 from __future__ import annotations
 
+import re
+import sys
 from collections.abc import Mapping
 from contextlib import AbstractContextManager
 from typing import IO, Any
 
-from safehold.sources.common import copy_checked, counts_from_rows, incomplete, required, secret_env
+from safehold.sources import DRILL_SERVER, Kind
+from safehold.sources.common import (
+    DATABASE_FIELDS,
+    copy_checked,
+    counts_from_rows,
+    incomplete,
+    quoted_identifier,
+    required,
+    secret_env,
+    sql_file,
+    variables_in,
+)
 from safehold.sources.targets import Target
 
 DUMP_END = b"-- Dump completed"
@@ -165,3 +178,56 @@ def row_counts(component: Mapping[str, Any], target: Target, database: str) -> d
 def server_version(component: Mapping[str, Any], target: Target) -> str:
     """Returns the server's version string, such as ``10.11.19-MariaDB-0+deb12u1``."""
     return query(component, target, "SELECT VERSION()")[0][0]
+
+
+def drop_database(component: Mapping[str, Any], target: Target, name: str) -> None:
+    """Drops database ``name`` if it exists (drill scratch databases). Raises SourceError."""
+    query(component, target, "DROP DATABASE IF EXISTS " + quoted_identifier(name, "`"))
+
+
+def _password_variable(service: str, raw_service: dict) -> str:
+    """The variable the compose file itself takes the root password from, else a new name."""
+    environment = raw_service.get("environment") or {}
+    items = (
+        environment.items()
+        if isinstance(environment, dict)
+        else (item.split("=", 1) for item in environment if "=" in item)
+    )
+    for key, value in items:
+        if key in ("MARIADB_ROOT_PASSWORD", "MYSQL_ROOT_PASSWORD") and isinstance(value, str):
+            used = variables_in(value)
+            if used:
+                return used[0]
+    return re.sub(r"[^A-Z0-9]", "_", service.upper()) + "_ROOT_PASSWORD"
+
+
+def propose(service: str, environment: dict, raw_service: dict) -> dict:
+    """discover: the component for a MySQL/MariaDB service of a compose file: root, with the
+    password from the variable the compose file itself uses."""
+    database = environment.get("MARIADB_DATABASE") or environment.get("MYSQL_DATABASE")
+    return {
+        "via": {"exec": "compose", "service": service},
+        "user": "root",
+        "password": "${" + _password_variable(service, raw_service) + "}",
+        "databases": [database] if database else ["all"],
+    }
+
+
+KIND = Kind(
+    name="mysql",
+    description="MySQL and MariaDB databases (mariadb-dump / mysqldump)",
+    aliases=("mariadb",),
+    properties={
+        **DATABASE_FIELDS,
+        "socket": {"type": "string", "description": "mysql: unix socket instead of host/port"},
+    },
+    required=("databases",),
+    rank=0,
+    module=sys.modules[__name__],
+    dump_file=sql_file,
+    databases=True,
+    drill=DRILL_SERVER,
+    drill_server="mariadb",
+    images=("mysql", "mariadb", "bitnami/mariadb", "bitnami/mysql", "*/mysql", "*/mariadb"),
+    propose=propose,
+)

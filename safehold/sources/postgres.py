@@ -16,18 +16,24 @@ marker, rolls the whole restore back and raises SourceError.
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager
 from typing import IO, Any
 
+from safehold.sources import DRILL_SERVER, Kind
 from safehold.sources.common import (
     CHUNK,
+    DATABASE_FIELDS,
     copy_checked,
     counts_from_rows,
     incomplete,
+    quoted_identifier,
     required,
     secret_env,
+    sql_file,
 )
+from safehold.sources.counting import PostgresCopyCounter
 from safehold.sources.targets import Target
 
 DUMP_END = b"-- PostgreSQL database dump complete"
@@ -222,3 +228,53 @@ def row_counts(component: Mapping[str, Any], target: Target, database: str) -> d
 def server_version(component: Mapping[str, Any], target: Target) -> str:
     """Returns the server's version string, such as ``15.18 (Debian 15.18-0+deb12u1)``."""
     return query(component, target, "SHOW server_version")[0][0]
+
+
+def drop_database(component: Mapping[str, Any], target: Target, name: str) -> None:
+    """Drops database ``name`` if it exists (drill scratch databases). Raises SourceError."""
+    query(component, target, "DROP DATABASE IF EXISTS " + quoted_identifier(name, '"'))
+
+
+def propose(service: str, environment: dict, raw_service: dict) -> dict:
+    """discover: the component for a PostgreSQL service of a compose file (inside the
+    official image, local socket connections need no password)."""
+    user = environment.get("POSTGRES_USER") or "postgres"
+    return {
+        "via": {"exec": "compose", "service": service},
+        "user": user,
+        "databases": [environment.get("POSTGRES_DB") or user],
+    }
+
+
+KIND = Kind(
+    name="postgres",
+    description="PostgreSQL databases (pg_dump), with roles",
+    properties={
+        **DATABASE_FIELDS,
+        "bin_dir": {
+            "type": "string",
+            "description": "postgres: directory of pg_dump/psql on the target "
+            "(default: found on PATH)",
+        },
+        "maintenance_db": {
+            "type": "string",
+            "description": "postgres: database to connect to for DROP/CREATE (default `postgres`)",
+        },
+    },
+    required=("databases",),
+    rank=0,
+    module=sys.modules[__name__],
+    dump_file=sql_file,
+    counter=PostgresCopyCounter,
+    databases=True,
+    drill=DRILL_SERVER,
+    drill_server="postgresql",
+    images=(
+        "postgres",
+        "postgis/postgis",
+        "bitnami/postgresql",
+        "timescale/timescaledb",
+        "*/postgres",
+    ),
+    propose=propose,
+)

@@ -22,13 +22,14 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import sys
 import tempfile
 from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager, closing, contextmanager
 from typing import IO, Any
 from urllib.parse import quote
 
-from safehold.sources import SourceError
+from safehold.sources import DRILL_SCRATCH_FILES, Kind, SourceError
 from safehold.sources.common import copy_checked, required
 from safehold.sources.targets import LocalTarget, Target
 
@@ -279,3 +280,51 @@ def server_version(component: Mapping[str, Any], target: Target) -> str:
     if isinstance(target, LocalTarget):
         return sqlite3.sqlite_version
     return target.run(["sqlite3", "--version"]).split()[0]
+
+
+def query(
+    component: Mapping[str, Any], target: Target, sql: str, database: str | None = None
+) -> list[list[str]]:
+    """Runs read-only SQL on the database file ``database`` (drill checks); returns rows of
+    strings (NULL as ""). Raises SourceError if the query fails."""
+    path = database or required(component, "path", "sqlite")
+    if not isinstance(target, LocalTarget):
+        return _query(target, path, sql)
+    try:
+        with closing(_connect_ro(path)) as db:
+            return [
+                ["" if value is None else str(value) for value in row] for row in db.execute(sql)
+            ]
+    except sqlite3.Error as error:
+        raise SourceError(f"sqlite: {error}") from None
+
+
+def dump_file(component: Mapping[str, Any], name: str) -> str:
+    """Returns the database file's base name: what its image is stored under."""
+    return os.path.basename(name) or "database"
+
+
+KIND = Kind(
+    name="sqlite",
+    description="SQLite database files (online backup API)",
+    properties={
+        "path": {"type": "string", "description": "sqlite: the database file"},
+        "databases": {
+            "type": "array",
+            "items": {"type": "string"},
+            "minItems": 1,
+            "description": "sqlite: several database files instead of `path`",
+        },
+        "staging_dir": {
+            "type": "string",
+            "description": "sqlite: where the consistent copy is made while "
+            "streaming (default: the system temp dir; the copy is "
+            "unlinked as soon as it is open)",
+        },
+    },
+    required=("path",),
+    rank=1,
+    module=sys.modules[__name__],
+    dump_file=dump_file,
+    drill=DRILL_SCRATCH_FILES,
+)
