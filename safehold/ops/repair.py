@@ -27,7 +27,7 @@ from safehold.crypto import AuthenticationFailed
 from safehold.errors import IntegrityError
 from safehold.repo.format import BLOB_TREE
 from safehold.repo.index import encode_index_file
-from safehold.repo.pack import pack_id_of, read_header
+from safehold.repo.pack import PackMismatch, verified_entries
 from safehold.repo.repository import Repository, snapshot_problem
 from safehold.repo.writer import BlobWriter
 from safehold.store import ObjectMissing
@@ -108,26 +108,17 @@ def repair_index(
             except ObjectMissing:
                 continue  # deleted meanwhile (cannot happen under the lock): nothing to list
             result.packs_read += 1
-            if pack_id_of(data) != bytes.fromhex(pack_hex):
-                result.damaged.append((pack_hex, "its content does not match its name"))
-                continue
+            pack_id = bytes.fromhex(pack_hex)
             try:
-                entries = read_header(repository.cipher, data)
+                entries = verified_entries(repository.cipher, pack_id, data)
+            except PackMismatch as error:
+                result.damaged.append((pack_hex, str(error)))
+                continue
             except (ValueError, AuthenticationFailed) as error:
                 result.damaged.append((pack_hex, f"header unreadable ({error or 'modified'})"))
                 continue
-            pack_id = bytes.fromhex(pack_hex)
             for entry in entries:
-                pending.append(
-                    (
-                        entry.blob_id,
-                        pack_id,
-                        entry.offset,
-                        entry.length,
-                        entry.raw_length,
-                        entry.blob_type,
-                    )
-                )
+                pending.append(entry.index_row(pack_id))
                 result.blobs += 1
                 if len(pending) >= INDEX_FILE_RECORDS:
                     flush()

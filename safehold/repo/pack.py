@@ -34,6 +34,11 @@ class PackEntry:
     length: int
     raw_length: int
 
+    def index_row(self, pack_id: bytes) -> tuple[bytes, bytes, int, int, int, int]:
+        """The blob's index record in pack ``pack_id``: (blob id, pack id, offset, length,
+        plaintext length, type), as ``Index.add`` and ``encode_index_file`` take it."""
+        return (self.blob_id, pack_id, self.offset, self.length, self.raw_length, self.blob_type)
+
 
 class PackBuilder:
     """Builds one pack in a single buffer. Not thread-safe: the caller serialises ``reserve``,
@@ -108,6 +113,19 @@ class PackBuilder:
 def pack_id_of(data: bytes) -> bytes:
     """Return the id a pack with these bytes must have."""
     return blake3.blake3(data, max_threads=blake3.blake3.AUTO).digest()
+
+
+class PackMismatch(ValueError):
+    """A stored pack whose content does not match its name."""
+
+
+def verified_entries(cipher: Cipher, pack_id: bytes, data: bytes) -> list[PackEntry]:
+    """The entries of a whole stored pack, once its bytes match its name (``pack_id``) and its
+    header authenticates. Raises PackMismatch (a ValueError), ValueError (a malformed header)
+    or AuthenticationFailed (a modified header)."""
+    if pack_id_of(data) != pack_id:
+        raise PackMismatch("its content does not match its name")
+    return read_header(cipher, data)
 
 
 def read_header(cipher: Cipher, data: bytes) -> list[PackEntry]:

@@ -434,7 +434,7 @@ class Repository:
         file lists, read from the pack's own (authenticated) header, so that restores and
         backups find them. Packs that fail the checks are left out (their blobs are lost
         until 'repair index' or 'check' says more)."""
-        from safehold.repo.pack import pack_id_of, read_header
+        from safehold.repo.pack import verified_entries
 
         known = set(index.packs)
         for name, _size in list(self.store.list("data")):
@@ -445,21 +445,11 @@ class Repository:
             if pack_id in known:
                 continue
             try:
-                data = self.store.load(name)
-                if pack_id_of(data) != pack_id:
-                    continue
-                entries = read_header(self.cipher, data)
+                entries = verified_entries(self.cipher, pack_id, self.store.load(name))
             except (ObjectMissing, ValueError, AuthenticationFailed):
                 continue
             for entry in entries:
-                index.add(
-                    entry.blob_id,
-                    pack_id,
-                    entry.offset,
-                    entry.length,
-                    entry.raw_length,
-                    entry.blob_type,
-                )
+                index.add(*entry.index_row(pack_id))
         for name in damaged:
             self.note_damage(
                 name,

@@ -21,7 +21,7 @@ from safehold.errors import ConcurrentChange
 from safehold.repo.cache import cache_root
 from safehold.repo.format import BLOB_TREE, blob_aad, encode_body_scratch
 from safehold.repo.index import Index, encode_index_file
-from safehold.repo.pack import PackBuilder, PackEntry, pack_id_of, read_header
+from safehold.repo.pack import PackBuilder, PackEntry, verified_entries
 from safehold.repo.repository import Repository, pack_name
 from safehold.store import ObjectMissing
 
@@ -239,10 +239,7 @@ class BlobWriter:
 
     def _saved(self, pack_id: bytes, builder: PackBuilder) -> None:
         """A pack is stored: index its blobs; every INDEX_EVERY_PACKS packs an index file."""
-        rows = [
-            (entry.blob_id, pack_id, entry.offset, entry.length, entry.raw_length, entry.blob_type)
-            for entry in builder.entries
-        ]
+        rows = [entry.index_row(pack_id) for entry in builder.entries]
         for row in rows:
             self.index.add(*row)
         with self._lock:
@@ -276,9 +273,7 @@ class BlobWriter:
             data = b""  # one pack in memory at a time
             try:
                 data = store.load(name)
-                if pack_id_of(data) != pack_id:
-                    raise ValueError("content does not match the name")
-                entries = read_header(self.repository.cipher, data)
+                entries = verified_entries(self.repository.cipher, pack_id, data)
             except (ObjectMissing, ValueError, AuthenticationFailed):
                 self.stats.packs_not_adopted += 1  # deleted meanwhile, or damaged: left alone
                 continue
@@ -293,10 +288,7 @@ class BlobWriter:
     def adopt(self, pack_id: bytes, entries: list[PackEntry]) -> None:
         """List an already stored pack's blobs (``PackEntry`` rows from its header) in the
         index and in the next index file, as if this writer had written it."""
-        rows = [
-            (entry.blob_id, pack_id, entry.offset, entry.length, entry.raw_length, entry.blob_type)
-            for entry in entries
-        ]
+        rows = [entry.index_row(pack_id) for entry in entries]
         for row in rows:
             self.index.add(*row)
         with self._index_lock:
