@@ -70,6 +70,7 @@ class Restorer:
         self._directories: list[tuple[bytes, dict]] = []
         self._links: list[tuple[bytes, tuple[int, int]]] = []
         self._first_link: dict[tuple[int, int], bytes] = {}
+        self._parents_checked: bytes | None = None  # the last directory _make_parents checked
 
     # ---------------------------------------------------------------- entry point
 
@@ -182,8 +183,13 @@ class Restorer:
 
     def _make_parents(self, path: bytes) -> bool:
         """Create the missing directories above ``path`` inside the target; False (and the path
-        is skipped) if one of them is a symlink, which restore must never write through."""
-        relative = os.path.relpath(os.path.dirname(path), self.target)
+        is skipped) if one of them is a symlink, which restore must never write through.
+        The siblings that follow a checked path share its answer (the walk gives a directory's
+        children one after another): 5 stat calls a file fewer in a deep tree."""
+        parent = os.path.dirname(path)
+        if parent == self._parents_checked:
+            return True
+        relative = os.path.relpath(parent, self.target)
         current = self.target
         for part in [] if relative == "." else relative.split(b"/"):
             current = current + b"/" + part
@@ -192,6 +198,7 @@ class Restorer:
                 return False
             if not os.path.isdir(current):
                 os.mkdir(current, 0o700)
+        self._parents_checked = parent
         return True
 
     # ---------------------------------------------------------------- kinds
