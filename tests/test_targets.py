@@ -394,3 +394,23 @@ def test_kubectl_label_selector_runs_in_the_first_running_pod(tmp_path, monkeypa
         nothing.run(["true"])
     with pytest.raises(SourceError, match="either pod or selector"):
         target_from_via({"exec": "kubectl"})
+
+
+def test_a_password_from_the_targets_environment_never_passes_through_safehold():
+    """Chipster's documented `PGPASSWORD=$POSTGRES_PASSWORD pg_dump`, as safehold does it."""
+    from safehold.sources.common import secret_env
+
+    secrets = secret_env("PGPASSWORD", None, "POSTGRES_PASSWORD")
+    wrapped = secret_wrapper(["sh", "-c", 'echo "[$PGPASSWORD]"'], [], secrets)
+    assert "s3cret" not in " ".join(wrapped)
+    container_env = {"PATH": os.environ["PATH"], "POSTGRES_PASSWORD": "s3cret value"}
+    done = subprocess.run(wrapped, env=container_env, capture_output=True, text=True)
+    assert done.stdout == "[s3cret value]\n"
+    bare = {"PATH": os.environ["PATH"]}
+    unset = subprocess.run(wrapped, env=bare, capture_output=True, text=True)
+    assert unset.returncode == 125 and "POSTGRES_PASSWORD is not set in the target" in unset.stderr
+    # Through a target: no stdin line is sent for it, the program's input is untouched.
+    target = LocalTarget()
+    assert target.command(["true"]) == ["true"]
+    with pytest.raises(SourceError, match="POSTGRES_PASSWORD is not set in the target"):
+        target.run(["cat"], secret_env=secrets, input=b"dump")

@@ -92,7 +92,7 @@ def _connection(component: Mapping[str, Any]) -> list[str]:
 
 
 def _secrets(component: Mapping[str, Any]) -> dict[str, str] | None:
-    return secret_env("MYSQL_PWD", component.get("password"))
+    return secret_env("MYSQL_PWD", component.get("password"), component.get("password_env"))
 
 
 def _client(component: Mapping[str, Any], target: Target, *extra: str) -> list[str]:

@@ -84,7 +84,7 @@ def _dbname(name: str) -> str:
 
 
 def _secrets(component: Mapping[str, Any]) -> dict[str, str] | None:
-    return secret_env("PGPASSWORD", component.get("password"))
+    return secret_env("PGPASSWORD", component.get("password"), component.get("password_env"))
 
 
 def _maintenance(component: Mapping[str, Any], avoid: str = "") -> str:

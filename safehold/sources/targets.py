@@ -25,7 +25,14 @@ from typing import IO, Any
 from urllib.parse import unquote, urlsplit
 
 from safehold.sources import SourceError
-from safehold.sources.process import CHUNK, Process, SecretEnv, Tail, secret_wrapper
+from safehold.sources.process import (
+    CHUNK,
+    Process,
+    SecretEnv,
+    Tail,
+    TargetVariable,
+    secret_wrapper,
+)
 
 __all__ = [
     "ComposeTarget",
@@ -53,7 +60,9 @@ class Target:
 
     def _start(self, argv: Sequence[str], secret_env: SecretEnv, label: str | None) -> Process:
         secrets = dict(secret_env or {})
-        command = self.command(secret_wrapper(argv, list(secrets)))
+        copies = {k: str(v) for k, v in secrets.items() if isinstance(v, TargetVariable)}
+        names = [name for name in secrets if name not in copies]
+        command = self.command(secret_wrapper(argv, names, copies))
         return Process(command, label or os.path.basename(argv[0]), self.describe(), secrets)
 
     @contextmanager
