@@ -118,7 +118,7 @@ def _walk(value: object, environment: dict[str, str], where: str = "") -> object
     return value
 
 
-def _image_kind(image: str) -> str | None:
+def image_kind(image: str) -> str | None:
     """The source kind whose ``images`` match an image (without tag or digest), else the key
     of UNHANDLED_IMAGES it starts with, else None."""
     name = image.split("@")[0].rsplit(":", 1)[0] if ":" in image.split("/")[-1] else image
@@ -214,7 +214,7 @@ def _propose(compose: dict, raw: dict, base: Path, env: dict[str, str]) -> Disco
     stop: list[str] = []
     for name, service in compose["services"].items():
         service = service or {}
-        kind = _image_kind(str(service.get("image", "")))
+        kind = image_kind(str(service.get("image", "")))
         service_env = _environment(service, base, env)
         paths, anonymous = [], []
         for volume in _volumes(service):
