@@ -344,6 +344,11 @@ def parse_platform(text: str, source: str, environment: dict[str, str] | None = 
                 )
         remember(password, *(settings.get("secrets") or {}).values())
         components.append(Component(settings["name"], settings["type"], settings, password))
+    if resolved.get("exclude_dumped_data"):
+        dumped = sorted({kind_of(c.type).name for c in components if kind_of(c.type).data_markers})
+        for component in components:
+            if kind_of(component.type).files:
+                component.settings.setdefault("exclude_database_data", dumped)
     return Platform(
         source=source,
         name=resolved.get("platform", Path(source).stem),

@@ -504,6 +504,13 @@ _PLATFORM: dict[str, Any] = {
             "description": "file of KEY=VALUE lines for `${VAR}` (e.g. the compose "
             "project's .env); the environment takes precedence",
         },
+        "exclude_dumped_data": {
+            "type": "boolean",
+            "default": False,
+            "description": "leave the live data directories of the database servers this file "
+            "dumps (postgres, mysql) out of every files component: such a directory below a "
+            "files path is kept empty (it is recognised by its files, e.g. PG_VERSION)",
+        },
         "strategy": {
             "enum": ["hot", "cold", "hot+cold"],
             "default": "hot",

@@ -229,4 +229,5 @@ KIND = Kind(
     drill_server="mariadb",
     images=("mysql", "mariadb", "bitnami/mariadb", "bitnami/mysql", "*/mysql", "*/mariadb"),
     propose=propose,
+    data_markers=("ibdata1", "mysql/"),
 )

@@ -286,4 +286,5 @@ KIND = Kind(
         "postgres-*",
     ),
     propose=propose,
+    data_markers=("PG_VERSION", "global/pg_control"),
 )
