@@ -284,3 +284,23 @@ def test_unfilled_placeholders_are_rejected_as_compose_rejects_them(tmp_path: Pa
     ):
         discover(str(path), environment={})
     assert interpolate("cost: $$5", {}) == "cost: $5"
+
+
+def test_orthanc_setup_sample_with_its_postgresql_index():
+    fixture = Path(__file__).parent / "fixtures/orthanc-setup-samples/postgresql/docker-compose.yml"
+    found = discover(str(fixture), environment={})
+    components = {c["name"]: c for c in found.document["components"]}
+    assert components["orthanc"] == {
+        "name": "orthanc",
+        "type": "files",
+        "paths": ["/var/lib/docker/volumes/postgresql_orthanc-storage/_data"],
+    }
+    for index in ("orthanc-index", "orthanc-index-b"):
+        assert components[index]["type"] == "postgres"
+        assert (components[index]["user"], components[index]["databases"]) == (
+            "postgres",
+            ["postgres"],
+        )
+        assert "password" not in components[index] and "password_env" not in components[index]
+    assert found.document["services"]["stop"] == ["orthanc"]
+    assert "postgresql_orthanc-index" in "\n".join(found.notes)  # left to the dump
