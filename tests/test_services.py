@@ -296,3 +296,32 @@ def test_a_failed_stop_on_a_real_host_is_reported_once_with_the_tools_reason(
     assert "docker: 'compose' is not a docker command." in errors[0]
     assert "NOT STARTED" not in result.err and "--help" not in errors[0]
     assert not log.exists()  # the fake docker exits before logging: no start was tried
+
+
+def test_components_inherit_the_hosts_compose_and_kubectl_commands():
+    from safehold.platform.config import Component
+    from safehold.platform.sources_bridge import target_for
+
+    database = Component("database", "postgres", {"via": {"exec": "compose", "service": "db"}})
+    ovena = {**OVENA_SERVICES, "compose_command": "docker-compose"}
+    assert target_for(database, ovena).command(["true"]) == [
+        "docker-compose",
+        "--project-directory",
+        "/usr/local/etc/ovena",
+        "-f",
+        "/usr/local/etc/ovena/docker-compose.yml",
+        "exec",
+        "-T",
+        "db",
+        "true",
+    ]
+    pod = {"exec": "kubectl", "namespace": "services", "pod": "deploy/airflow-database"}
+    airflow = Component("airflow-db", "postgres", {"via": pod})
+    kaapana = {"control": "kubernetes", "kubectl_command": "microk8s.kubectl"}
+    assert target_for(airflow, kaapana).command(["true"])[:3] == [
+        "microk8s.kubectl",
+        "-n",
+        "services",
+    ]
+    own = Component("x", "postgres", {"via": {**pod, "command": "k3s kubectl"}})
+    assert target_for(own, kaapana).command(["true"])[:2] == ["k3s", "kubectl"]

@@ -163,6 +163,12 @@ def _consistency_errors(document: dict) -> list[str]:
                 f"{where}.password: write ${{VARIABLE}} and set it in the environment, "
                 "or use password_file: a password in the file itself is refused"
             )
+        given = [key for key in ("password", "password_file") if key in component]
+        if "password_env" in component and given:
+            problems.append(
+                f"{where}.password_env: the password comes from the target's environment, "
+                f"so {given[0]} must go"
+            )
         via = component.get("via")
         if isinstance(via, dict):
             required = {
@@ -172,6 +178,11 @@ def _consistency_errors(document: dict) -> list[str]:
                 "ssh": "host",
             }
             needed = required.get(via["exec"])
+            if via["exec"] == "kubectl" and "selector" in via:
+                needed = None if "pod" not in via else "pod or selector, not both"
+                if needed:
+                    problems.append(f"{where}.via: exec kubectl takes {needed}")
+                    needed = None
             if needed and needed not in via:
                 problems.append(f"{where}.via: exec {via['exec']} needs `{needed}`")
         kind = kind_of(component["type"])
