@@ -8,7 +8,8 @@ scripts/bootstrap.sh '/usr/lib/postgresql/*/bin/initdb:postgresql' \
     /usr/sbin/mariadbd:mariadb-server /usr/sbin/sshd:openssh-server \
     sqlite3:sqlite3 runuser:util-linux setpriv:util-linux fincore:util-linux restic:restic \
     fusermount3:fuse3 pkg-config:pkg-config /usr/include/fuse3/fuse_lowlevel.h:libfuse3-dev \
-    /usr/bin/chromium:chromium
+    /usr/bin/chromium:chromium /usr/sbin/Orthanc:orthanc \
+    '/usr/share/orthanc/plugins/libOrthancPostgreSQLIndex.so:orthanc-postgresql'
 .venv/bin/ruff check safehold tests benchmarks
 .venv/bin/ruff format --check safehold tests benchmarks
 exec .venv/bin/python -m pytest -q "$@"

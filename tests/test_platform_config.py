@@ -163,3 +163,15 @@ def test_every_schema_property_is_documented():
 
 def test_validation_errors_of_a_non_mapping():
     assert validation_errors(["a"]) == ["at the top level: expected a mapping"]
+
+
+def test_password_env_excludes_other_passwords_and_kubectl_takes_a_selector():
+    component = (
+        "components:\n  - name: db\n    type: postgres\n    databases: [d]\n"
+        "    via: {exec: kubectl, selector: app=postgres}\n    password_env: POSTGRES_PASSWORD\n"
+    )
+    assert parse_platform(component, "p.yaml", {}).component("db").get("password_env")
+    both = component + "    password: ${X}\n"
+    assert "so password must go" in _error(both)
+    pod_too = component.replace("selector: app=postgres", "selector: a=b, pod: p")
+    assert "pod or selector, not both" in _error(pod_too)

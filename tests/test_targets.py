@@ -327,3 +327,90 @@ def test_ssh_with_an_unknown_host_key_is_refused(sshd_server, tmp_path):
     target = target_from_via(dict(sshd_server.via(), known_hosts=str(tmp_path / "known_hosts")))
     with pytest.raises(SourceError, match="Host key verification failed"):
         target.run(["true"])
+
+
+def test_compose_and_kubectl_commands_of_real_hosts():
+    ovena = target_from_via({"exec": "compose", "service": "database", "command": "docker-compose"})
+    assert ovena.command(["true"]) == ["docker-compose", "exec", "-T", "database", "true"]
+    podman = target_from_via({"exec": "compose", "service": "db", "command": "podman compose"})
+    assert podman.command(["true"])[:3] == ["podman", "compose", "exec"]
+    kaapana = target_from_via(
+        {
+            "exec": "kubectl",
+            "command": "microk8s.kubectl",
+            "namespace": "services",
+            "pod": "deploy/postgres-dcm4che",
+        }
+    )
+    assert kaapana.command(["true"]) == [
+        "microk8s.kubectl",
+        "-n",
+        "services",
+        "exec",
+        "-i",
+        "deploy/postgres-dcm4che",
+        "--",
+        "true",
+    ]
+    k3s = target_from_via({"exec": "kubectl", "command": "k3s kubectl", "pod": "p"})
+    assert k3s.command(["true"])[:4] == ["k3s", "kubectl", "-n", "default"]
+
+
+def test_kubectl_label_selector_runs_in_the_first_running_pod(tmp_path, monkeypatch):
+    """The selector is resolved when the command runs; a fake kubectl shows the two calls."""
+    log = tmp_path / "calls"
+    fake = tmp_path / "kubectl"
+    fake.write_text(
+        "#!/bin/sh\n"
+        f'echo "$*" >> {log}\n'
+        'case "$*" in *" get pod "*) echo chipster-auth-postgresql-0;; *) cat;; esac\n'
+    )
+    fake.chmod(0o755)
+    target = target_from_via(
+        {
+            "exec": "kubectl",
+            "command": str(fake),
+            "namespace": "chipster",
+            "selector": "app.kubernetes.io/instance=chipster-auth",
+            "container": "postgresql",
+        }
+    )
+    assert target.run(["psql", "-c", "select 1"], input=b"hello") == "hello"
+    get, execute = log.read_text().splitlines()
+    assert get == (
+        "-n chipster get pod -l app.kubernetes.io/instance=chipster-auth "
+        "--field-selector=status.phase=Running -o jsonpath={.items[0].metadata.name}"
+    )
+    assert (
+        execute
+        == "-n chipster exec -i chipster-auth-postgresql-0 -c postgresql -- psql -c select 1"
+    )
+    assert target.describe() == "in pod chipster/app.kubernetes.io/instance=chipster-auth"
+    empty = tmp_path / "empty"
+    empty.write_text("#!/bin/sh\ntrue\n")
+    empty.chmod(0o755)
+    nothing = KubectlTarget(selector="app=x", command_line=str(empty))
+    with pytest.raises(SourceError, match="no running pod matches app=x in namespace default"):
+        nothing.run(["true"])
+    with pytest.raises(SourceError, match="either pod or selector"):
+        target_from_via({"exec": "kubectl"})
+
+
+def test_a_password_from_the_targets_environment_never_passes_through_safehold():
+    """Chipster's documented `PGPASSWORD=$POSTGRES_PASSWORD pg_dump`, as safehold does it."""
+    from safehold.sources.common import secret_env
+
+    secrets = secret_env("PGPASSWORD", None, "POSTGRES_PASSWORD")
+    wrapped = secret_wrapper(["sh", "-c", 'echo "[$PGPASSWORD]"'], [], secrets)
+    assert "s3cret" not in " ".join(wrapped)
+    container_env = {"PATH": os.environ["PATH"], "POSTGRES_PASSWORD": "s3cret value"}
+    done = subprocess.run(wrapped, env=container_env, capture_output=True, text=True)
+    assert done.stdout == "[s3cret value]\n"
+    bare = {"PATH": os.environ["PATH"]}
+    unset = subprocess.run(wrapped, env=bare, capture_output=True, text=True)
+    assert unset.returncode == 125 and "POSTGRES_PASSWORD is not set in the target" in unset.stderr
+    # Through a target: no stdin line is sent for it, the program's input is untouched.
+    target = LocalTarget()
+    assert target.command(["true"]) == ["true"]
+    with pytest.raises(SourceError, match="POSTGRES_PASSWORD is not set in the target"):
+        target.run(["cat"], secret_env=secrets, input=b"dump")

@@ -358,6 +358,8 @@ class Archiver:
         except OSError as error:
             self._error(path, error)
             return [], False
+        if self.excludes.data_markers and self.excludes.is_database_dir(path):
+            return [], True  # a live database directory: dumped, so kept here empty
         only_tag = self.excludes.is_cache_dir(path)
         excluding = bool(self.excludes.patterns)
         children = []

@@ -25,9 +25,17 @@ def _compile(pattern: str) -> re.Pattern[bytes]:
 class Excludes:
     """Decides which paths are left out of a backup."""
 
-    def __init__(self, patterns: list[str] | None = None, *, caches: bool = False) -> None:
+    def __init__(
+        self,
+        patterns: list[str] | None = None,
+        *,
+        caches: bool = False,
+        data_markers: list[tuple[str, ...]] | None = None,
+    ) -> None:
         self.patterns = [p for p in (patterns or []) if p.strip() and not p.startswith("#")]
         self.caches = caches
+        # each a set of names that together mark a database server's live data directory
+        self.data_markers = [tuple(markers) for markers in data_markers or [] if markers]
         self._name_rules = [_compile(p) for p in self.patterns if "/" not in p.rstrip("/")]
         self._path_rules = [_compile(p) for p in self.patterns if "/" in p.rstrip("/")]
 
@@ -42,6 +50,19 @@ class Excludes:
         return any(rule.match(name) for rule in self._name_rules) or any(
             rule.match(path) for rule in self._path_rules
         )
+
+    def is_database_dir(self, path: bytes) -> bool:
+        """True if ``path`` holds every file of one of the ``data_markers`` sets (a name
+        ending in ``/`` must be a directory): a live database directory, kept empty."""
+        for markers in self.data_markers:
+            if all(
+                (os.path.isdir if marker.endswith("/") else os.path.isfile)(
+                    os.path.join(path, os.fsencode(marker.rstrip("/")))
+                )
+                for marker in markers
+            ):
+                return True
+        return False
 
     def is_cache_dir(self, path: bytes) -> bool:
         """True if --exclude-caches is on and ``path`` holds a valid CACHEDIR.TAG."""

@@ -358,8 +358,25 @@ def build_parser() -> argparse.ArgumentParser:
     command.add_argument("--output", "-o", default=None, help="file to write (default: stdout)")
     command.set_defaults(run="platform_commands:config_new")
 
-    command = sub.add_parser("discover", help="propose a platform file from a docker-compose.yml")
-    command.add_argument("compose_file", metavar="COMPOSE_FILE")
+    command = sub.add_parser(
+        "discover", help="propose a platform file from a docker-compose.yml or a cluster"
+    )
+    command.add_argument("compose_file", metavar="COMPOSE_FILE", nargs="?")
+    command.add_argument(
+        "--kubernetes", action="store_true", help="read a Kubernetes cluster instead (kubectl)"
+    )
+    command.add_argument("--namespace", "-n", default=None, help="kubernetes: only this one")
+    command.add_argument(
+        "--from-json",
+        action="append",
+        nargs="+",
+        default=[],
+        metavar="FILE",
+        help="kubernetes: saved `kubectl get pv,pvc,deploy,statefulset,pod -o json` output",
+    )
+    command.add_argument(
+        "--kubectl", default="kubectl", help="kubernetes: how kubectl is run (microk8s.kubectl)"
+    )
     command.add_argument("--output", "-o", default=None, help="file to write (default: stdout)")
     command.set_defaults(run="platform_commands:discover_command")
 

@@ -217,8 +217,18 @@ def config_new(args: argparse.Namespace) -> int:
 
 
 def discover_command(args: argparse.Namespace) -> int:
-    found = discover(args.compose_file)
-    text = render_discovery(found, args.compose_file)
+    """`safehold discover COMPOSE_FILE` or `safehold discover --kubernetes`."""
+    if args.kubernetes == bool(args.compose_file):
+        raise UsageError("give a compose file, or --kubernetes (not both)")
+    if args.kubernetes:
+        from safehold.platform import discover_kubernetes
+
+        files = [name for group in args.from_json for name in group]
+        found = discover_kubernetes.discover_cluster(files, args.namespace, args.kubectl)
+        text = render_discovery(found, "--kubernetes")
+    else:
+        found = discover(args.compose_file)
+        text = render_discovery(found, args.compose_file)
     _write_or_print(text, args.output)
     for note in found.notes:
         print(f"note: {note}", file=sys.stderr)

@@ -163,6 +163,12 @@ def _consistency_errors(document: dict) -> list[str]:
                 f"{where}.password: write ${{VARIABLE}} and set it in the environment, "
                 "or use password_file: a password in the file itself is refused"
             )
+        given = [key for key in ("password", "password_file") if key in component]
+        if "password_env" in component and given:
+            problems.append(
+                f"{where}.password_env: the password comes from the target's environment, "
+                f"so {given[0]} must go"
+            )
         via = component.get("via")
         if isinstance(via, dict):
             required = {
@@ -172,6 +178,11 @@ def _consistency_errors(document: dict) -> list[str]:
                 "ssh": "host",
             }
             needed = required.get(via["exec"])
+            if via["exec"] == "kubectl" and "selector" in via:
+                needed = None if "pod" not in via else "pod or selector, not both"
+                if needed:
+                    problems.append(f"{where}.via: exec kubectl takes {needed}")
+                    needed = None
             if needed and needed not in via:
                 problems.append(f"{where}.via: exec {via['exec']} needs `{needed}`")
         kind = kind_of(component["type"])
@@ -344,6 +355,11 @@ def parse_platform(text: str, source: str, environment: dict[str, str] | None = 
                 )
         remember(password, *(settings.get("secrets") or {}).values())
         components.append(Component(settings["name"], settings["type"], settings, password))
+    if resolved.get("exclude_dumped_data"):
+        dumped = sorted({kind_of(c.type).name for c in components if kind_of(c.type).data_markers})
+        for component in components:
+            if kind_of(component.type).files:
+                component.settings.setdefault("exclude_database_data", dumped)
     return Platform(
         source=source,
         name=resolved.get("platform", Path(source).stem),

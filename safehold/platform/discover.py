@@ -23,13 +23,20 @@ from safehold.platform.config import ConfigError, load_yaml, read_env_file
 from safehold.sources import kinds
 
 _INTERPOLATION = re.compile(
-    r"\$(?:\$|\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}|([A-Za-z_][A-Za-z0-9_]*))"
+    r"\$(?:\$|\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}|([A-Za-z_][A-Za-z0-9_]*))|\$"
 )
+_SERVICE_NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*\Z")
 UNHANDLED_IMAGES = {
     "mongo": "MongoDB: add a command component running `mongodump --archive` (restore: "
     "`mongorestore --archive --drop`)",
     "redis": "Redis: its volume is copied as files; for a consistent copy keep it in the cold "
     "phase's stop list or add a command component with `redis-cli --rdb -`",
+    "valkey": "Valkey (Redis): its volume is copied as files; for a consistent copy keep it in "
+    "the cold phase's stop list or add a command component with `valkey-cli --rdb -`",
+    "slapd": "LDAP (slapd): its database is copied as files in the cold phase; `slapcat -n 0` "
+    "and `slapcat -n 1` in a command component give a portable dump",
+    "openldap": "OpenLDAP: its database is copied as files in the cold phase; `slapcat -n 0` "
+    "and `slapcat -n 1` in a command component give a portable dump",
     "elasticsearch": "Elasticsearch: use its snapshot API in a command component, or treat the "
     "index as rebuildable",
     "opensearch": "OpenSearch: use its snapshot API in a command component, or treat the index "
@@ -38,6 +45,26 @@ UNHANDLED_IMAGES = {
     "application can reindex",
 }
 DOCKER_VOLUMES = "/var/lib/docker/volumes"
+# Host files and sockets a service mounts to see the host, not data of the platform: never
+# proposed (a live restore would move them aside).
+HOST_MOUNTS = (
+    "/etc/localtime",
+    "/etc/timezone",
+    "/etc/hosts",
+    "/etc/resolv.conf",
+    "/etc/machine-id",
+    "/usr/share/zoneinfo",
+    "/var/run/docker.sock",
+    "/run/docker.sock",
+    "/run",
+    "/var/run",
+    "/proc",
+    "/sys",
+    "/dev",
+    "/lib/modules",
+)
+# Images whose name contains a database's but that are not one (exporters, proxies, UIs).
+NOT_DATABASES = ("*exporter*", "*postgrest*", "*pgadmin*", "*pgbouncer*", "*backup*", "*adminer*")
 
 
 @dataclass
@@ -46,12 +73,22 @@ class Discovery:
     notes: list[str] = field(default_factory=list)
 
 
-def interpolate(text: str, environment: dict[str, str], used: set[str] | None = None) -> str:
-    """Compose-style interpolation: $VAR, ${VAR}, ${VAR:-default}, ${VAR-default}, $$."""
+def interpolate(
+    text: str, environment: dict[str, str], used: set[str] | None = None, where: str = ""
+) -> str:
+    """Compose-style interpolation: $VAR, ${VAR}, ${VAR:-default}, ${VAR-default}, $$. Any
+    other `$` (such as an installer's unfilled `$<NAME>` placeholder) is an error, as in
+    compose."""
 
     def replace(match: re.Match[str]) -> str:
         if match.group(0) == "$$":
             return "$"
+        if match.group(0) == "$":
+            raise ConfigError(
+                f"invalid interpolation in {where or 'a value'}: {text!r} (an unfilled "
+                "placeholder? a literal $ is written $$)",
+                file="docker-compose.yml",
+            )
         name = match.group(1) or match.group(4)
         operator, default = match.group(2), match.group(3) or ""
         if used is not None:
@@ -68,21 +105,26 @@ def interpolate(text: str, environment: dict[str, str], used: set[str] | None = 
     return _INTERPOLATION.sub(replace, text)
 
 
-def _walk(value: object, environment: dict[str, str]) -> object:
+def _walk(value: object, environment: dict[str, str], where: str = "") -> object:
     if isinstance(value, dict):
-        return {key: _walk(item, environment) for key, item in value.items()}
+        return {
+            key: _walk(item, environment, f"{where}.{key}" if where else str(key))
+            for key, item in value.items()
+        }
     if isinstance(value, list):
-        return [_walk(item, environment) for item in value]
+        return [_walk(item, environment, f"{where}[{i}]") for i, item in enumerate(value)]
     if isinstance(value, str):
-        return interpolate(value, environment)
+        return interpolate(value, environment, where=where)
     return value
 
 
-def _image_kind(image: str) -> str | None:
+def image_kind(image: str) -> str | None:
     """The source kind whose ``images`` match an image (without tag or digest), else the key
     of UNHANDLED_IMAGES it starts with, else None."""
     name = image.split("@")[0].rsplit(":", 1)[0] if ":" in image.split("/")[-1] else image
     name = name.removeprefix("docker.io/").removeprefix("library/")
+    if any(fnmatch.fnmatchcase(name, pattern) for pattern in NOT_DATABASES):
+        return None
     for kind in kinds().values():
         if kind.propose and any(fnmatch.fnmatchcase(name, known) for known in kind.images):
             return kind.name
@@ -131,8 +173,10 @@ def _volumes(service: dict) -> list[dict]:
     return result
 
 
-def _project_name(compose: dict, directory: Path) -> str:
-    name = compose.get("name") or directory.resolve().name
+def _project_name(compose: dict, directory: Path, env: dict[str, str]) -> str:
+    """As compose names it: COMPOSE_PROJECT_NAME (environment or .env), else the top-level
+    ``name:``, else the directory's name."""
+    name = env.get("COMPOSE_PROJECT_NAME") or compose.get("name") or directory.resolve().name
     return re.sub(r"[^a-z0-9_-]", "", name.lower())
 
 
@@ -152,27 +196,34 @@ def discover(compose_path: str, environment: dict[str, str] | None = None) -> Di
         raise ConfigError(
             "no `services:` mapping: is this a docker-compose file?", file=compose_path
         )
+    for name in raw["services"]:
+        if not _SERVICE_NAME.match(str(name)):
+            raise ConfigError(
+                f"invalid service name {name!r} (an unfilled placeholder?)", file=compose_path
+            )
     compose = _walk(raw, env)
     return _propose(compose, raw, path.parent.resolve(), env)  # type: ignore[arg-type]
 
 
 def _propose(compose: dict, raw: dict, base: Path, env: dict[str, str]) -> Discovery:
-    project = _project_name(compose, base)
+    project = _project_name(compose, base, env)
+    owners: dict[str, str] = {}  # path -> the first service proposing it
     top_volumes = compose.get("volumes") or {}
     components: list[dict] = []
     notes: list[str] = []
     stop: list[str] = []
     for name, service in compose["services"].items():
         service = service or {}
-        kind = _image_kind(str(service.get("image", "")))
+        kind = image_kind(str(service.get("image", "")))
         service_env = _environment(service, base, env)
         paths, anonymous = [], []
         for volume in _volumes(service):
             if volume["type"] == "bind":
                 source = os.path.expanduser(volume["source"])
-                paths.append(
-                    str((base / source).resolve()) if not source.startswith("/") else source
-                )
+                source = str((base / source).resolve()) if not source.startswith("/") else source
+                if _host_mount(source):
+                    continue
+                paths.append(source)
             elif volume["type"] == "volume" and volume["source"]:
                 declared = top_volumes.get(volume["source"]) or {}
                 volume_name = declared.get("name") or (
@@ -190,6 +241,11 @@ def _propose(compose: dict, raw: dict, base: Path, env: dict[str, str]) -> Disco
             )
         if kind in kinds():
             proposed = kinds()[kind].propose(name, service_env, raw["services"][name])  # type: ignore[misc]
+            notes += [
+                f"service {name}: {proposed.pop(key)}"
+                for key in sorted(proposed)
+                if key.startswith("_note")
+            ]
             components.append({"name": _component_name(name), "type": kind, **proposed})
             if paths:
                 notes.append(
@@ -203,10 +259,14 @@ def _propose(compose: dict, raw: dict, base: Path, env: dict[str, str]) -> Disco
             continue
         if kind in UNHANDLED_IMAGES:
             notes.append(f"service {name}: {UNHANDLED_IMAGES[kind]}")
+        shared = sorted({p for p in paths if p in owners})
+        for path in shared:
+            notes.append(f"service {name}: {path} is also service {owners[path]}'s: listed once")
+        paths = sorted({p for p in paths if p not in owners})
+        owners.update({p: name for p in paths})
         if paths:
-            components.append(
-                {"name": _component_name(name), "type": "files", "paths": sorted(set(paths))}
-            )
+            components.append({"name": _component_name(name), "type": "files", "paths": paths})
+        if paths or shared:
             stop.append(name)
     if not components:
         notes.append("no volumes or databases found: nothing to back up")
@@ -217,6 +277,11 @@ def _propose(compose: dict, raw: dict, base: Path, env: dict[str, str]) -> Disco
         document["services"] = {"control": "compose", "project_dir": str(base), "stop": stop}
     document["components"] = components
     return Discovery(document, notes)
+
+
+def _host_mount(path: str) -> bool:
+    """True for a host file or directory mounted to see the host (HOST_MOUNTS)."""
+    return any(path == mount or path.startswith(mount + "/") for mount in HOST_MOUNTS)
 
 
 def _component_name(service: str) -> str:

@@ -60,7 +60,21 @@ VIA = {
                     "description": "docker: container name; kubectl: container in the pod",
                 },
                 "namespace": {"type": "string", "description": "kubectl: namespace"},
-                "pod": {"type": "string", "description": "kubectl: pod name"},
+                "pod": {
+                    "type": "string",
+                    "description": "kubectl: pod name, or `deploy/NAME`, `statefulset/NAME`",
+                },
+                "selector": {
+                    "type": "string",
+                    "description": "kubectl: label selector (`app=postgres`) instead of pod: "
+                    "its first running pod",
+                },
+                "command": {
+                    "type": "string",
+                    "description": "compose: `docker compose`, `docker-compose` or `podman "
+                    "compose` (default: services.compose_command); kubectl: how kubectl is run "
+                    "(default: services.kubectl_command)",
+                },
                 "context": {"type": "string", "description": "kubectl: context"},
             },
         },
@@ -151,6 +165,18 @@ SERVICES = {
         "via": VIA,
         "project_dir": {"type": "string", "description": "compose: the project directory"},
         "file": {"type": "string", "description": "compose: compose file"},
+        "compose_command": {
+            "type": "string",
+            "default": "auto",
+            "description": "compose: `docker compose` (the plugin), `docker-compose` (the "
+            "standalone binary), `podman compose`, or `auto`: the first of them that works",
+        },
+        "kubectl_command": {
+            "type": "string",
+            "default": "kubectl",
+            "description": "kubernetes: how kubectl is run here: `kubectl`, `microk8s.kubectl`, "
+            "`k3s kubectl`",
+        },
         "namespace": {"type": "string", "description": "kubernetes: namespace"},
         "context": {"type": "string", "description": "kubernetes: kubectl context"},
         "stop": {
@@ -477,6 +503,13 @@ _PLATFORM: dict[str, Any] = {
             "type": "string",
             "description": "file of KEY=VALUE lines for `${VAR}` (e.g. the compose "
             "project's .env); the environment takes precedence",
+        },
+        "exclude_dumped_data": {
+            "type": "boolean",
+            "default": False,
+            "description": "leave the live data directories of the database servers this file "
+            "dumps (postgres, mysql) out of every files component: such a directory below a "
+            "files path is kept empty (it is recognised by its files, e.g. PG_VERSION)",
         },
         "strategy": {
             "enum": ["hot", "cold", "hot+cold"],

@@ -26,6 +26,10 @@ class ServiceError(SafeholdError):
     exit_code = 22
 
 
+class ServiceTimeout(ServiceError):
+    """{message}"""
+
+
 class Runner(Protocol):
     def run(self, argv: list[str], timeout: float | None = None) -> str: ...
 
@@ -39,8 +43,47 @@ class Downtime:
     seconds: float = 0.0
 
 
+COMPOSE_COMMANDS = ("docker compose", "docker-compose", "podman compose")
+_DETECT_COMPOSE = (
+    " ".join(
+        f"{command} version >/dev/null 2>&1 && {{ echo '{command}'; exit 0; }};"
+        for command in COMPOSE_COMMANDS
+    )
+    + " exit 127"
+)
+_detected: dict[object, str] = {}
+
+
+def detect_compose(runner: Runner) -> str:
+    """Given a runner on the compose host, return the first of COMPOSE_COMMANDS that works
+    there (``docker compose version`` and so on), remembered per host. Raises ServiceError
+    if none does."""
+    key = getattr(runner, "target", None)
+    if key is not None and key in _detected:
+        return _detected[key]
+    try:
+        found = runner.run(["sh", "-c", _DETECT_COMPOSE], timeout=60).strip()
+    except ServiceError:
+        found = ""
+    if found not in COMPOSE_COMMANDS:
+        raise ServiceError(
+            f"no compose command works here (tried {', '.join(COMPOSE_COMMANDS)}): install "
+            "one or set services.compose_command"
+        )
+    if key is not None:
+        _detected[key] = found
+    return found
+
+
+def compose_command(services: dict, runner: Runner) -> str:
+    """services.compose_command, or the one detected through runner when it is ``auto``."""
+    configured = services.get("compose_command") or "auto"
+    return detect_compose(runner) if configured == "auto" else configured
+
+
 def _compose_base(services: dict) -> list[str]:
-    base = ["docker", "compose"]
+    configured = services.get("compose_command") or "auto"
+    base = shlex.split("docker compose" if configured == "auto" else configured)
     if services.get("project_dir"):
         base += ["--project-directory", services["project_dir"]]
     if services.get("file"):
@@ -49,7 +92,7 @@ def _compose_base(services: dict) -> list[str]:
 
 
 def _kubectl_base(services: dict) -> list[str]:
-    base = ["kubectl"]
+    base = shlex.split(services.get("kubectl_command") or "kubectl")
     if services.get("context"):
         base += ["--context", services["context"]]
     return base + ["-n", services.get("namespace", "default")]
@@ -160,6 +203,8 @@ def stopped(
     """Stop the services, yield, and always start again what was stopped."""
     timeout = float(services.get("timeout", 300))
     downtime = Downtime()
+    if services["control"] == "compose":
+        services = {**services, "compose_command": compose_command(services, runner)}
     replicas = {
         name: runner.run(argv, timeout=timeout).strip() or "1"
         for name, argv in replica_queries(services)
@@ -172,7 +217,17 @@ def stopped(
             for what, argv in stop:
                 downtime.stopped.append(what)  # before running: a half-done stop is undone too
                 log(f"stopping {what}")
-                runner.run(argv, timeout=timeout)
+                try:
+                    runner.run(argv, timeout=timeout)
+                except ServiceTimeout:
+                    raise
+                except ServiceError as error:
+                    # It said it did not stop: it is running; starting it would only repeat the
+                    # same failure and hide this one. Nothing is copied cold.
+                    downtime.stopped.remove(what)
+                    raise ServiceError(
+                        f"stopping {what} failed, so nothing was copied cold: {error}"
+                    ) from None
             yield downtime
     except Terminated as signal_name:
         raise ServiceError(

@@ -6,10 +6,12 @@ What a component of each kind is and how it is backed up lives in its kind's mod
 
 from __future__ import annotations
 
+import re
+import shlex
 import subprocess
 
 from safehold.platform.config import Component
-from safehold.platform.services import ServiceError
+from safehold.platform.services import ServiceError, ServiceTimeout, compose_command
 from safehold.secrecy import child_env
 from safehold.sources import Kind, kind_of
 from safehold.sources.dumps import GLOBALS_FILE
@@ -19,14 +21,22 @@ __all__ = ["GLOBALS_FILE", "ServiceRunner", "kind", "service_runner", "source_se
 
 
 def target_for(component: Component, services: dict | None = None) -> Target:
-    """The execution target of a component; compose targets inherit services.project_dir."""
+    """The execution target of a component; compose targets inherit services.project_dir,
+    services.file and the compose command (detected here when ``auto``); kubectl targets
+    inherit services.kubectl_command."""
     via = component.get("via")
     if isinstance(via, dict) and via.get("exec") == "compose" and services:
         via = {**via}
         via.setdefault("project_dir", services.get("project_dir"))
         if services.get("file"):
             via.setdefault("file", services["file"])
+        if "command" not in via:
+            via["command"] = compose_command(services, ServiceRunner(LocalTarget()))
         via = {key: value for key, value in via.items() if value is not None}
+    elif isinstance(via, dict) and via.get("exec") in ("kubectl", "kubernetes") and services:
+        via = {**via}
+        if services.get("kubectl_command"):
+            via.setdefault("command", services["kubectl_command"])
     return target_from_via(via)
 
 
@@ -94,16 +104,31 @@ class ServiceRunner:
         except FileNotFoundError:
             raise ServiceError(f"{command[0]} is not installed: cannot run {argv[0]}") from None
         except subprocess.TimeoutExpired:
-            raise ServiceError(
+            raise ServiceTimeout(
                 f"{' '.join(argv[:3])} did not finish within {timeout:.0f} s"
             ) from None
         if completed.returncode != 0:
-            lines = (completed.stderr or completed.stdout).strip().splitlines()
             raise ServiceError(
-                f"{' '.join(argv[:4])} failed (exit status {completed.returncode})"
-                + (f": {lines[-1]}" if lines else "")
+                f"{shlex.join(argv)[:200]} failed (exit status {completed.returncode})"
+                + (
+                    f": {reason}"
+                    if (reason := _reason(completed.stderr or completed.stdout))
+                    else ""
+                )
             )
         return completed.stdout
+
+
+_HELP_HINT = re.compile(r"^(Run|See|Use) '.*--help'.*$|^Usage:", re.IGNORECASE)
+
+
+def _reason(output: str) -> str:
+    """The line of a tool's error output that says what went wrong: the last one that is not
+    a pointer to --help or a usage line (``docker: 'compose' is not a docker command.``, not
+    ``Run 'docker --help' for more information``)."""
+    lines = [line.strip() for line in output.splitlines() if line.strip()]
+    useful = [line for line in lines if not _HELP_HINT.match(line)]
+    return (useful or lines or [""])[-1][:300]
 
 
 def service_runner(services: dict) -> ServiceRunner:

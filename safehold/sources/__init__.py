@@ -85,6 +85,8 @@ class Kind:
     restore_component: Callable[..., Any] | None = None
     drill_component: Callable[..., Any] | None = None
     images: tuple[str, ...] = ()  # container images discover recognises as this kind
+    # files that together mark a live data directory of this kind's server (PG_VERSION...)
+    data_markers: tuple[str, ...] = ()
     # discover: (service name, its environment, raw compose service) -> component dict
     propose: Callable[[str, dict, dict], dict] | None = None
     # (component settings, "at components[i]") -> problems beyond the schema

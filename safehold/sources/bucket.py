@@ -716,6 +716,16 @@ def propose(service: str, environment: dict, raw_service: dict) -> dict:
     declared = {key: str(value) for key, value in items}
     prefix = re.sub(r"[^A-Z0-9]", "_", service.upper())
     credentials = {}
+    literal = [
+        name
+        for name in (
+            "MINIO_ROOT_USER",
+            "MINIO_ROOT_PASSWORD",
+            "MINIO_ACCESS_KEY",
+            "MINIO_SECRET_KEY",
+        )
+        if name in declared and not re.search(r"\$\{?[A-Za-z_]", declared[name])
+    ]
     for key, names, fallback in (
         ("access_key", ("MINIO_ROOT_USER", "MINIO_ACCESS_KEY"), f"{prefix}_ACCESS_KEY"),
         ("secret_key", ("MINIO_ROOT_PASSWORD", "MINIO_SECRET_KEY"), f"{prefix}_SECRET_KEY"),
@@ -731,7 +741,14 @@ def propose(service: str, environment: dict, raw_service: dict) -> dict:
             fallback,
         )
         credentials[key] = "${" + variable + "}"
-    return {"endpoint": f"http://{service}:9000", "all": True, "credentials": credentials}
+    proposed: dict = {"endpoint": f"http://{service}:9000", "all": True, "credentials": credentials}
+    if literal:
+        proposed["_note"] = (
+            f"{' and '.join(literal)} written in the compose file itself: set "
+            f"{credentials['access_key'][2:-1]} and {credentials['secret_key'][2:-1]} to those "
+            "values in the environment or an env_file (safehold never copies them)"
+        )
+    return proposed
 
 
 KIND = Kind(

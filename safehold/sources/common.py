@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from typing import IO, Any
 
 from safehold.sources import SourceError
+from safehold.sources.process import TargetVariable
 
 CHUNK = 1 << 20
 _TAIL = 4096
@@ -43,8 +44,13 @@ def required(component: Mapping[str, Any], key: str, kind: str) -> Any:
     return value
 
 
-def secret_env(variable: str, password: str | None) -> dict[str, str] | None:
-    """Returns {variable: password}, or None without a password."""
+def secret_env(
+    variable: str, password: str | None, target_variable: str | None = None
+) -> dict[str, str] | None:
+    """Returns {variable: password}; {variable: TargetVariable(target_variable)} when the
+    password is that variable of the target's environment; None without a password."""
+    if target_variable:
+        return {variable: TargetVariable(target_variable)}
     return {variable: password} if password else None
 
 
@@ -69,6 +75,12 @@ DATABASE_FIELDS = {
         "description": "password: only as `${VAR}` (from the environment); never literal",
     },
     "password_file": {"type": "string", "description": "file whose first line is the password"},
+    "password_env": {
+        "type": "string",
+        "pattern": "^[A-Za-z_][A-Za-z0-9_]*$",
+        "description": "the password is this variable of the target's environment (a "
+        "container's `POSTGRES_PASSWORD`, `MYSQL_ROOT_PASSWORD`): it never leaves the target",
+    },
     "databases": {
         "type": "array",
         "items": {"type": "string"},

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from safehold.archive.excludes import Excludes
-from safehold.sources import DRILL_SCRATCH_FILES, Kind
+from safehold.sources import DRILL_SCRATCH_FILES, Kind, SourceError, kind_of
 
 PROPERTIES = {
     "paths": {
@@ -29,6 +29,13 @@ PROPERTIES = {
         "description": "files: exclude patterns",
     },
     "one_file_system": {"type": "boolean", "description": "files: stay on one file system"},
+    "exclude_database_data": {
+        "type": "array",
+        "items": {"type": "string"},
+        "description": "files: kinds (`postgres`, `mysql`) whose live data directories below "
+        "the paths are kept empty, recognised by their files (PG_VERSION and global/pg_control; "
+        "ibdata1 and mysql/); set for every files component by `exclude_dumped_data: true`",
+    },
 }
 
 
@@ -36,7 +43,12 @@ def archive(archiver: Any, component: Mapping[str, Any], target: Any, parent: An
     """Archives the component's paths (``parent``: the previous snapshot's tree of this
     component, or None); records the absolute paths in ``result.paths``; returns the
     component's directory entry."""
-    archiver.excludes = Excludes(component.get("exclude", []))
+    markers = [
+        kind_of(name).data_markers
+        for name in component.get("exclude_database_data") or []
+        if kind_of(name).data_markers
+    ]
+    archiver.excludes = Excludes(component.get("exclude", []), data_markers=markers)
     archiver.one_file_system = bool(component.get("one_file_system", False))
     result.paths = [os.path.abspath(path) for path in component["paths"]]
     tree_id = archiver.archive(component["paths"], parent)
@@ -44,12 +56,24 @@ def archive(archiver: Any, component: Mapping[str, Any], target: Any, parent: An
 
 
 def validate(component: Mapping[str, Any], where: str) -> list[str]:
-    """Returns a problem for every path that is not absolute."""
-    return [
+    """Returns a problem for every path that is not absolute and every kind in
+    exclude_database_data without data directories to recognise."""
+    problems = [
         f"{where}.paths: {path!r} is not an absolute path"
         for path in component.get("paths", [])
         if not path.startswith("/")
     ]
+    for name in component.get("exclude_database_data") or []:
+        try:
+            known = bool(kind_of(name).data_markers)
+        except SourceError:
+            known = False
+        if not known:
+            problems.append(
+                f"{where}.exclude_database_data: {name!r} has no data directory safehold "
+                "recognises (postgres, mysql)"
+            )
+    return problems
 
 
 KIND = Kind(

@@ -32,7 +32,6 @@ from safehold.sources.common import (
     required,
     secret_env,
     sql_file,
-    variables_in,
 )
 from safehold.sources.targets import Target
 
@@ -92,7 +91,7 @@ def _connection(component: Mapping[str, Any]) -> list[str]:
 
 
 def _secrets(component: Mapping[str, Any]) -> dict[str, str] | None:
-    return secret_env("MYSQL_PWD", component.get("password"))
+    return secret_env("MYSQL_PWD", component.get("password"), component.get("password_env"))
 
 
 def _client(component: Mapping[str, Any], target: Target, *extra: str) -> list[str]:
@@ -185,32 +184,32 @@ def drop_database(component: Mapping[str, Any], target: Target, name: str) -> No
     query(component, target, "DROP DATABASE IF EXISTS " + quoted_identifier(name, "`"))
 
 
-def _password_variable(service: str, raw_service: dict) -> str:
-    """The variable the compose file itself takes the root password from, else a new name."""
-    environment = raw_service.get("environment") or {}
-    items = (
-        environment.items()
-        if isinstance(environment, dict)
-        else (item.split("=", 1) for item in environment if "=" in item)
-    )
-    for key, value in items:
-        if key in ("MARIADB_ROOT_PASSWORD", "MYSQL_ROOT_PASSWORD") and isinstance(value, str):
-            used = variables_in(value)
-            if used:
-                return used[0]
-    return re.sub(r"[^A-Z0-9]", "_", service.upper()) + "_ROOT_PASSWORD"
-
-
 def propose(service: str, environment: dict, raw_service: dict) -> dict:
     """discover: the component for a MySQL/MariaDB service of a compose file: root, with the
-    password from the variable the compose file itself uses."""
+    password taken inside the container from the variable the image itself was given
+    (``MARIADB_ROOT_PASSWORD``/``MYSQL_ROOT_PASSWORD``, literal in the compose file or not):
+    it is never copied into the platform file."""
     database = environment.get("MARIADB_DATABASE") or environment.get("MYSQL_DATABASE")
-    return {
-        "via": {"exec": "compose", "service": service},
-        "user": "root",
-        "password": "${" + _password_variable(service, raw_service) + "}",
-        "databases": [database] if database else ["all"],
-    }
+    proposed: dict = {"via": {"exec": "compose", "service": service}, "user": "root"}
+    variable = next(
+        (
+            name
+            for name in ("MARIADB_ROOT_PASSWORD", "MYSQL_ROOT_PASSWORD")
+            if environment.get(name)
+        ),
+        None,
+    )
+    if variable:
+        proposed["password_env"] = variable
+    else:
+        fallback = re.sub(r"[^A-Z0-9]", "_", service.upper()) + "_ROOT_PASSWORD"
+        proposed["password"] = "${" + fallback + "}"
+        proposed["_note"] = (
+            f"no root password in its environment (random or empty root password?): set "
+            f"{fallback} to it, or dump as another user"
+        )
+    proposed["databases"] = [database] if database else ["all"]
+    return proposed
 
 
 KIND = Kind(
@@ -230,4 +229,5 @@ KIND = Kind(
     drill_server="mariadb",
     images=("mysql", "mariadb", "bitnami/mariadb", "bitnami/mysql", "*/mysql", "*/mariadb"),
     propose=propose,
+    data_markers=("ibdata1", "mysql/"),
 )

@@ -84,7 +84,7 @@ def _dbname(name: str) -> str:
 
 
 def _secrets(component: Mapping[str, Any]) -> dict[str, str] | None:
-    return secret_env("PGPASSWORD", component.get("password"))
+    return secret_env("PGPASSWORD", component.get("password"), component.get("password_env"))
 
 
 def _maintenance(component: Mapping[str, Any], avoid: str = "") -> str:
@@ -239,11 +239,14 @@ def propose(service: str, environment: dict, raw_service: dict) -> dict:
     """discover: the component for a PostgreSQL service of a compose file (inside the
     official image, local socket connections need no password)."""
     user = environment.get("POSTGRES_USER") or "postgres"
-    return {
-        "via": {"exec": "compose", "service": service},
-        "user": user,
-        "databases": [environment.get("POSTGRES_DB") or user],
-    }
+    proposed: dict = {"via": {"exec": "compose", "service": service}, "user": user}
+    if "--auth" in environment.get("POSTGRES_INITDB_ARGS", "") or environment.get(
+        "POSTGRES_HOST_AUTH_METHOD", ""
+    ).startswith(("scram", "md5")):
+        # the socket needs the password too: take it inside the container, never copy it
+        proposed["password_env"] = "POSTGRES_PASSWORD"
+    proposed["databases"] = [environment.get("POSTGRES_DB") or user]
+    return proposed
 
 
 KIND = Kind(
@@ -275,6 +278,13 @@ KIND = Kind(
         "bitnami/postgresql",
         "timescale/timescaledb",
         "*/postgres",
+        "*/postgresql",
+        "*/postgres-*",  # dcm4che/postgres-dcm4chee, Kaapana's postgres-17.7-alpine
+        "*/*-postgres",  # Kaapana's dcm4che-postgres
+        "*/*-postgresql",  # Chipster's postgresql-14 image is */postgresql-14: below
+        "*/postgresql-*",
+        "postgres-*",
     ),
     propose=propose,
+    data_markers=("PG_VERSION", "global/pg_control"),
 )

@@ -17,25 +17,41 @@ from safehold.sources import SourceError
 
 SecretEnv = Mapping[str, str] | None
 
+
+class TargetVariable(str):
+    """A secret's value that is already in the target's environment under this name (a
+    container's ``POSTGRES_PASSWORD``): the wrapper copies it there, so the value never leaves
+    the target and never passes through safehold."""
+
+
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _TAIL_BYTES = 8192
 _DETAIL_LINES = 3
 CHUNK = 1 << 16
 
 
-def secret_wrapper(argv: Sequence[str], names: Sequence[str]) -> list[str]:
+def secret_wrapper(
+    argv: Sequence[str], names: Sequence[str], copies: Mapping[str, str] | None = None
+) -> list[str]:
     """Given an argv and secret variable names, return the argv that first reads one line of
-    stdin per name into that variable, exports them, then execs the original argv.
+    stdin per name into that variable, sets each variable of ``copies`` from the target's
+    variable it names (failing if that one is unset), exports them, then execs the argv.
 
     Raises SourceError for a name that is not a valid shell variable name.
     """
-    if not names:
+    copies = dict(copies or {})
+    if not names and not copies:
         return list(argv)
-    for name in names:
+    for name in [*names, *copies, *copies.values()]:
         if not _NAME.match(name):
             raise SourceError(f"invalid secret variable name {name!r}")
-    reads = "; ".join(f"IFS= read -r {name} || exit 125" for name in names)
-    script = f'{reads}; export {" ".join(names)}; exec "$0" "$@"'
+    steps = [f"IFS= read -r {name} || exit 125" for name in names]
+    steps += [
+        f'[ -n "${{{source}:-}}" ] || {{ echo "{source} is not set in the target" >&2; exit 125; }}'
+        f"; {name}=${source}"
+        for name, source in copies.items()
+    ]
+    script = f'{"; ".join(steps)}; export {" ".join([*names, *copies])}; exec "$0" "$@"'
     return ["sh", "-c", script, *argv]
 
 
@@ -85,6 +101,11 @@ class Process:
         self, command: list[str], program: str, where: str, secret_env: Mapping[str, str]
     ) -> None:
         self.program, self.where = program, where
+        secret_env = {
+            name: value
+            for name, value in secret_env.items()
+            if not isinstance(value, TargetVariable)
+        }
         self.secrets = [value for value in secret_env.values() if value]
         preamble = _secret_lines(secret_env)
         try:

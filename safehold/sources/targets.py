@@ -25,7 +25,14 @@ from typing import IO, Any
 from urllib.parse import unquote, urlsplit
 
 from safehold.sources import SourceError
-from safehold.sources.process import CHUNK, Process, SecretEnv, Tail, secret_wrapper
+from safehold.sources.process import (
+    CHUNK,
+    Process,
+    SecretEnv,
+    Tail,
+    TargetVariable,
+    secret_wrapper,
+)
 
 __all__ = [
     "ComposeTarget",
@@ -53,7 +60,9 @@ class Target:
 
     def _start(self, argv: Sequence[str], secret_env: SecretEnv, label: str | None) -> Process:
         secrets = dict(secret_env or {})
-        command = self.command(secret_wrapper(argv, list(secrets)))
+        copies = {k: str(v) for k, v in secrets.items() if isinstance(v, TargetVariable)}
+        names = [name for name in secrets if name not in copies]
+        command = self.command(secret_wrapper(argv, names, copies))
         return Process(command, label or os.path.basename(argv[0]), self.describe(), secrets)
 
     @contextmanager
@@ -209,14 +218,17 @@ class SshTarget(Target):
 
 @dataclass(frozen=True)
 class ComposeTarget(Target):
-    """Runs commands in a Docker Compose service (``docker compose exec -T``)."""
+    """Runs commands in a Docker Compose service (``<command> exec -T``); ``command`` is
+    ``docker compose`` (the plugin), ``docker-compose`` (the standalone binary) or
+    ``podman compose``."""
 
     service: str
     project_dir: str | None = None
     file: str | None = None
+    command_line: str = "docker compose"
 
     def command(self, argv: Sequence[str]) -> list[str]:
-        command = ["docker", "compose"]
+        command = shlex.split(self.command_line)
         if self.project_dir:
             command += ["--project-directory", self.project_dir]
         if self.file:
@@ -242,24 +254,48 @@ class DockerTarget(Target):
 
 @dataclass(frozen=True)
 class KubectlTarget(Target):
-    """Runs commands in a Kubernetes pod (``kubectl exec -i``)."""
+    """Runs commands in a Kubernetes pod (``kubectl exec -i``). ``pod`` is a pod name or
+    ``deploy/NAME``/``statefulset/NAME`` (kubectl picks one of its pods); ``selector`` a label
+    selector (``app=postgres``) resolved to its first running pod when the command runs.
+    ``command_line`` is how kubectl is called on this host: ``kubectl``, ``microk8s.kubectl``,
+    ``k3s kubectl``."""
 
-    pod: str
+    pod: str | None = None
     namespace: str = "default"
     container: str | None = None
     context: str | None = None
+    selector: str | None = None
+    command_line: str = "kubectl"
 
-    def command(self, argv: Sequence[str]) -> list[str]:
-        command = ["kubectl"]
+    def __post_init__(self) -> None:
+        if bool(self.pod) == bool(self.selector):
+            raise SourceError("exec kubectl needs either pod or selector")
+
+    def _kubectl(self) -> list[str]:
+        command = shlex.split(self.command_line)
         if self.context:
             command += ["--context", self.context]
-        command += ["-n", self.namespace, "exec", "-i", self.pod]
+        return [*command, "-n", self.namespace]
+
+    def command(self, argv: Sequence[str]) -> list[str]:
+        tail = ["--", *argv]
         if self.container:
-            command += ["-c", self.container]
-        return [*command, "--", *argv]
+            tail = ["-c", self.container, *tail]
+        if self.pod:
+            return [*self._kubectl(), "exec", "-i", self.pod, *tail]
+        # A selector is resolved where the command runs, to the first running pod it matches.
+        kubectl, selector = shlex.join(self._kubectl()), shlex.quote(str(self.selector))
+        missing = f"no running pod matches {self.selector} in namespace {self.namespace}"
+        script = (
+            f"pod=$({kubectl} get pod -l {selector} --field-selector=status.phase=Running "
+            "-o 'jsonpath={.items[0].metadata.name}') || exit; "
+            f'[ -n "$pod" ] || {{ echo {shlex.quote(missing)} >&2; exit 1; }}; '
+            f'exec {kubectl} exec -i "$pod" {shlex.join(tail)}'
+        )
+        return ["sh", "-c", script]
 
     def describe(self) -> str:
-        return f"in pod {self.namespace}/{self.pod}"
+        return f"in pod {self.namespace}/{self.pod or self.selector}"
 
 
 _KINDS: dict[str, type[Target]] = {
@@ -278,6 +314,8 @@ def target_from_via(via: str | Mapping[str, Any] | None) -> Target:
     return its target. Raises SourceError for an unknown kind or wrong options."""
     options = dict({"exec": via} if isinstance(via, str) else via or {})
     kind = str(options.pop("exec", "local"))
+    if "command" in options:  # compose: `docker-compose`...; kubectl: `microk8s.kubectl`...
+        options["command_line"] = options.pop("command")
     if isinstance(options.get("options"), list):
         options["options"] = tuple(options["options"])  # targets are hashable
     if kind.startswith("ssh://"):
