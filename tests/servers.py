@@ -86,6 +86,20 @@ class PostgresServer:
     bin_dir: str
     directory: Path
 
+    def psql(self, sql: str, database: str = "postgres", *, socket: bool = False) -> str:
+        """Runs ``sql`` with psql (unaligned, tuples only, stopping at the first error) as the
+        server's user; over TCP with the password, or with ``socket`` over its Unix socket
+        (trusted, as inside a postgres container). Returns stdout."""
+        host = str(self.directory) if socket else self.host
+        return subprocess.run(
+            [f"{self.bin_dir}/psql", "-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h", host]
+            + ["-p", str(self.port), "-U", self.user, "-d", database, "-c", sql],
+            check=True,
+            text=True,
+            capture_output=True,
+            env={**os.environ, "PGPASSWORD": self.password},
+        ).stdout
+
     def component(self, **extra: object) -> dict:
         """Returns a postgres component dict reaching this server over TCP with the password."""
         return {

@@ -126,29 +126,7 @@ class Orthanc:
     def psql(self, sql: str) -> str:
         """Runs sql in the postgres database over the server's socket (trusted, as in a
         postgres container)."""
-        return subprocess.run(
-            [
-                f"{self.server.bin_dir}/psql",
-                "-X",
-                "-A",
-                "-t",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-h",
-                str(self.server.directory),
-                "-p",
-                str(self.server.port),
-                "-U",
-                "orthanc",
-                "-d",
-                "postgres",
-                "-c",
-                sql,
-            ],
-            check=True,
-            text=True,
-            capture_output=True,
-        ).stdout
+        return self.server.psql(sql, socket=True)
 
     def start(self) -> None:
         subprocess.run([str(self.control / "start.sh")], check=True, timeout=60)

@@ -250,30 +250,7 @@ def test_database_server_stopped_and_started_by_the_cold_phase(tmp_path: Path, r
 
 
 def _psql(server, sql: str, database: str = "postgres") -> str:
-    return subprocess.run(
-        [
-            f"{server.bin_dir}/psql",
-            "-X",
-            "-A",
-            "-t",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-h",
-            server.host,
-            "-p",
-            str(server.port),
-            "-U",
-            server.user,
-            "-d",
-            database,
-            "-c",
-            sql,
-        ],
-        check=True,
-        text=True,
-        capture_output=True,
-        env={**os.environ, "PGPASSWORD": server.password},
-    ).stdout
+    return server.psql(sql, database)
 
 
 def _pg_rows(server, database: str) -> dict[int, str]:
