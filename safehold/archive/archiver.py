@@ -17,6 +17,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import BinaryIO
 
+from safehold.archive import readprocs
 from safehold.archive.entries import (
     DIR,
     FILE,
@@ -146,6 +147,7 @@ class Archiver:
         workers: int | None = None,
         progress: Progress | None = None,
         known_dirs: DirTable | None = None,
+        reader_processes: int | None = None,
     ) -> None:
         self.repository = repository
         self.writer = writer
@@ -157,6 +159,13 @@ class Archiver:
         self._workers = workers or min(4, os.cpu_count() or 2)
         self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix="reader")
         self._slots = threading.BoundedSemaphore(self._workers * 2)
+        # Leaf directories go to reader processes (safehold/archive/readprocs.py) once this
+        # run has met START_AFTER files in directories (None: one per core; 0: never).
+        self._process_count = (
+            readprocs.reader_count() if reader_processes is None else reader_processes
+        )
+        self._files_here = 0
+        self._processes: readprocs.ReaderProcesses | None = None
         self._hardlinks: dict[tuple[int, int], Pending] = {}
         self._stats_lock = threading.Lock()
         self._root_dev = 0
@@ -259,8 +268,38 @@ class Archiver:
         return synthetic_entry(os.fsencode(name), DIR, mtime_ns, subtree=subtree)
 
     def close(self) -> None:
-        """Wait for the reader threads to finish; call once after the last archive call."""
-        self._pool.shutdown(wait=True)
+        """Wait for the reader threads and processes to finish; call once after the last
+        archive call."""
+        try:
+            if self._processes is not None:
+                self._processes.close()
+        finally:
+            self._pool.shutdown(wait=True)
+
+    def archive_leaf(
+        self,
+        path: bytes,
+        children: list[tuple[bytes, bytes, os.stat_result]],
+        parent_tree: bytes | None,
+        parent_plain: bytes | None,
+    ) -> tuple[bytes, int]:
+        """Archive a directory with no subdirectory from its listing ``children`` (as
+        ``_scan`` makes it) and the plaintext of its tree in the parent snapshot; returns
+        (its tree id, number of entries). What a reader process runs (readprocs.py)."""
+        previous = (
+            {entry["name"]: entry for entry in decode_tree(parent_plain)}
+            if parent_plain is not None
+            else {}
+        )
+        entries = self._resolve(self._list_entries(path, children, previous))
+        self._raise_failure()
+        return self._store_tree(entries, parent_tree, previous), len(entries)
+
+    def take_stats(self) -> dict:
+        """The statistics so far, as a dict; they start again from zero."""
+        with self._stats_lock:
+            stats, self.stats = self.stats, ArchiveStats()
+        return stats.as_dict()
 
     def __enter__(self) -> Archiver:
         return self
@@ -303,6 +342,8 @@ class Archiver:
 
     def _wait(self, node: DirNode) -> dict:
         """Wait until a directory (and everything below it) is written; returns its entry."""
+        if self._processes is not None:
+            self._processes.flush()  # their last directories finish with their last packs
         node.done.wait()
         self._raise_failure()
         return node.entry
@@ -326,17 +367,31 @@ class Archiver:
         known = self.known_dirs.get(signature) if signature is not None else None
         if known is not None and known[0] == parent_tree:
             return self._reuse_dir(path, entry, children, signature, known)  # type: ignore[arg-type]
+        expected = sum(entry_type(st.st_mode) is not None for _name, _path, st in children)
+        if self._offloading(children):
+            return self._offload(path, entry, children, parent_tree, signature, expected)
         previous = self._load_tree(parent_tree)
+        entries = self._list_entries(path, children, previous)
+        node = DirNode(entry, parent_tree, previous)
+        node.signature, node.expected = signature, expected
+        self._start(node, entries)
+        return node
+
+    def _list_entries(
+        self,
+        path: bytes,
+        children: list[tuple[bytes, bytes, os.stat_result]],
+        previous: dict[bytes, dict],
+    ) -> list:
+        """A directory's items: entries, Pending reads (submitted), DirNodes of subdirectories."""
         entries: list = []
         batch: list = []
         batch_bytes = 0
-        expected = 0
         for child, child_path, child_st in children:
             if batch and stat.S_ISDIR(child_st.st_mode):
                 # A hard link below may refer to a file of this batch: it must be under way.
                 self._submit(entries, batch)
                 batch, batch_bytes = [], 0
-            expected += entry_type(child_st.st_mode) is not None
             pending = self._add_entry(entries, batch, child_path, child, child_st, previous)
             if pending:
                 batch_bytes += child_st.st_size
@@ -345,10 +400,106 @@ class Archiver:
                     batch, batch_bytes = [], 0
         if batch:
             self._submit(entries, batch)
-        node = DirNode(entry, parent_tree, previous)
+        return entries
+
+    # ---------------------------------------------------------------- reader processes
+
+    def _offloading(self, children: list[tuple[bytes, bytes, os.stat_result]]) -> bool:
+        """True if this listing goes to a reader process: a leaf directory (no subdirectory,
+        no hard-linked file) once this run has met START_AFTER files; starts them then."""
+        if self._process_count == 0 or not children:
+            return False
+        for _name, _path, st in children:
+            mode = st.st_mode
+            if stat.S_ISDIR(mode) or (st.st_nlink > 1 and stat.S_ISREG(mode)):
+                return False
+        if self._processes is None:
+            self._files_here += len(children)
+            if self._files_here <= readprocs.START_AFTER:
+                return False
+            self._processes = readprocs.ReaderProcesses(
+                self.repository.cipher,
+                {
+                    "chunker": self.repository.config["chunker"],
+                    "level": self.repository.config["compression_level"],
+                    "pack_size": self.writer.pack_size,
+                    "capacity": self.writer.pack_capacity,
+                },
+                self.writer.add_pack,
+                self._warn,
+                self._fail,
+                self._process_count,
+            )
+        return True
+
+    def _offload(
+        self,
+        path: bytes,
+        entry: dict,
+        children: list[tuple[bytes, bytes, os.stat_result]],
+        parent_tree: bytes | None,
+        signature: bytes | None,
+        expected: int,
+    ) -> DirNode:
+        node = DirNode(entry, parent_tree)
         node.signature, node.expected = signature, expected
-        self._start(node, entries)
+        plain = (
+            self.repository.load_tree_blob(parent_tree, cached=True)
+            if parent_tree is not None
+            else None
+        )
+        self._processes.submit(  # type: ignore[union-attr]
+            path,
+            parent_tree,
+            plain,
+            children,
+            lambda result: self._offloaded(node, path, result),
+            lambda: self._archive_here(node, path, children),
+        )
         return node
+
+    def _offloaded(self, node: DirNode, path: bytes, result: dict) -> None:
+        """A reader process finished a directory (in its receiving thread)."""
+        try:
+            if self._failure is None:
+                with self._stats_lock:
+                    stats = self.stats
+                    for name in ("files_new", "files_changed", "files_unchanged", "other"):
+                        setattr(stats, name, getattr(stats, name) + result[name])
+                    stats.bytes_read += result["bytes_read"]
+                    stats.bytes_total += result["bytes_total"]
+                    stats.errors.extend(result["errors"])
+                    stats.warnings.extend(result["warnings"])
+                files = result["files_new"] + result["files_changed"] + result["files_unchanged"]
+                self.progress(path, files, result["bytes_total"])
+                node.entry["subtree"] = result["tree"]
+                if result["count"] != node.expected:
+                    node.signature = None  # a child was lost to an error: read it again
+                if node.signature is not None:
+                    self.new_dirs[node.signature] = (result["tree"], {})
+        except BaseException as error:
+            self._fail(error)
+        self._complete(node)
+
+    def _archive_here(
+        self, node: DirNode, path: bytes, children: list[tuple[bytes, bytes, os.stat_result]]
+    ) -> None:
+        """Archive in this process a directory whose reader process ended before finishing it."""
+        try:
+            node.previous = self._load_tree(node.previous_tree)
+            entries = self._list_entries(path, children, node.previous)
+        except BaseException as error:
+            self._fail(error)
+            self._complete(node)
+            return
+        self._start(node, entries)
+
+    def _fail(self, error: BaseException) -> None:
+        self._failure = self._failure or error
+
+    def _warn(self, message: str) -> None:
+        with self._stats_lock:
+            self.stats.warnings.append({"path": "", "message": message})
 
     def _scan(self, path: bytes) -> tuple[list[tuple[bytes, bytes, os.stat_result]], bool]:
         """The children a directory's tree will hold (excludes applied), lstat'ed, in name
@@ -476,7 +627,11 @@ class Archiver:
                 if node.signature is not None:
                     self.new_dirs[node.signature] = (subtree, subdirs)
         except BaseException as error:
-            self._failure = self._failure or error
+            self._fail(error)
+        self._complete(node)
+
+    def _complete(self, node: DirNode) -> None:
+        """Mark a directory written and run what waits for it."""
         node.items = node.previous = None
         with node.lock:
             node.done.set()

@@ -13,6 +13,7 @@ import contextlib
 import os
 import queue
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -104,6 +105,11 @@ class BlobWriter:
         self._flushed = False
 
     @property
+    def pack_capacity(self) -> int:
+        """The size of a pack buffer: a full pack, one largest blob and room for the header."""
+        return self._capacity
+
+    @property
     def index(self) -> Index:
         """The repository's index, loaded on first use: a backup that writes nothing (every
         file and directory unchanged) never loads it."""
@@ -130,7 +136,84 @@ class BlobWriter:
         if self.known(blob_id):
             return False
         plain = encode_body_scratch(data, self._level)
-        length = OVERHEAD + len(plain)
+        try:
+            return self._place(
+                blob_type,
+                blob_id,
+                OVERHEAD + len(plain),
+                len(data),
+                lambda view: self.repository.cipher.seal_into(
+                    plain, blob_aad(blob_type, blob_id), view
+                ),
+            )
+        finally:
+            plain.release()
+
+    def add_sealed(self, blob_type: int, blob_id: bytes, raw_length: int, sealed: bytes) -> bool:
+        """Store a blob sealed elsewhere (a reader process: safehold/archive/readprocs.py,
+        under this repository's key, ``blob_aad`` as associated data) unless already known;
+        returns True if it was new."""
+        if self.known(blob_id):
+            return False
+
+        def fill(view: memoryview) -> None:
+            view[:] = sealed
+
+        return self._place(blob_type, blob_id, len(sealed), raw_length, fill)
+
+    def add_pack(
+        self,
+        pack_id: bytes,
+        data: memoryview,
+        entries: list[PackEntry],
+        release: Callable[[], None],
+    ) -> None:
+        """Store a whole pack built elsewhere (a reader process's, in shared memory:
+        safehold/archive/readprocs.py), ``data`` its bytes and ``entries`` its blobs;
+        ``release`` is called once the bytes are no longer needed. If any of its blobs is
+        known already, its new blobs go into this writer's own packs instead (one copy of
+        each blob in the repository, as ``add`` keeps it)."""
+        ids = {entry.blob_id for entry in entries}
+        with self._lock:
+            self._raise_pending_error()
+            fresh = len(ids) == len(entries) and not any(
+                blob_id in self._in_flight or blob_id in self.index for blob_id in ids
+            )
+            if fresh:
+                self._in_flight.update(ids)
+                for entry in entries:
+                    self.stats.blobs_new += 1
+                    self.stats.bytes_new_raw += entry.raw_length
+                    self.stats.bytes_new_stored += entry.length
+                    by_type = self.stats.blobs_by_type
+                    by_type[entry.blob_type] = by_type.get(entry.blob_type, 0) + 1
+        if not fresh:
+            try:
+                for entry in entries:
+                    sealed = bytes(data[entry.offset : entry.offset + entry.length])
+                    self.add_sealed(entry.blob_type, entry.blob_id, entry.raw_length, sealed)
+            finally:
+                data.release()
+                release()
+            return
+        if self._tree_cache is not None:
+            for entry in entries:
+                if entry.blob_type == BLOB_TREE:
+                    sealed = bytes(data[entry.offset : entry.offset + entry.length])
+                    self._tree_cache.put(entry.blob_id, sealed)
+        self._slots.acquire()
+        self._queue.put((pack_id, data, ForeignPack(entries, ids, release)))
+
+    def _place(
+        self,
+        blob_type: int,
+        blob_id: bytes,
+        length: int,
+        raw_length: int,
+        fill: Callable[[memoryview], None],
+    ) -> bool:
+        """Reserve ``length`` bytes for a new blob in the pack being filled (under the lock),
+        ``fill`` them (outside it) and ship the pack when it is full."""
         shipped = []
         with self._lock:
             self._raise_pending_error()
@@ -142,16 +225,16 @@ class BlobWriter:
             if length > self._builder.room() and self._builder.entries:
                 shipped.append(self._take_builder())  # a blob larger than the room left
             builder = self._builder
-            view = builder.reserve(blob_type, blob_id, length, len(data))
+            view = builder.reserve(blob_type, blob_id, length, raw_length)
             builder.pending += 1
             self.stats.blobs_new += 1
-            self.stats.bytes_new_raw += len(data)
+            self.stats.bytes_new_raw += raw_length
             self.stats.bytes_new_stored += length
             self.stats.blobs_by_type[blob_type] = self.stats.blobs_by_type.get(blob_type, 0) + 1
             if len(builder) >= self.pack_size:
                 shipped.append(self._take_builder())
         try:
-            self.repository.cipher.seal_into(plain, blob_aad(blob_type, blob_id), view)
+            fill(view)
             if blob_type == BLOB_TREE and self._tree_cache is not None:
                 self._tree_cache.put(blob_id, bytes(view))  # the next backup's parent trees
         except BaseException as error:
@@ -161,7 +244,6 @@ class BlobWriter:
             raise
         finally:
             view.release()
-            plain.release()
             with self._lock:
                 builder.pending -= 1
                 if not builder.pending:
@@ -363,6 +445,22 @@ class BlobWriter:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class ForeignPack:
+    """A pack built elsewhere, in the upload queue as a PackBuilder would be."""
+
+    def __init__(self, entries: list[PackEntry], ids: set[bytes], release: Callable[[], None]):
+        self.entries = entries
+        self.ids = ids
+        self._release: Callable[[], None] | None = release
+
+    def recycle(self) -> bytes:
+        """Hand the bytes back (once); no buffer to keep."""
+        release, self._release = self._release, None
+        if release is not None:
+            release()
+        return b""
 
 
 class WriterRuns:

@@ -1,0 +1,473 @@
+"""Reader processes: the files of leaf directories read, compared and sealed on every core.
+
+A backup's main process walks directories, compares them with the parent snapshot, builds
+trees and fills packs. For a directory of small files that work is mostly Python per file
+(build the entry, compare it with the parent's, open, read, id, compress, seal) that holds
+the GIL, so threads cannot spread it over cores. Once a backup has met ``START_AFTER`` files
+in directories, it starts one reader process per core (``SAFEHOLD_READ_PROCESSES`` overrides,
+0 turns them off) and hands them whole leaf directories: the main process lists a directory
+(``Archiver._scan``: the listing its tree and its listing signature are made from), and a
+directory with no subdirectory and no hard-linked file goes to a reader process with that
+listing and the parent snapshot's tree of it. The reader process runs the very same archiver
+code on it (``Archiver.archive_leaf``) with all blobs, the directory's tree included, sealed
+under the repository's key, and streams them back; the main process places them in its packs
+(``BlobWriter.add_sealed``: a blob already known is dropped there) and finishes the directory.
+
+A reader process gets the master key through its stdin pipe (never the environment or the
+command line), a minimal environment (``secrecy.child_env``) and no store access: it neither
+reads nor writes the repository. If one ends (killed, out of memory), the main process archives
+the directories it had not finished itself and notes a warning; the backup goes on.
+
+Wire format (private to one run, both ends the same safehold): frames of a 4-byte
+little-endian length and a msgpack body. Main -> reader: a set-up frame ``{"key",
+"chunker", "level"}``, then one frame per directory: ``[path, parent tree id or nil, parent
+tree plaintext or nil, [[name, *STAT_FIELDS], ...]]``. Reader -> main, per directory in
+order: any number of ``[BLOBS, [[type, id, plaintext length, sealed], ...]]``, then
+``[DONE, {"tree", "count", statistics...}]``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import mmap
+import os
+import struct
+import subprocess
+import sys
+import threading
+from collections import deque
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import msgpack
+
+from safehold.crypto import OVERHEAD, Cipher, MasterKey
+from safehold.repo.format import PACK_RECORD, blob_aad, encode_body_scratch
+from safehold.repo.pack import PackBuilder, PackEntry
+from safehold.secrecy import child_env
+
+START_AFTER = 2000  # files in directories archived by the main process before readers start
+IN_FLIGHT = 4  # directories sent to one reader process and not finished yet, at most
+FRAME = struct.Struct("<I")
+PACK, DONE, SETTLED = 0, 1, 2  # reader -> main
+REQUEST, FREE, FLUSH = 0, 1, 2  # main -> reader
+BUFFERS = 2  # pack buffers shared with each reader process: one filling, one being stored
+
+
+class Stat(NamedTuple):
+    """The lstat fields an entry is made of, as a reader process receives them."""
+
+    st_mode: int
+    st_uid: int
+    st_gid: int
+    st_mtime_ns: int
+    st_ctime_ns: int
+    st_ino: int
+    st_dev: int
+    st_nlink: int
+    st_size: int
+    st_rdev: int
+
+
+def stat_fields(st: os.stat_result) -> list[int]:
+    return [getattr(st, name) for name in Stat._fields]
+
+
+def reader_count() -> int:
+    """``SAFEHOLD_READ_PROCESSES`` if set (0: none), else one per core this process may use."""
+    configured = os.environ.get("SAFEHOLD_READ_PROCESSES", "").strip()
+    if configured.isdigit():
+        return int(configured)
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+# ------------------------------------------------------------------ the reader process side
+
+
+class _Channel:
+    """The reader's end of its stdin: directory requests, and pack buffers given back."""
+
+    def __init__(self, source, buffers: int) -> None:  # type: ignore[no-untyped-def]
+        self.source = source
+        self.free: deque[int] = deque(range(buffers))
+        self.requests: deque[list | None] = deque()
+        self.closed = False
+
+    def _read_one(self) -> bool:
+        body = None if self.closed else _read_frame(self.source)
+        if body is None:
+            self.closed = True
+            return False
+        kind, value = msgpack.unpackb(body)
+        if kind == FREE:
+            self.free.append(value)
+        else:
+            self.requests.append(value)  # a directory, or None: send the pack being filled
+        return True
+
+    def request(self) -> list | None:
+        """The next directory to archive, or None to send the pack being filled; EOFError
+        once the main process closed the pipe."""
+        while not self.requests:
+            if not self._read_one():
+                raise EOFError
+        return self.requests.popleft()
+
+    def buffer(self) -> int:
+        """The number of a free pack buffer, waiting for the main process to free one."""
+        while not self.free:
+            if not self._read_one():
+                raise EOFError("the main process went away")
+        return self.free.popleft()
+
+
+class _PackFiller:
+    """The writer a reader process's archiver stores into: blobs sealed straight into packs
+    in buffers shared with the main process; a full pack is announced, not copied."""
+
+    def __init__(  # type: ignore[no-untyped-def]
+        self, cipher: Cipher, level: int, pack_size: int, buffers: list, channel: _Channel, sink
+    ) -> None:
+        self.cipher = cipher
+        self.level = level
+        self.pack_size = pack_size
+        # The header must fit the buffer's room beyond the pack size (see BlobWriter).
+        self.max_entries = max(1, (pack_size // 4 - 4096) // PACK_RECORD.size)
+        self.buffers = buffers
+        self.channel = channel
+        self.sink = sink
+        self.builder: PackBuilder | None = None
+        self.number = -1
+        self.lock = threading.Lock()  # the archiver's reader threads add too
+
+    def add(self, blob_type: int, blob_id: bytes, data: bytes | memoryview) -> bool:
+        plain = encode_body_scratch(data, self.level)
+        try:
+            with self.lock:
+                builder = self.builder
+                if builder is not None and blob_id in builder.ids:
+                    return False
+                length = OVERHEAD + len(plain)
+                if builder is not None and length > builder.room() and builder.entries:
+                    self._ship()
+                if self.builder is None:
+                    self.number = self.channel.buffer()
+                    self.builder = PackBuilder(buffer=self.buffers[self.number])
+                builder = self.builder
+                with builder.reserve(blob_type, blob_id, length, len(data)) as view:
+                    self.cipher.seal_into(plain, blob_aad(blob_type, blob_id), view)
+                if len(builder) >= self.pack_size or len(builder.entries) >= self.max_entries:
+                    self._ship()
+        finally:
+            plain.release()
+        return True
+
+    def ship(self) -> None:
+        """Announce the pack being filled; if there is none, say that all is announced."""
+        with self.lock:
+            if self.settled():
+                _write_frame(self.sink, msgpack.packb([SETTLED, None]))
+            else:
+                self._ship()
+
+    def settled(self) -> bool:
+        """True if every blob so far is in an announced pack."""
+        return self.builder is None or not self.builder.entries
+
+    def _ship(self) -> None:
+        builder = self.builder
+        assert builder is not None
+        pack_id, data = builder.finish(self.cipher)
+        size = len(data)
+        data.release()
+        rows = [[e.blob_type, e.blob_id, e.offset, e.length, e.raw_length] for e in builder.entries]
+        _write_frame(self.sink, msgpack.packb([PACK, [self.number, pack_id, size, rows]]))
+        self.builder = None
+
+
+class _KeyOnly:
+    """What the archiver needs of a repository in a reader process: the key and settings."""
+
+    object_cache = None
+
+    def __init__(self, cipher: Cipher, chunker: dict, level: int) -> None:
+        self.cipher = cipher
+        self.config = {"chunker": chunker, "compression_level": level}
+
+
+PIPE_SIZE = 1024 * 1024
+
+
+def _widen(pipe) -> None:  # type: ignore[no-untyped-def]
+    """Give a pipe 1 MiB of buffer (Linux; 64 KiB by default): fewer switches per frame."""
+    with contextlib.suppress(OSError, AttributeError, ValueError):
+        import fcntl
+
+        fcntl.fcntl(pipe.fileno(), fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+
+
+def _read_frame(stream) -> bytes | None:  # type: ignore[no-untyped-def]
+    head = stream.read(FRAME.size)
+    if len(head) < FRAME.size:
+        return None
+    (length,) = FRAME.unpack(head)
+    body = stream.read(length)
+    if len(body) < length:
+        return None
+    return body
+
+
+def _write_frame(stream, body: bytes) -> None:  # type: ignore[no-untyped-def]
+    stream.write(FRAME.pack(len(body)) + body)
+    stream.flush()
+
+
+def serve(source, sink) -> None:  # type: ignore[no-untyped-def]
+    """The reader process's loop: archive directories until the main process closes the pipe."""
+    from safehold.archive.archiver import Archiver  # after the set-up frame arrived
+
+    setup = _read_frame(source)
+    if setup is None:
+        return
+    settings = msgpack.unpackb(setup)
+    cipher = Cipher(MasterKey.from_bytes(settings["key"]))
+    del settings["key"]
+    buffers = [mmap.mmap(fd, settings["capacity"]) for fd in settings["buffers"]]
+    for fd in settings["buffers"]:
+        os.close(fd)
+    channel = _Channel(source, len(buffers))
+    filler = _PackFiller(cipher, settings["level"], settings["pack_size"], buffers, channel, sink)
+    repository = _KeyOnly(cipher, settings["chunker"], settings["level"])
+    with Archiver(repository, filler, reader_processes=0) as archiver:  # type: ignore[arg-type]
+        while True:
+            try:
+                request = channel.request()
+            except EOFError:
+                break
+            if request is None:
+                filler.ship()
+                continue
+            path, parent_id, parent_plain, listing = request
+            children = [
+                (row[0], path + b"/" + row[0] if path != b"/" else b"/" + row[0], Stat(*row[1:]))
+                for row in listing
+            ]
+            tree, count = archiver.archive_leaf(path, children, parent_id, parent_plain)
+            result = {"tree": tree, "count": count, **archiver.take_stats()}
+            _write_frame(sink, msgpack.packb([DONE, result]))
+            if filler.settled():  # nothing of it waits in the pack being filled
+                _write_frame(sink, msgpack.packb([SETTLED, None]))
+    filler.ship()
+
+
+def main() -> None:
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process decides; EOF ends us
+    with contextlib.suppress(BrokenPipeError, EOFError):
+        serve(sys.stdin.buffer, sys.stdout.buffer)
+
+
+# ------------------------------------------------------------------ the main process side
+
+
+class Job(NamedTuple):
+    """One directory handed to a reader process, and what to call with its outcome."""
+
+    request: bytes
+    done: Callable[[dict], None]  # with the DONE statistics, in the receiving thread
+    redo: Callable[[], None]  # the reader process ended first: archive it in this process
+
+
+class _Reader:
+    def __init__(self, process: subprocess.Popen, number: int, buffers: list) -> None:
+        self.process = process
+        self.number = number
+        self.buffers = buffers  # its pack buffers, shared memory
+        self.outstanding: deque[Job] = deque()  # sent, not answered
+        # Answered, but some of the directory's blobs may still be in the pack being filled:
+        # finished once the reader's next pack arrives (or redone if it never does).
+        self.answered: list[tuple[Job, dict]] = []
+        self.lock = threading.Lock()  # outstanding, alive
+        # Held while a frame is written (taken before ``lock``; the receiving thread never
+        # waits for it, so a full pipe cannot keep the answers from being read).
+        self.write_lock = threading.Lock()
+        self.alive = True
+        self.thread: threading.Thread | None = None
+
+    def send(self, body: bytes) -> None:
+        with self.write_lock, contextlib.suppress(OSError, ValueError):
+            _write_frame(self.process.stdin, body)  # if it ended, its receiving thread redoes
+
+
+class ReaderProcesses:
+    """The reader processes of one backup run; ``close`` ends them."""
+
+    def __init__(
+        self,
+        cipher: Cipher,
+        settings: dict,
+        add_pack: Callable[[bytes, memoryview, list[PackEntry], Callable[[], None]], Any],
+        warn: Callable[[str], None],
+        fail: Callable[[BaseException], None],
+        count: int,
+    ) -> None:
+        """``settings``: chunker, level, pack_size and capacity (of a pack buffer)."""
+        self._add_pack = add_pack
+        self._warn = warn
+        self._fail = fail  # an error storing a pack: the backup fails (the archiver raises it)
+        self._readers: list[_Reader] = []
+        self._slots = threading.BoundedSemaphore(IN_FLIGHT * count)
+        capacity = settings["capacity"]
+        package_root = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
+        environment = child_env({"PYTHONPATH": package_root})
+        for number in range(count):
+            fds = [os.memfd_create(f"safehold-pack-{number}-{k}") for k in range(BUFFERS)]
+            try:
+                for fd in fds:
+                    os.ftruncate(fd, capacity)
+                buffers = [mmap.mmap(fd, capacity) for fd in fds]
+                process = subprocess.Popen(
+                    [sys.executable, "-m", "safehold.archive.readprocs"],
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.DEVNULL,
+                    env=environment,
+                    pass_fds=fds,
+                )
+            finally:
+                for fd in fds:
+                    os.close(fd)
+            reader = _Reader(process, number, buffers)
+            for pipe in (process.stdin, process.stdout):
+                _widen(pipe)
+            reader.send(
+                msgpack.packb({"key": cipher.master_key.to_bytes(), "buffers": fds, **settings})
+            )
+            reader.thread = threading.Thread(
+                target=self._receive, args=(reader,), name=f"reader-process-{number}", daemon=True
+            )
+            reader.thread.start()
+            self._readers.append(reader)
+
+    @property
+    def pids(self) -> list[int]:
+        return [reader.process.pid for reader in self._readers]
+
+    def submit(
+        self,
+        path: bytes,
+        parent_id: bytes | None,
+        parent_plain: bytes | None,
+        children: list[tuple[bytes, bytes, os.stat_result]],
+        done: Callable[[dict], None],
+        redo: Callable[[], None],
+    ) -> None:
+        """Have a reader process archive the leaf directory ``path`` with its ``children``
+        (as listed here); ``done`` (once its blobs are all in stored or queued packs) or, if
+        no reader process could, ``redo`` is called once."""
+        listing = [[name, *stat_fields(st)] for name, _path, st in children]
+        job = Job(msgpack.packb([REQUEST, [path, parent_id, parent_plain, listing]]), done, redo)
+        self._slots.acquire()
+        while True:
+            alive = [reader for reader in self._readers if reader.alive]
+            if not alive:
+                self._slots.release()
+                redo()  # every reader process is gone
+                return
+            reader = min(alive, key=lambda reader: len(reader.outstanding))
+            with reader.write_lock:
+                with reader.lock:
+                    if not reader.alive:
+                        continue
+                    reader.outstanding.append(job)
+                with contextlib.suppress(OSError, ValueError):
+                    _write_frame(reader.process.stdin, job.request)
+            return
+
+    def flush(self) -> None:
+        """Have every reader process send the pack it is filling, once it has archived what
+        it was sent: the directories it answered then finish."""
+        for reader in self._readers:
+            reader.send(msgpack.packb([FLUSH, None]))
+
+    def _receive(self, reader: _Reader) -> None:
+        stdout = reader.process.stdout
+        while True:
+            try:
+                body = _read_frame(stdout)
+                message = None if body is None else msgpack.unpackb(body)
+            except (OSError, ValueError):
+                message = None
+            if message is None:
+                break
+            if message[0] == PACK:
+                self._stored(reader, *message[1])
+                continue
+            if message[0] == SETTLED:
+                self._settled(reader)
+                continue
+            with reader.lock:
+                job = reader.outstanding.popleft()
+            self._slots.release()
+            reader.answered.append((job, message[1]))
+        with reader.lock:
+            reader.alive = False
+            unanswered = list(reader.outstanding)
+            left = [job for job, _result in reader.answered] + unanswered
+            reader.answered, reader.outstanding = [], deque()
+        code = reader.process.wait()
+        if left or code:
+            self._warn(
+                f"reader process {reader.number} ended (exit status {code}); this process "
+                f"archived the {len(left)} directories it had not finished"
+            )
+        for _job in unanswered:
+            self._slots.release()
+        for job in left:
+            job.redo()
+
+    def _stored(self, reader: _Reader, number: int, pack_id: bytes, size: int, rows: list) -> None:
+        """A reader process's pack is full: store it, then finish the directories it answered
+        before (their blobs are all in this pack or earlier ones)."""
+        entries = [PackEntry(*row) for row in rows]
+        data = memoryview(reader.buffers[number])[:size]
+        try:
+            self._add_pack(pack_id, data, entries, lambda: self._free(reader, number))
+        except BaseException as error:
+            self._fail(error)
+        self._settled(reader)
+
+    def _settled(self, reader: _Reader) -> None:
+        """Every blob the reader process wrote so far is in a pack stored or queued: the
+        directories it answered are finished."""
+        answered, reader.answered = reader.answered, []
+        for job, result in answered:
+            job.done(result)
+
+    def _free(self, reader: _Reader, number: int) -> None:
+        reader.send(msgpack.packb([FREE, number]))
+
+    def close(self) -> None:
+        """End the reader processes (after their last answers and packs) and wait for them."""
+        for reader in self._readers:
+            with reader.write_lock, contextlib.suppress(OSError):
+                reader.process.stdin.close()
+        for reader in self._readers:
+            if reader.thread is not None:
+                reader.thread.join()
+            try:
+                reader.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                reader.process.kill()
+                reader.process.wait()
+            with contextlib.suppress(OSError):
+                reader.process.stdout.close()
+        self._readers = []
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,169 @@
+"""Leaf directories archived by reader processes (safehold/archive/readprocs.py).
+
+The snapshot must be the very one the main process alone writes: the same root tree id
+means the same entries (names, types, modes, owners, times, xattrs, contents, holes) all the
+way down, under a first backup and under a backup that compares with a parent. A reader
+process that dies costs time, not data; and it never sees the passphrase."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+from pathlib import Path
+
+import pytest
+from conftest import (
+    PASSPHRASE,
+    build_full_tree,
+    compare_trees,
+    open_repository,
+    run_cli,
+    set_times,
+    snapshot_entry,
+)
+
+from safehold.archive import readprocs
+from safehold.archive.backup import BackupResult, backup_paths
+from safehold.repo.repository import Repository
+
+KiB = 1024
+
+
+def _archive_tree(root: Path) -> Path:
+    """Every kind of entry (build_full_tree), plus study/series leaves of small files, one
+    of them sparse, one with an xattr, one larger than a reader's inline size and one cut
+    into several chunks."""
+    build_full_tree(root)
+    rnd = random.Random(14)
+    for study in range(3):
+        for series in range(4):
+            leaf = root / "archive" / f"study_{study}" / f"series_{series}"
+            leaf.mkdir(parents=True)
+            for instance in range(25):
+                (leaf / f"instance_{instance:03}.dcm").write_bytes(
+                    rnd.randbytes(rnd.randint(0, 64 * KiB))
+                )
+    leaf = root / "archive" / "study_0" / "series_0"
+    os.setxattr(leaf / "instance_000.dcm", "user.tag", b"leaf xattr")
+    (leaf / "large.dcm").write_bytes(rnd.randbytes(700 * KiB))
+    (leaf / "chunked.dcm").write_bytes(rnd.randbytes(3 * 1024 * KiB))
+    (leaf / "link").symlink_to("instance_001.dcm")
+    with open(leaf / "sparse.dcm", "wb") as handle:
+        handle.truncate(1024 * KiB)
+        handle.write(b"head")
+    set_times(root)
+    return root
+
+
+@pytest.fixture
+def offloads(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
+    """Reader processes from the first leaf directory on; the directories handed to them."""
+    monkeypatch.setattr(readprocs, "START_AFTER", 0)
+    handed: list[bytes] = []
+    real = readprocs.ReaderProcesses.submit
+
+    def submit(self, path, *args, **kwargs):  # type: ignore[no-untyped-def]
+        handed.append(path)
+        return real(self, path, *args, **kwargs)
+
+    monkeypatch.setattr(readprocs.ReaderProcesses, "submit", submit)
+    return handed
+
+
+def _backup(
+    repository: Repository,
+    source: Path,
+    processes: str,
+    monkeypatch: pytest.MonkeyPatch,
+    parent: dict | None = None,
+) -> BackupResult:
+    monkeypatch.setenv("SAFEHOLD_READ_PROCESSES", processes)
+    return backup_paths(repository, [str(source)], parent=parent, force=parent is None)
+
+
+def _source_tree(repo: Path, result: BackupResult, source: Path) -> bytes:
+    """The tree id of ``source`` in the snapshot (the root tree also holds the metadata of
+    /tmp and the like, which other processes change between two backups)."""
+    return snapshot_entry(repo, result.snapshot_id, str(source))["subtree"]
+
+
+def _same_counts(left: BackupResult, right: BackupResult) -> None:
+    for name in ("files_new", "files_changed", "files_unchanged", "dirs", "bytes_total"):
+        assert left.snapshot["summary"][name] == right.snapshot["summary"][name], name
+    assert left.archive.errors == right.archive.errors == []
+
+
+def test_reader_processes_write_the_snapshot_the_main_process_would(
+    repo: Path, tmp_path: Path, offloads: list[bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = _archive_tree(tmp_path / "src")
+    with open_repository(repo) as repository:
+        alone = _backup(repository, source, "0", monkeypatch)
+        assert offloads == []
+        spread = _backup(repository, source, "2", monkeypatch)
+    leaves = {os.fsdecode(path).removeprefix(str(source)) for path in offloads}
+    assert "/archive/study_0/series_0" in leaves and len(leaves) >= 12, leaves
+    assert _source_tree(repo, spread, source) == _source_tree(repo, alone, source)
+    _same_counts(alone, spread)
+    assert spread.archive.warnings == []
+    target = tmp_path / "restored"
+    result = run_cli("restore", "--repo", repo, spread.snapshot_id, "--target", target)
+    assert result.code == 0, result.err
+    assert compare_trees(source, target / str(source).lstrip("/")) == []
+
+
+def test_reader_processes_compare_with_the_parent_as_the_main_process_does(
+    repo: Path, tmp_path: Path, offloads: list[bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = _archive_tree(tmp_path / "src")
+    with open_repository(repo) as repository:
+        first = _backup(repository, source, "0", monkeypatch)
+        series = source / "archive" / "study_1" / "series_2"
+        (series / "instance_004.dcm").write_bytes(b"rewritten")
+        (series / "instance_005.dcm").unlink()
+        (series / "new.dcm").write_bytes(b"new instance")
+        os.chmod(series / "instance_006.dcm", 0o600)  # ctime only: the content is reused
+        parent = dict(first.snapshot)
+        alone = _backup(repository, source, "0", monkeypatch, parent=parent)
+        spread = _backup(repository, source, "2", monkeypatch, parent=parent)
+    assert offloads, "no directory went to a reader process"
+    assert (
+        _source_tree(repo, spread, source)
+        == _source_tree(repo, alone, source)
+        != _source_tree(repo, first, source)
+    )
+    _same_counts(alone, spread)
+    assert spread.snapshot["summary"]["files_changed"] == 2  # rewritten and chmod'ed
+    assert alone.written.blobs_new > 0 and spread.written.blobs_new == 0  # stored by `alone`
+
+
+def test_a_reader_process_that_dies_costs_time_not_data(
+    repo: Path, tmp_path: Path, offloads: list[bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = _archive_tree(tmp_path / "src")
+    real_init = readprocs.ReaderProcesses.__init__
+    seen: dict[int, tuple[bytes, bytes]] = {}
+
+    def start_then_kill(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        real_init(self, *args, **kwargs)
+        for pid in self.pids:
+            with (
+                open(f"/proc/{pid}/environ", "rb") as env,
+                open(f"/proc/{pid}/cmdline", "rb") as cmd,
+            ):
+                seen[pid] = (env.read(), cmd.read())
+            os.kill(pid, signal.SIGKILL)
+
+    monkeypatch.setattr(readprocs.ReaderProcesses, "__init__", start_then_kill)
+    with open_repository(repo) as repository:
+        alone = _backup(repository, source, "0", monkeypatch)
+        spread = _backup(repository, source, "2", monkeypatch)
+    assert len(seen) == 2
+    for environment, command in seen.values():
+        assert PASSPHRASE.encode() not in environment + command
+        assert b"SAFEHOLD_PASSPHRASE" not in environment
+    assert _source_tree(repo, spread, source) == _source_tree(repo, alone, source)
+    _same_counts(alone, spread)
+    messages = [warning["message"] for warning in spread.archive.warnings]
+    assert messages and all("reader process" in message for message in messages), messages
