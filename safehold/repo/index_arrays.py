@@ -290,10 +290,13 @@ def _insert(
 
 
 def _cuts(keys: np.ndarray, size: int) -> Iterator[tuple[int, int]]:
-    """(start, end) of pieces of about ``size`` of sorted keys, never between equal keys."""
+    """(start, end) of pieces of sorted keys, never between equal keys: as many pieces as
+    ``size`` fits in the whole (at least one), of equal length (so from ``size`` to twice
+    that, no small remainder)."""
     start, total = 0, len(keys)
+    step = -(-total // max(1, total // size))
     while start < total:
-        end = start + size
+        end = start + step
         if end >= total:
             end = total
         elif keys[end] == keys[end - 1]:
