@@ -227,7 +227,8 @@ def test_lookup_never_misses_an_added_blob_while_another_thread_merges(monkeypat
 @pytest.fixture
 def small_segments(monkeypatch: pytest.MonkeyPatch) -> None:
     """Segments of a few entries and frequent merges: a few thousand blobs make an index of
-    many segments, split again and again, as millions do with the real sizes."""
+    many segments, split again and again, and a delta merged into them time after time, as
+    millions do with the real sizes."""
     monkeypatch.setattr(index_arrays, "SEGMENT", 8)
     monkeypatch.setattr(index_module, "MERGE_THRESHOLD", 50)
     monkeypatch.setattr(index_module, "MERGE_MINIMUM", 20)
@@ -254,11 +255,14 @@ def location(number: int) -> Location:
 def test_every_added_blob_is_found_across_merges_and_segments(small_segments) -> None:
     index = Index()
     ids = [os.urandom(32) for _ in range(3000)]
+    deltas = set()
     for number, blob_id in enumerate(ids):
         index.add(blob_id, *location(number))
         assert index.lookup(blob_id) == location(number)
         earlier = number * 7919 % (number + 1)
         assert index.lookup(ids[earlier]) == location(earlier)
+        deltas.add(None if index._delta is None else len(index._delta.keys))
+    assert len(deltas) > 10  # the delta grew and was merged into the segments many times
     check_segments(index)
     assert len(index._sorted.segments) > 100 and len(index) == 3000
     assert all(index.lookup(blob_id) == location(n) for n, blob_id in enumerate(ids))
@@ -277,10 +281,15 @@ def test_a_blob_added_again_is_found_where_it_was_added_last(small_segments) -> 
         index.add(blob(number), PACK_C, number, 1, 1, BLOB_DATA)
     assert blob(1) not in index._pending
     index.add(blob(1), PACK_B, 2, 2, 2, BLOB_TREE)
-    assert index.lookup(blob(1)) == Location(PACK_B, 2, 2, 2, BLOB_TREE)
-    for number in range(400, 800):
+    where = set()
+    for number in range(400, 800):  # from the dict into the delta, then into the segments
+        assert index.lookup(blob(1)) == Location(PACK_B, 2, 2, 2, BLOB_TREE)
+        delta = [] if index._delta is None else index._delta.keys.tolist()
+        where.add(
+            "dict" if blob(1) in index._pending else "delta" if (1 << 32 | 1) in delta else ""
+        )
         index.add(blob(number), PACK_C, number, 1, 1, BLOB_DATA)
-    assert blob(1) not in index._pending
+    assert where == {"dict", "delta", ""}
     assert index.lookup(blob(1)) == Location(PACK_B, 2, 2, 2, BLOB_TREE)
     check_segments(index)
 

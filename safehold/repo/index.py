@@ -5,8 +5,10 @@ arrays cut into segments by key range (``safehold/repo/index_arrays.py``: 49 byt
 plus 32 bytes per pack). An index of at most ``SMALL_INDEX`` blobs is loaded into a dict of
 blob id -> record number (the records stay as read, decoded on lookup); entries added during
 a session sit in a dict of blob id -> packed location of their own, which is merged into the
-arrays when it grows past ``MERGE_THRESHOLD`` (then, with arrays, past a 32nd of the index):
-a small repository (and a backup that only adds a few trees) never loads numpy.
+arrays when it grows past ``MERGE_THRESHOLD``: a small repository (and a backup that only
+adds a few trees) never loads numpy. After that, the dict is merged into the delta (a sorted
+run of the entries added since the segments were last rebuilt) at 1/128 of the index, the
+delta into the segments at 1/8.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import TYPE_CHECKING, NamedTuple
 from safehold.repo.format import INDEX_RECORD
 
 if TYPE_CHECKING:
-    from safehold.repo.index_arrays import Base, PackKeys
+    from safehold.repo.index_arrays import Base, PackKeys, Segment
 
 # A small index as loaded: (blob id -> record number, records, first record of each file,
 # pack numbers of each file's pack table).
@@ -28,11 +30,13 @@ Small = tuple[dict[bytes, int], bytes, list[int], list[list[int]]]
 
 MERGE_THRESHOLD = 65536  # entries the dicts hold before the first merge into arrays
 SMALL_INDEX = MERGE_THRESHOLD  # loaded indexes up to this many blobs stay in the dict
-# Once there are arrays, entries added wait in the dict until they are 1/32 of the index (or
-# 4096): ~190 bytes each there, so ~6 bytes a blob of the index, and a merge, which copies
-# the whole index one segment at a time, comes once every 1/32 of the index added.
-PENDING_SHARE = 32
-MERGE_MINIMUM = 4096
+# Once there are arrays, entries added wait in the dict (~190 bytes each) until they are
+# 1/128 of the index, then go into the delta, a sorted run of its own (49 bytes each, copied
+# whole by each of these merges), which goes into the segments (all of them rebuilt, one at a
+# time) when it is 1/8 of the index; never fewer than MERGE_MINIMUM entries at once.
+PENDING_SHARE = 128
+DELTA_SHARE = 8
+MERGE_MINIMUM = 16384
 # Where a blob added in this session is: pack number, offset, length, raw length, type (the
 # layout of an index record after the id, and of index_arrays.LOCATION_FIELDS).
 LOCATION = struct.Struct("<IIIIB")
@@ -59,8 +63,10 @@ class Index:
         self._pack_keys: PackKeys | None = None
         # The sorted arrays (index_arrays.Base), replaced as one reference so that a lookup
         # never sees one part without the other; None until the index is too large for the
-        # dicts alone.
+        # dicts alone. Entries added since they were last rebuilt: the delta, one sorted run
+        # (an index_arrays.Segment), or None.
         self._sorted: Base | None = None
+        self._delta: Segment | None = None
         self._files: list[tuple[list[bytes], bytes]] = []
         # Entries added: blob id -> LOCATION-packed location (~190 bytes an entry).
         self._pending: dict[bytes, bytes] = {}
@@ -214,9 +220,11 @@ class Index:
                 self._merge_pending()
 
     def _merge_pending(self) -> None:
-        # Called with the lock held. Lookups read _pending (and _small) first, then _sorted:
-        # each rebuilt segment is published with the entries it took, and the dicts are
-        # emptied only after the last one, so an entry is always in at least one of them.
+        # Called with the lock held. Lookups read _pending (and _small) first, then _delta,
+        # then _sorted. Entries only move in that direction, and each step publishes where
+        # they go before it lets go of where they were: the new delta before the dicts are
+        # emptied; each rebuilt segment (with the entries it took) before the next, and the
+        # delta is dropped after the last one. So an entry is always in one of them.
         from safehold.repo import index_arrays
 
         small, pending = self._small, self._pending
@@ -229,10 +237,22 @@ class Index:
             del loaded
         keys, records = index_arrays.from_pending(b"".join(pending), b"".join(pending.values()))
         del pending
-        self._sorted = index_arrays.merge(*self._sorted_parts(), keys, records, True, self._publish)
+        if self._sorted is None:  # the first merge: straight into segments
+            self._sorted = index_arrays.merge([0], [], 0, keys, records, True, self._publish)
+        else:
+            self._delta = index_arrays.merge_run(self._delta, keys, records)
         del keys, records
         self._pending = {}
         self._small = None
+        delta = self._delta
+        if delta is not None and len(delta.keys) >= max(
+            MERGE_MINIMUM, self._sorted_count() // DELTA_SHARE
+        ):
+            self._sorted = index_arrays.merge(
+                *self._sorted_parts(), delta.keys, delta.records, True, self._publish
+            )
+            self._delta = None
+        del delta
         self._sort_packs()
         index_arrays.release_freed_memory()
 
@@ -249,12 +269,17 @@ class Index:
                 if number is not None:
                     found = _record(small, number)
         if found is None:
+            delta = self._delta  # (before _sorted: see _merge_pending)
             arrays = self._sorted
-            if arrays is None or not arrays.count:
+            if delta is None and (arrays is None or not arrays.count):
                 return None  # a small or new index: the dicts are all there is
             from safehold.repo import index_arrays
 
-            found = index_arrays.find(arrays, blob_id)
+            key, rest = int.from_bytes(blob_id[:8], "big"), blob_id[8:]
+            if delta is not None:
+                found = index_arrays.find_in(delta, key, rest)
+            if found is None and arrays is not None:
+                found = index_arrays.find(arrays, key, rest)
             if found is None:
                 return None
         number, offset, length, raw_length, blob_type = found
@@ -264,7 +289,8 @@ class Index:
         return self.lookup(blob_id) is not None
 
     def __len__(self) -> int:
-        return self._sorted_count() + len(self._pending) + self._small_count()
+        delta = 0 if self._delta is None else len(self._delta.keys)
+        return self._sorted_count() + delta + len(self._pending) + self._small_count()
 
     def nbytes(self) -> int:
         """Bytes held by the sorted arrays and the pack table with its sorted keys (entries in
@@ -272,6 +298,8 @@ class Index:
         size = len(self._pack_table)
         if self._pack_keys is not None:
             size += self._pack_keys.keys.nbytes + self._pack_keys.numbers.nbytes
+        if self._delta is not None:
+            size += self._delta.keys.nbytes + self._delta.records.nbytes
         if self._sorted is None:
             return size
         from safehold.repo import index_arrays
@@ -282,6 +310,7 @@ class Index:
         """Yield every (blob id, location); slow per entry, meant for check and tests."""
         with self._lock:
             pending, arrays, small = dict(self._pending), self._sorted, self._small
+            delta = self._delta
         items: Iterator = (
             (blob_id, LOCATION.unpack(packed)) for blob_id, packed in pending.items()
         )
@@ -298,6 +327,9 @@ class Index:
             from safehold.repo import index_arrays
 
             items = _chain(index_arrays.iterate(arrays), items)
+            if delta is not None:
+                runs = index_arrays.Base([0], [delta], len(delta.keys))
+                items = _chain(index_arrays.iterate(runs), items)
         for blob_id, (number, offset, length, raw_length, blob_type) in items:
             yield blob_id, Location(self._pack(number), offset, length, raw_length, blob_type)
 

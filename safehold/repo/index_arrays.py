@@ -8,6 +8,8 @@ record of the rest (24 id bytes, pack number, offset, lengths, type): 49 bytes p
 Entries with the same key never straddle two segments, so a lookup bisects the list of first
 keys, then one segment. Merging new entries rebuilds one segment at a time, publishing each, so
 that a merge never holds a second copy of the whole index (the peak is one segment more).
+Entries added since the segments were last rebuilt wait in a delta, one sorted run of the same
+layout (``merge_run``), so that the segments are rebuilt only once every 1/8 of the index.
 Segments live in anonymous mappings of their own: a replaced one goes back to the system at
 once, instead of leaving a hole of a few MB in the heap that the allocator keeps (merges free
 segments all the time; in the heap, that doubled the resident memory of an index built by adding).
@@ -213,21 +215,35 @@ def merge(
     return Base(firsts, segments, count)
 
 
-def find(base: Base, blob_id: bytes) -> tuple[int, int, int, int, int] | None:
-    """(pack number, offset, length, raw length, type) of a blob, or None."""
-    key = int.from_bytes(blob_id[:8], "big")
-    found = base.segments[bisect_right(base.firsts, key) - 1] if base.segments else None
-    if found is None:
+def find(base: Base, key: int, rest: bytes) -> tuple[int, int, int, int, int] | None:
+    """(pack number, offset, length, raw length, type) of the blob whose id is ``key`` (its
+    first 8 bytes read big-endian) and ``rest`` (the other 24), or None."""
+    if not base.segments:
         return None
+    return find_in(base.segments[bisect_right(base.firsts, key) - 1], key, rest)
+
+
+def find_in(found: Segment, key: int, rest: bytes) -> tuple[int, int, int, int, int] | None:
+    """``find`` in one segment (or run)."""
     keys, view = found.key_view, found.record_view
     position = bisect_left(keys, key)
-    rest = blob_id[8:]
     while position < len(keys) and keys[position] == key:
         record = RECORD.unpack_from(view, position * RECORD.size)
         if record[0] == rest:
             return record[1:]
         position += 1
     return None
+
+
+def merge_run(
+    run: Segment | None, keys: np.ndarray, records: np.ndarray, newer: bool = True
+) -> Segment:
+    """A new run (one sorted segment of any length, mapped): ``run``'s entries and the sorted
+    (keys, records), the added ones first among equal keys if ``newer``."""
+    if run is None or not len(run.keys):
+        return segment(mapped_copy(keys), mapped_copy(records))
+    positions = np.searchsorted(run.keys, keys, side="left" if newer else "right")
+    return segment(*_insert(run, positions, keys, records))
 
 
 def iterate(base: Base) -> Iterator[tuple[bytes, tuple[int, int, int, int, int]]]:
