@@ -187,6 +187,9 @@ def test_memory_per_blob_stays_compact(monkeypatch) -> None:
 
 
 def test_lookup_never_misses_an_added_blob_while_another_thread_merges(monkeypatch) -> None:
+    """Two readers look up blobs added anywhere before (in the dict, the delta or the
+    segments, moving between them) while the writer's adds merge: always found, at the right
+    place."""
     monkeypatch.setattr(index_module, "MERGE_THRESHOLD", 256)
     monkeypatch.setattr(index_module, "MERGE_MINIMUM", 256)
     monkeypatch.setattr(index_arrays, "SEGMENT", 64)  # merges rebuild (and split) segments
@@ -194,27 +197,29 @@ def test_lookup_never_misses_an_added_blob_while_another_thread_merges(monkeypat
     index.add(added[0], PACK_A, 0, 1, 1, BLOB_DATA)
 
     def writer() -> None:
-        deadline = time.monotonic() + 1.0
+        deadline = time.monotonic() + 1.5
         while not misses and time.monotonic() < deadline:
             blob_id = os.urandom(32)
-            index.add(blob_id, PACK_A, 0, 1, 1, BLOB_DATA)
+            index.add(blob_id, PACK_A, len(added), 1, 1, BLOB_DATA)
             added.append(blob_id)
         stop.set()
 
-    def reader() -> None:
+    def reader(seed: int) -> None:
+        rnd = random.Random(seed)
         while not stop.is_set():
-            blob_id = added[len(added) // 2]
+            number = rnd.choice([len(added) - 1, len(added) // 2, rnd.randrange(len(added))])
             try:
-                found = index.lookup(blob_id)
+                found = index.lookup(added[number])
             except IndexError as error:  # keys and records from different merges
                 found = error
-            if not isinstance(found, Location):
-                misses.append(found)
+            if found != Location(PACK_A, number, 1, 1, BLOB_DATA):
+                misses.append((number, found))
 
     previous = sys.getswitchinterval()
     sys.setswitchinterval(1e-6)
     try:
-        threads = [threading.Thread(target=writer), threading.Thread(target=reader)]
+        threads = [threading.Thread(target=writer)]
+        threads += [threading.Thread(target=reader, args=(seed,)) for seed in (1, 2)]
         for thread in threads:
             thread.start()
         for thread in threads:
@@ -222,6 +227,7 @@ def test_lookup_never_misses_an_added_blob_while_another_thread_merges(monkeypat
     finally:
         sys.setswitchinterval(previous)
     assert misses == []
+    assert len(added) > 2000 and index._sorted is not None  # the merges did happen
 
 
 @pytest.fixture
