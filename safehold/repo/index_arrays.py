@@ -147,9 +147,11 @@ def _copy_files(
 
 def from_unsorted(keys: np.ndarray, records: np.ndarray) -> Base:
     """A base of unsorted arrays (stable: of equal keys, the earlier first), built one segment
-    at a time from the unsorted arrays, so that no sorted copy of the whole exists."""
+    at a time from the unsorted arrays, so that no sorted copy of the whole exists (``keys``
+    is sorted in place)."""
     order = np.argsort(keys, kind="stable")
-    sorted_keys = keys[order]
+    keys.sort()
+    sorted_keys = keys
     firsts, segments = [0], []
     for start, end in _cuts(sorted_keys, SEGMENT):
         if segments:
