@@ -151,14 +151,13 @@ def from_unsorted(keys: np.ndarray, records: np.ndarray) -> Base:
     is sorted in place)."""
     order = np.argsort(keys, kind="stable")
     keys.sort()
-    sorted_keys = keys
     firsts, segments = [0], []
-    for start, end in _cuts(sorted_keys, SEGMENT):
+    for start, end in _cuts(keys, SEGMENT):
         if segments:
-            firsts.append(int(sorted_keys[start]))
+            firsts.append(int(keys[start]))
         part_records = mapped(end - start, RECORD_DTYPE)
         np.take(records.view(RAW_RECORD), order[start:end], out=part_records.view(RAW_RECORD))
-        segments.append(segment(mapped_copy(sorted_keys[start:end]), part_records))
+        segments.append(segment(mapped_copy(keys[start:end]), part_records))
     return Base(firsts, segments, len(keys))
 
 
