@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import os
+import random
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
+from conftest import backup_json, compare_trees, open_repository, run_cli, write_file
 
 from safehold.repo import index as index_module
+from safehold.repo import index_arrays
 from safehold.repo.format import BLOB_DATA, BLOB_TREE
 from safehold.repo.index import Index, Location, encode_index_file
 
@@ -35,6 +39,7 @@ def test_added_blob_is_found_before_any_merge() -> None:
 
 def test_merge_over_the_threshold_keeps_every_blob(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(index_module, "MERGE_THRESHOLD", 4)
+    monkeypatch.setattr(index_module, "MERGE_MINIMUM", 4)
     index = Index()
     for number in range(11):
         index.add(
@@ -57,6 +62,7 @@ def test_merge_over_the_threshold_keeps_every_blob(monkeypatch: pytest.MonkeyPat
 
 def test_ids_sharing_the_first_eight_bytes_are_told_apart(monkeypatch) -> None:
     monkeypatch.setattr(index_module, "MERGE_THRESHOLD", 2)
+    monkeypatch.setattr(index_module, "MERGE_MINIMUM", 2)
     index = Index()
     ids = [b"\x01" * 8 + bytes([n]) * 24 for n in (3, 1, 2)]
     for offset, blob_id in enumerate(ids):
@@ -68,6 +74,7 @@ def test_ids_sharing_the_first_eight_bytes_are_told_apart(monkeypatch) -> None:
 
 def test_entries_lists_pending_and_merged_blobs(monkeypatch) -> None:
     monkeypatch.setattr(index_module, "MERGE_THRESHOLD", 3)
+    monkeypatch.setattr(index_module, "MERGE_MINIMUM", 3)
     index = Index()
     for number in range(5):
         index.add(blob(number), PACK_C, number, 1, 1, BLOB_DATA)
@@ -122,13 +129,13 @@ def test_a_small_index_moves_into_the_arrays_when_it_grows(monkeypatch) -> None:
     assert index._sorted is None and len(index) == 5
     for number in range(5, 8):  # the eighth entry reaches MERGE_THRESHOLD
         index.add(blob(number), PACK_B, number, 2, 2, BLOB_TREE)
-    assert index._sorted is not None and len(index._sorted[0]) == 8 and not index._pending
+    assert index._sorted is not None and index._sorted.count == 8 and not index._pending
     assert index.lookup(blob(2)) == Location(PACK_A, 2, 1, 1, BLOB_DATA)
     assert index.lookup(blob(7)) == Location(PACK_B, 7, 2, 2, BLOB_TREE)
     # a later load that would overflow the dict goes into the arrays too
     index.load_file(*encode_index_file([(blob(20), PACK_C, 0, 3, 3, BLOB_DATA)]))
     index.finish_loading()
-    assert len(index) == 9 and len(index._sorted[0]) == 9
+    assert len(index) == 9 and index._sorted.count == 9
     assert index.lookup(blob(20)) == Location(PACK_C, 0, 3, 3, BLOB_DATA)
 
 
@@ -176,36 +183,43 @@ def test_memory_per_blob_stays_compact(monkeypatch) -> None:
     index = Index()
     for number in range(1000):
         index.add(os.urandom(32), PACK_A, number, 1, 1, BLOB_DATA)
-    assert index.nbytes() <= 1000 * 49 + 32
+    assert index.nbytes() <= 1000 * 49 + 32 + 12  # records, the pack, its sorted key
 
 
 def test_lookup_never_misses_an_added_blob_while_another_thread_merges(monkeypatch) -> None:
+    """Two readers look up blobs added anywhere before (in the dict, the delta or the
+    segments, moving between them) while the writer's adds merge: always found, at the right
+    place."""
     monkeypatch.setattr(index_module, "MERGE_THRESHOLD", 256)
+    monkeypatch.setattr(index_module, "MERGE_MINIMUM", 256)
+    monkeypatch.setattr(index_arrays, "SEGMENT", 64)  # merges rebuild (and split) segments
     index, added, misses, stop = Index(), [os.urandom(32)], [], threading.Event()
     index.add(added[0], PACK_A, 0, 1, 1, BLOB_DATA)
 
     def writer() -> None:
-        deadline = time.monotonic() + 1.0
+        deadline = time.monotonic() + 1.5
         while not misses and time.monotonic() < deadline:
             blob_id = os.urandom(32)
-            index.add(blob_id, PACK_A, 0, 1, 1, BLOB_DATA)
+            index.add(blob_id, PACK_A, len(added), 1, 1, BLOB_DATA)
             added.append(blob_id)
         stop.set()
 
-    def reader() -> None:
+    def reader(seed: int) -> None:
+        rnd = random.Random(seed)
         while not stop.is_set():
-            blob_id = added[len(added) // 2]
+            number = rnd.choice([len(added) - 1, len(added) // 2, rnd.randrange(len(added))])
             try:
-                found = index.lookup(blob_id)
+                found = index.lookup(added[number])
             except IndexError as error:  # keys and records from different merges
                 found = error
-            if not isinstance(found, Location):
-                misses.append(found)
+            if found != Location(PACK_A, number, 1, 1, BLOB_DATA):
+                misses.append((number, found))
 
     previous = sys.getswitchinterval()
     sys.setswitchinterval(1e-6)
     try:
-        threads = [threading.Thread(target=writer), threading.Thread(target=reader)]
+        threads = [threading.Thread(target=writer)]
+        threads += [threading.Thread(target=reader, args=(seed,)) for seed in (1, 2)]
         for thread in threads:
             thread.start()
         for thread in threads:
@@ -213,3 +227,175 @@ def test_lookup_never_misses_an_added_blob_while_another_thread_merges(monkeypat
     finally:
         sys.setswitchinterval(previous)
     assert misses == []
+    assert len(added) > 2000 and index._sorted is not None  # the merges did happen
+
+
+@pytest.fixture
+def small_segments(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Segments of a few entries and frequent merges: a few thousand blobs make an index of
+    many segments, split again and again, and a delta merged into them time after time, as
+    millions do with the real sizes."""
+    monkeypatch.setattr(index_arrays, "SEGMENT", 8)
+    monkeypatch.setattr(index_module, "MERGE_THRESHOLD", 50)
+    monkeypatch.setattr(index_module, "MERGE_MINIMUM", 20)
+
+
+def check_segments(index: Index) -> None:
+    """The sorted arrays are cut by key range: segment i holds keys from firsts[i] up to
+    firsts[i+1], ids sharing their first 8 bytes never straddle two segments."""
+    base = index._sorted
+    assert base.firsts[0] == 0 and base.firsts == sorted(set(base.firsts))
+    assert len(base.firsts) == len(base.segments)
+    assert sum(len(part.keys) for part in base.segments) == base.count
+    bounds = [*base.firsts[1:], 2**64]
+    for low, high, part in zip(base.firsts, bounds, base.segments, strict=True):
+        keys = part.keys.tolist()
+        assert keys == sorted(keys) and len(keys) == len(part.records)
+        assert all(low <= key < high for key in keys)
+
+
+def location(number: int) -> Location:
+    return Location(bytes([number % 7]) * 32, number, number % 1000 + 1, number % 999, number % 2)
+
+
+def test_every_added_blob_is_found_across_merges_and_segments(small_segments) -> None:
+    index = Index()
+    ids = [os.urandom(32) for _ in range(3000)]
+    deltas = set()
+    for number, blob_id in enumerate(ids):
+        index.add(blob_id, *location(number))
+        assert index.lookup(blob_id) == location(number)
+        earlier = number * 7919 % (number + 1)
+        assert index.lookup(ids[earlier]) == location(earlier)
+        deltas.add(None if index._delta is None else len(index._delta.keys))
+    assert len(deltas) > 10  # the delta grew and was merged into the segments many times
+    check_segments(index)
+    assert len(index._sorted.segments) > 100 and len(index) == 3000
+    assert all(index.lookup(blob_id) == location(n) for n, blob_id in enumerate(ids))
+    assert index.lookup(os.urandom(32)) is None
+    assert sorted(index.entries()) == sorted(
+        (blob_id, location(n)) for n, blob_id in enumerate(ids)
+    )
+    assert sorted(index.packs) == sorted({location(n).pack_id for n in range(7)})
+
+
+def test_a_blob_added_again_is_found_where_it_was_added_last(small_segments) -> None:
+    """Before and after the merges that move it into the arrays (which keep both records)."""
+    index = Index()
+    index.add(blob(1), PACK_A, 1, 1, 1, BLOB_DATA)
+    for number in range(100, 400):  # merges: blob(1) is in the arrays
+        index.add(blob(number), PACK_C, number, 1, 1, BLOB_DATA)
+    assert blob(1) not in index._pending
+    index.add(blob(1), PACK_B, 2, 2, 2, BLOB_TREE)
+    where = set()
+    for number in range(400, 800):  # from the dict into the delta, then into the segments
+        assert index.lookup(blob(1)) == Location(PACK_B, 2, 2, 2, BLOB_TREE)
+        delta = [] if index._delta is None else index._delta.keys.tolist()
+        where.add(
+            "dict" if blob(1) in index._pending else "delta" if (1 << 32 | 1) in delta else ""
+        )
+        index.add(blob(number), PACK_C, number, 1, 1, BLOB_DATA)
+    assert where == {"dict", "delta", ""}
+    assert index.lookup(blob(1)) == Location(PACK_B, 2, 2, 2, BLOB_TREE)
+    check_segments(index)
+
+
+@pytest.mark.parametrize("how", ["add", "load"])
+def test_ids_sharing_their_first_eight_bytes_across_segments(
+    small_segments, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    """Forty ids with one 8-byte prefix (five segments' worth) stay in one segment, among
+    random ones; every one is found, a sibling that is not there is not."""
+    monkeypatch.setattr(index_module, "SMALL_INDEX", 0)
+    prefix = os.urandom(8)
+    shared = [prefix + os.urandom(24) for _ in range(40)]
+    ids = [os.urandom(32) for _ in range(300)] + shared + [os.urandom(32) for _ in range(300)]
+    index = Index()
+    if how == "add":
+        for number, blob_id in enumerate(ids):
+            index.add(blob_id, *location(number))
+    else:
+        rows = [(blob_id, *location(number)) for number, blob_id in enumerate(ids)]
+        for start in range(0, len(rows), 64):
+            index.load_file(*encode_index_file(rows[start : start + 64]))
+        index.finish_loading()
+    check_segments(index)
+    key = int.from_bytes(prefix, "big")
+    holding = [part for part in index._sorted.segments if key in part.keys.tolist()]
+    assert len(holding) == 1 and holding[0].keys.tolist().count(key) >= 35
+    assert all(index.lookup(blob_id) == location(n) for n, blob_id in enumerate(ids))
+    assert index.lookup(prefix + os.urandom(24)) is None
+
+
+def test_loading_in_batches_maps_each_files_pack_table(small_segments, monkeypatch) -> None:
+    """Index files are copied into the arrays a few at a time (LOAD_BATCH bytes): the pack
+    numbers of each file still map through its own pack table."""
+    monkeypatch.setattr(index_module, "SMALL_INDEX", 0)
+    monkeypatch.setattr(index_arrays, "LOAD_BATCH", 3 * 49 * 5)
+    packs = [bytes([n]) * 32 for n in range(1, 12)]
+    expected = {}
+    index = Index()
+    for file_number in range(10):
+        rows = []
+        for row_number in range(5):
+            blob_id = os.urandom(32)
+            pack_id = packs[(file_number + row_number * 3) % len(packs)]
+            rows.append((blob_id, pack_id, file_number, row_number + 1, 9, BLOB_DATA))
+            expected[blob_id] = Location(pack_id, file_number, row_number + 1, 9, BLOB_DATA)
+        index.load_file(*encode_index_file(rows))
+    index.finish_loading()
+    check_segments(index)
+    assert {blob_id: index.lookup(blob_id) for blob_id in expected} == expected
+    assert sorted(index.packs) == sorted(set(index.packs)) == sorted(packs)
+
+
+def test_a_pack_loaded_then_added_to_is_listed_once(loading: str) -> None:
+    index = Index()
+    index.load_file(*encode_index_file([(blob(1), PACK_A, 0, 1, 1, BLOB_DATA)]))
+    index.finish_loading()
+    index.add(blob(2), PACK_A, 1, 1, 1, BLOB_DATA)
+    index.add(blob(3), PACK_B, 0, 1, 1, BLOB_DATA)
+    assert index.packs == [PACK_A, PACK_B]
+    assert index.lookup(blob(2)) == Location(PACK_A, 1, 1, 1, BLOB_DATA)
+
+
+def test_packs_stay_distinct_when_sorted_across_merges(small_segments) -> None:
+    """Packs numbered in the dict move into the sorted pack keys at each merge; a pack seen
+    again later (also one sharing the first 8 bytes of another's id) keeps its number."""
+    index = Index()
+    prefix = os.urandom(8)
+    packs = [prefix + os.urandom(24) for _ in range(3)] + [os.urandom(32) for _ in range(40)]
+    ids = [os.urandom(32) for _ in range(2000)]
+    for number, blob_id in enumerate(ids):
+        index.add(blob_id, packs[number % len(packs)], number, 1, 1, BLOB_DATA)
+    assert index._pack_keys is not None and len(index._pack_keys.keys) >= len(packs) - 3
+    assert sorted(index.packs) == sorted(packs)
+    assert all(index.lookup(b).pack_id == packs[n % len(packs)] for n, b in enumerate(ids))
+
+
+def test_backups_restores_and_check_with_an_index_of_many_segments(
+    small_segments, monkeypatch: pytest.MonkeyPatch, make_repo, tmp_path: Path
+) -> None:
+    """A repository whose index is always in the arrays (SMALL_INDEX 0), cut into segments of
+    8 blobs and merged every 50: a backup adds through merges, the next one loads the index
+    files into segments and adds more, and both snapshots restore and check."""
+    monkeypatch.setattr(index_module, "SMALL_INDEX", 0)
+    repo, source, rnd = make_repo(), tmp_path / "src", random.Random(3)
+    for number in range(300):
+        write_file(source / f"d{number % 7}" / f"f{number}", rnd.randbytes(rnd.randrange(1, 3000)))
+    backup_json(repo, source)
+    first = tmp_path / "first"
+    assert run_cli("restore", "--repo", repo, f"latest:{source}", "--target", first).code == 0
+    for number in range(0, 300, 3):
+        write_file(source / f"d{number % 7}" / f"f{number}", rnd.randbytes(2000))
+    write_file(source / "new" / "g", b"g" * 5000)
+    summary = backup_json(repo, source)
+    assert summary["files_changed"] == 100 and summary["files_new"] == 1
+    second = tmp_path / "second"
+    assert run_cli("restore", "--repo", repo, f"latest:{source}", "--target", second).code == 0
+    assert compare_trees(source, second, include_root=False) == []
+    assert len(list(first.rglob("f*"))) == 300
+    check = run_cli("check", "--repo", repo, "--read-data")
+    assert check.code == 0, check.out + check.err
+    with open_repository(repo) as repository:
+        assert len(repository.index._sorted.segments) > 30

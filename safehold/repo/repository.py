@@ -417,12 +417,13 @@ class Repository:
                 loaded = self.load_objects_tolerant(names, cached=self.use_object_cache)
                 damaged = [name for name in names if name not in loaded]
                 for name in names:
-                    content = loaded.get(name)
+                    content = loaded.pop(name, None)  # the index holds the records alone
                     try:
                         index.load_file(content["packs"], content["records"])  # type: ignore[index]
                     except (TypeError, KeyError):
                         if content is not None:
                             damaged.append(name)
+                content = None
                 index.finish_loading()
                 if damaged:
                     self._index_from_headers(index, damaged)
