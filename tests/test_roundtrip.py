@@ -121,6 +121,17 @@ def test_restore_include_of_a_directory_path_takes_everything_below(backed_up, t
     assert compare_trees(source / "sub", target / "sub") == []
 
 
+def test_restore_include_of_a_deeper_directory_makes_its_parents(backed_up, tmp_path) -> None:
+    repo, source = backed_up
+    target = tmp_path / "incdeep"
+    result = run_cli(
+        "restore", "--repo", repo, f"latest:{source}", "-t", target, "-i", f"{source}/sub/deeper"
+    )
+    assert result.code == 0, result.err
+    assert os.listdir(target) == ["sub"] and os.listdir(target / "sub") == ["deeper"]
+    assert compare_trees(source / "sub" / "deeper", target / "sub" / "deeper") == []
+
+
 def test_restore_exclude_leaves_out_names_and_subtrees(backed_up, tmp_path: Path) -> None:
     repo, source = backed_up
     target = tmp_path / "exc"

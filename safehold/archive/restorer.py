@@ -161,6 +161,10 @@ class Restorer:
             return
         kind = entry["type"]
         if kind == DIR:
+            # Below an --include'd directory's parents, which were not selected themselves,
+            # those parents are made first (as for a file).
+            if selected and not parent_selected and not self._make_parents(path):
+                return
             if selected and not self._make_dir(path, entry):
                 return
             self._restore_children(entry, path, snapshot_path, bool(selected))
