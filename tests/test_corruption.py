@@ -172,6 +172,34 @@ def test_damaged_directory_tree_spares_the_rest_of_the_restore(
     assert (target / "victim.bin").read_bytes() == (source / "victim.bin").read_bytes()
 
 
+def test_restore_include_reads_only_the_trees_on_the_included_path(
+    repo, tmp_path, monkeypatch
+) -> None:
+    """A restore --include of one directory reads the trees on its path, not its siblings'
+    (with 300,000 files elsewhere in the snapshot it would read them all): a damaged sibling
+    tree is never touched, so the restore succeeds."""
+    monkeypatch.setenv("SAFEHOLD_CACHE_DIR", "off")  # the repository's trees, not cached ones
+    source = tmp_path / "tree"
+    write_file(source / "a" / "wanted" / "one.txt", b"one\n")
+    write_file(source / "a" / "other" / "two.txt", b"two\n")
+    write_file(source / "b" / "three.txt", b"three\n")
+    backup_json(repo, source)
+    for sibling in ("a/other", "b"):
+        pack, offset, length = blob_place(
+            repo, snapshot_entry(repo, "latest", f"{source}/{sibling}")["subtree"]
+        )
+        flip_byte(pack, offset + NONCE_SIZE + length // 2)
+    target = tmp_path / "restored"
+    wanted = f"{source}/a/wanted"
+    result = run_cli("restore", "--repo", repo, "latest", "-t", target, "--include", wanted)
+    assert result.code == 0, result.err
+    assert (target / wanted.lstrip("/") / "one.txt").read_bytes() == b"one\n"
+    assert os.listdir(target / str(source).lstrip("/")) == ["a"]
+    # A pattern that may match at any depth still reads everything, and finds the damage.
+    result = run_cli("restore", "--repo", repo, "latest", "-t", tmp_path / "r2", "-i", "*.txt")
+    assert result.code == 13
+
+
 def test_a_tree_entry_named_dotdot_is_never_restored_outside_the_target(tmp_path) -> None:
     """Defence in depth: even an authenticated tree with '..' or '/' in a name stays inside."""
     from safehold.archive.entries import FILE, synthetic_entry

@@ -79,6 +79,19 @@ def test_path_pattern_matches_the_whole_absolute_path() -> None:
     assert not rules.excluded(b"/var/cache/x", b"x")  # below is left out by not descending
 
 
+def test_what_may_match_below_a_directory() -> None:
+    rules = Excludes(["/home/*/tmp", "/var/cache/"])
+    assert rules.may_match_below(b"/home") and rules.may_match_below(b"/home/alice")
+    assert not rules.may_match_below(b"/srv")  # a leading component differs
+    assert not rules.may_match_below(b"/home/alice/tmp")  # deeper than any match
+    assert not rules.may_match_below(b"/home/alice/sub")
+    assert rules.may_match_below(b"/var") and not rules.may_match_below(b"/var/cache")
+    assert Excludes(["*.dcm"]).may_match_below(b"/anything/at/all")  # a name: any depth
+    # '?' and '[...]' may stand for a '/': nothing is ruled out by depth.
+    assert Excludes(["/a?b"]).may_match_below(b"/a/x/y")
+    assert Excludes(["/[ab]/c"]).may_match_below(b"/z")
+
+
 def test_trailing_slash_name_pattern_is_still_a_name_pattern() -> None:
     assert Excludes(["build/"]).excluded(b"/deep/in/build", b"build")
 

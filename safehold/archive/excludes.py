@@ -16,10 +16,21 @@ CACHEDIR_SIGNATURE = b"Signature: 8a477f597d28d172789f06886806bc55"
 
 
 def _compile(pattern: str) -> re.Pattern[bytes]:
-    translated = fnmatch.translate(pattern.rstrip("/") or "/")
+    return _regex(pattern.rstrip("/") or "/")
+
+
+def _regex(pattern: str) -> re.Pattern[bytes]:
     # fnmatch's '*' crosses '/': keep it inside one path component.
-    translated = translated.replace(".*", "[^/]*")
-    return re.compile(os.fsencode(translated))
+    return re.compile(os.fsencode(fnmatch.translate(pattern).replace(".*", "[^/]*")))
+
+
+def _components(pattern: str) -> list[re.Pattern[bytes]] | None:
+    """A path pattern as one rule per component, or None if one of its components might
+    match across a '/' (``?`` and ``[...]`` can): then nothing can be ruled out by depth."""
+    text = pattern.rstrip("/") or "/"
+    if "?" in text or "[" in text:
+        return None
+    return [_regex(part) for part in text.split("/")]
 
 
 class Excludes:
@@ -38,6 +49,7 @@ class Excludes:
         self.data_markers = [tuple(markers) for markers in data_markers or [] if markers]
         self._name_rules = [_compile(p) for p in self.patterns if "/" not in p.rstrip("/")]
         self._path_rules = [_compile(p) for p in self.patterns if "/" in p.rstrip("/")]
+        self._path_parts = [_components(p) for p in self.patterns if "/" in p.rstrip("/")]
 
     @classmethod
     def from_file(cls, path: str) -> list[str]:
@@ -50,6 +62,23 @@ class Excludes:
         return any(rule.match(name) for rule in self._name_rules) or any(
             rule.match(path) for rule in self._path_rules
         )
+
+    def may_match_below(self, directory: bytes) -> bool:
+        """False only if no path below ``directory`` (absolute, bytes) can match: every
+        pattern has a slash, and each either has fewer components than a path below it would
+        or differs from it in a leading one (``*`` does not cross '/'). Lets a restore with
+        --include skip the directories off the included paths without reading their trees."""
+        if self._name_rules:
+            return True  # a name matches at any depth
+        parts = directory.split(b"/")
+        for rules in self._path_parts:
+            if rules is None:
+                return True
+            if len(parts) < len(rules) and all(
+                rule.match(part) for rule, part in zip(rules, parts, strict=False)
+            ):
+                return True
+        return False
 
     def is_database_dir(self, path: bytes) -> bool:
         """True if ``path`` holds every file of one of the ``data_markers`` sets (a name

@@ -113,9 +113,10 @@ class Restorer:
         """True: restore; False: skip it but look below (includes); None: skip with descendants."""
         if self.excludes and self.excludes.excluded(snapshot_path, name):
             return None
-        if self.includes is None or parent_selected:
+        if self.includes is None or parent_selected or self.includes.excluded(snapshot_path, name):
             return True
-        return self.includes.excluded(snapshot_path, name)
+        # Below a directory no include can reach, nothing is looked at (its tree is not read).
+        return False if self.includes.may_match_below(snapshot_path) else None
 
     def _restore_children(
         self, entry: dict, path: bytes, snapshot_path: bytes, selected: bool
