@@ -69,7 +69,7 @@ def test_find_walks_lazily_one_tree_at_a_time(repo: Path, history: dict, monkeyp
 
     loads = []
     original = tree_module.load_tree
-    monkeypatch.setattr(find_module, "load_tree", lambda r, t: loads.append(t) or original(r, t))
+    monkeypatch.setattr(tree_module, "load_tree", lambda r, t: loads.append(t) or original(r, t))
     with open_repository(repo) as repository:
         snapshot = resolve(repository, history["first"])
         matches = find_module.find(repository, [snapshot], [find_module.Pattern("db")])

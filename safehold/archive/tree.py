@@ -5,11 +5,11 @@ from __future__ import annotations
 import io
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from safehold.archive.entries import DIR, decode_tree
-from safehold.errors import PathNotInSnapshot
+from safehold.errors import IntegrityError, PathNotInSnapshot
 from safehold.repo.repository import Repository, StorePool
 
 
@@ -98,13 +98,41 @@ def find(repository: Repository, snapshot: dict, path: str) -> dict:
     return entry
 
 
-def walk(repository: Repository, entry: dict, path: bytes) -> Iterator[tuple[bytes, dict]]:
-    """Yield (path, entry) for ``entry`` and, for directories, everything below it (pre-order)."""
+def walk(
+    repository: Repository,
+    entry: dict,
+    path: bytes,
+    on_error: Callable[[bytes, IntegrityError], None] | None = None,
+) -> Iterator[tuple[bytes, dict]]:
+    """Yield (path, entry) for ``entry`` and, for directories, everything below it (pre-order).
+
+    Lazily, one tree loaded at a time: what is held is the entries of the directories on the
+    current path (an explicit stack, so any depth), never a listing of the whole walk. A tree
+    that cannot be read raises IntegrityError; with ``on_error`` it is reported as
+    ``on_error(path of its directory, error)`` and the walk goes on beside it."""
     yield path, entry
+    stack: list[tuple[bytes, Iterator[dict]]] = []
+
+    def enter(path: bytes, tree_id: bytes) -> None:
+        try:
+            stack.append((path.rstrip(b"/"), iter(load_tree(repository, tree_id))))
+        except IntegrityError as error:
+            if on_error is None:
+                raise
+            on_error(path, error)
+
     if entry["type"] == DIR:
-        for child in load_tree(repository, entry["subtree"]):
-            child_path = path.rstrip(b"/") + b"/" + child["name"]
-            yield from walk(repository, child, child_path)
+        enter(path, entry["subtree"])
+    while stack:
+        base, children = stack[-1]
+        child = next(children, None)
+        if child is None:
+            stack.pop()
+            continue
+        child_path = base + b"/" + child["name"]
+        yield child_path, child
+        if child["type"] == DIR:
+            enter(child_path, child["subtree"])
 
 
 class EntryReader(io.RawIOBase):

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import stat
 import sys
 import threading
 import time
+from collections.abc import Iterator
 
 from safehold.archive import tree
 from safehold.archive.backup import backup_paths
@@ -162,43 +164,48 @@ def _mode_string(entry: dict) -> str:
 
 
 def ls(args: argparse.Namespace) -> int:
+    """`safehold ls SNAPSHOT[:PATH] [-R]`: printed as the trees are walked, never held whole."""
     spec, path = split_spec(args.target)
     with open_repository(args) as repository:
         repository.use_tree_cache = True  # trees from the local cache where it has them
         snapshot = resolve(repository, spec)
         start = tree.find(repository, snapshot, path)
         base = os.fsencode(path.rstrip("/"))
+        listing: Iterator[tuple[bytes, dict]]
         if args.recursive:
-            listing = list(tree.walk(repository, start, base))[1:]
+            listing = itertools.islice(tree.walk(repository, start, base), 1, None)
         elif start["type"] == DIR:
-            listing = [
+            listing = (
                 (base + b"/" + child["name"], child)
                 for child in tree.load_tree(repository, start["subtree"])
-            ]
+            )
         else:
-            listing = [(base, start)]
-    if args.json:
-        render.print_json(
-            [
-                {
-                    "path": display_name(p),
-                    **{k: v for k, v in e.items() if k not in ("content", "name", "target")},
-                    **({"target": display_name(e["target"])} if e.get("target") else {}),
-                }
-                for p, e in listing
-            ]
-        )
-        return 0
-    for entry_path, entry in listing:
-        owner = f"{entry.get('user') or entry['uid']}/{entry.get('group') or entry['gid']}"
-        target = render.printable(os.fsdecode(entry["target"])) if entry.get("target") else ""
-        suffix = f" -> {target}" if target else ""
-        print(
-            f"{_mode_string(entry)} {render.printable(str(owner)):>16} {entry.get('size', 0):>12} "
-            f"{render.timestamp(entry['mtime'] / 1e9)} "
-            f"{render.printable(os.fsdecode(entry_path))}{suffix}"
-        )
+            listing = iter([(base, start)])
+        if args.json:
+            render.print_json_array(_ls_record(p, e) for p, e in listing)
+            return 0
+        for entry_path, entry in listing:
+            print(_ls_line(entry_path, entry))
     return 0
+
+
+def _ls_record(path: bytes, entry: dict) -> dict:
+    return {
+        "path": display_name(path),
+        **{k: v for k, v in entry.items() if k not in ("content", "name", "target")},
+        **({"target": display_name(entry["target"])} if entry.get("target") else {}),
+    }
+
+
+def _ls_line(path: bytes, entry: dict) -> str:
+    owner = f"{entry.get('user') or entry['uid']}/{entry.get('group') or entry['gid']}"
+    target = render.printable(os.fsdecode(entry["target"])) if entry.get("target") else ""
+    suffix = f" -> {target}" if target else ""
+    return (
+        f"{_mode_string(entry)} {render.printable(str(owner)):>16} {entry.get('size', 0):>12} "
+        f"{render.timestamp(entry['mtime'] / 1e9)} "
+        f"{render.printable(os.fsdecode(path))}{suffix}"
+    )
 
 
 def restore(args: argparse.Namespace) -> int:
@@ -288,28 +295,27 @@ def restore(args: argparse.Namespace) -> int:
 
 
 def diff(args: argparse.Namespace) -> int:
+    """`safehold diff SNAPSHOT1 SNAPSHOT2`: each change printed as it is found (only counts
+    are kept, for the summary)."""
     from safehold.archive.diff import diff_entries
 
+    counts = dict.fromkeys("+-MTU", 0)
     with open_repository(args) as repository:
         repository.use_tree_cache = True  # trees from the local cache where it has them
         first, second = resolve(repository, args.first), resolve(repository, args.second)
-        changes = list(
-            diff_entries(
-                repository, tree.root_entry(first["tree"]), tree.root_entry(second["tree"]), b""
-            )
+        changes = diff_entries(
+            repository, tree.root_entry(first["tree"]), tree.root_entry(second["tree"]), b""
         )
-    if args.json:
-        render.print_json(
-            [
+        if args.json:
+            render.print_json_array(
                 {"change": change, "path": display_name(path), "type": entry["type"]}
                 for change, path, entry in changes
-            ]
-        )
-        return 0
-    for change, path, entry in changes:
-        name = render.printable(os.fsdecode(path))
-        print(f"{change}  {name}{'/' if entry['type'] == DIR else ''}")
-    counts = {symbol: sum(1 for c, _, _ in changes if c == symbol) for symbol in "+-MTU"}
+            )
+            return 0
+        for change, path, entry in changes:
+            counts[change] += 1
+            name = render.printable(os.fsdecode(path))
+            print(f"{change}  {name}{'/' if entry['type'] == DIR else ''}")
     _say(
         args,
         f"{counts['+']} added, {counts['-']} removed, {counts['M']} modified, "

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import sys
 from collections.abc import Iterator
@@ -58,36 +57,35 @@ def find_command(args: argparse.Namespace) -> int:
 
 def _print_matches(args: argparse.Namespace, matches: Iterator) -> int:
     """Print each match as it comes; JSON as an array written element by element."""
-    count = 0
     if args.json:
-        sys.stdout.write("[")
+        return render.print_json_array(_match_record(match) for match in matches)
+    count = 0
     for match in matches:
         entry = match.entry
-        if args.json:
-            record = {
-                "snapshot_id": match.snapshot["id"],
-                "snapshot_time": render.iso(match.snapshot["time"]),
-                "path": display_name(match.path),
-                "type": entry["type"],
-                "size": entry.get("size", 0),
-                "mtime": render.iso(entry["mtime"] / 1e9),
-                "mtime_ns": entry["mtime"],
-                "mode": entry.get("mode", 0),
-                "uid": entry.get("uid"),
-                "gid": entry.get("gid"),
-            }
-            sys.stdout.write(("\n  " if count == 0 else ",\n  ") + json.dumps(record))
-        else:
-            suffix = "/" if entry["type"] == DIR else ""
-            print(
-                f"{match.snapshot['id'][:8]}  {render.timestamp(match.snapshot['time'])}  "
-                f"{entry.get('size', 0):>12}  {render.timestamp(entry['mtime'] / 1e9)}  "
-                f"{display_name(match.path)}{suffix}"
-            )
+        suffix = "/" if entry["type"] == DIR else ""
+        print(
+            f"{match.snapshot['id'][:8]}  {render.timestamp(match.snapshot['time'])}  "
+            f"{entry.get('size', 0):>12}  {render.timestamp(entry['mtime'] / 1e9)}  "
+            f"{display_name(match.path)}{suffix}"
+        )
         count += 1
-    if args.json:
-        sys.stdout.write("\n]\n" if count else "]\n")
     return count
+
+
+def _match_record(match) -> dict:  # type: ignore[no-untyped-def]
+    entry = match.entry
+    return {
+        "snapshot_id": match.snapshot["id"],
+        "snapshot_time": render.iso(match.snapshot["time"]),
+        "path": display_name(match.path),
+        "type": entry["type"],
+        "size": entry.get("size", 0),
+        "mtime": render.iso(entry["mtime"] / 1e9),
+        "mtime_ns": entry["mtime"],
+        "mode": entry.get("mode", 0),
+        "uid": entry.get("uid"),
+        "gid": entry.get("gid"),
+    }
 
 
 # ------------------------------------------------------------------------------ dump

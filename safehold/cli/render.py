@@ -7,7 +7,7 @@ import re
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
 
@@ -48,6 +48,18 @@ def iso(epoch: float) -> str:
 def print_json(value: object) -> None:
     json.dump(jsonable(value), sys.stdout, indent=2)
     sys.stdout.write("\n")
+
+
+def print_json_array(items: Iterable[object]) -> int:
+    """Write a JSON array element by element as ``items`` yields them (one a line), so that a
+    listing of a whole snapshot is never held; returns the number of elements."""
+    count = 0
+    sys.stdout.write("[")
+    for item in items:
+        sys.stdout.write(("\n  " if count == 0 else ",\n  ") + json.dumps(jsonable(item)))
+        count += 1
+    sys.stdout.write("\n]\n" if count else "]\n")
+    return count
 
 
 def jsonable(value: object) -> object:

@@ -9,13 +9,13 @@ and the walk goes on beside it.
 from __future__ import annotations
 
 import fnmatch
+import itertools
 import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 
-from safehold.archive.entries import DIR
-from safehold.archive.tree import load_tree, root_entry
+from safehold.archive import tree
 from safehold.errors import IntegrityError, UsageError
 from safehold.repo.repository import Repository
 
@@ -69,7 +69,11 @@ def find(
     newer_ns = None if newer is None else int(newer * 1e9)
     older_ns = None if older is None else int(older * 1e9)
     for snapshot in snapshots:
-        for path, entry in _walk(repository, snapshot, on_error):
+        report = None
+        if on_error is not None:
+            report = lambda path, error, snapshot=snapshot: on_error(snapshot, path or b"/", error)  # noqa: E731
+        walk = tree.walk(repository, tree.root_entry(snapshot["tree"]), b"", report)
+        for path, entry in itertools.islice(walk, 1, None):
             mtime = entry.get("mtime", 0)
             if newer_ns is not None and mtime < newer_ns:
                 continue
@@ -77,32 +81,3 @@ def find(
                 continue
             if any(pattern.matches(path, entry["name"]) for pattern in patterns):
                 yield Match(snapshot, path, entry)
-
-
-def _walk(
-    repository: Repository,
-    snapshot: dict,
-    on_error: Callable[[dict, bytes, IntegrityError], None] | None,
-) -> Iterator[tuple[bytes, dict]]:
-    """(path, entry) below the snapshot's root, pre-order, one tree loaded at a time."""
-    stack: list[tuple[bytes, Iterator[dict]]] = []
-
-    def enter(path: bytes, tree_id: bytes) -> None:
-        try:
-            stack.append((path, iter(load_tree(repository, tree_id))))
-        except IntegrityError as error:
-            if on_error is None:
-                raise
-            on_error(snapshot, path or b"/", error)
-
-    enter(b"", root_entry(snapshot["tree"])["subtree"])
-    while stack:
-        base, children = stack[-1]
-        child = next(children, None)
-        if child is None:
-            stack.pop()
-            continue
-        path = base + b"/" + child["name"]
-        yield path, child
-        if child["type"] == DIR:
-            enter(path, child["subtree"])
