@@ -119,3 +119,24 @@ def test_packs_leave_the_page_cache_small_objects_may_stay(tmp_path: Path) -> No
     assert (store / "pack").read_bytes() == pack
     assert not [name for name in os.listdir(store) if name.endswith(".tmp")]
     backend.close()
+
+
+def test_packs_of_tiny_blobs_are_indexed_before_sixteen_of_them(tmp_path, monkeypatch) -> None:
+    """The rows of stored packs wait in memory until an index file lists them: with tiny
+    blobs an index file follows every INDEX_EVERY_BLOBS of them, not only every 16 packs."""
+    from safehold.repo import writer as writer_module
+    from safehold.repo.format import BLOB_DATA
+
+    monkeypatch.setattr(writer_module, "INDEX_EVERY_BLOBS", 500)
+    repository = open_repository(init_repository(tmp_path / "repo", pack_size=16 * 1024))
+    with writer_module.BlobWriter(repository) as writer:
+        for number in range(2000):
+            data = b"tiny %d" % number
+            writer.add(BLOB_DATA, repository.cipher.blob_id(data), data)
+        packs = len(list(repository.store.list("data")))
+        indexes = len(list(repository.store.list("index")))
+        assert 2 <= packs < writer_module.INDEX_EVERY_PACKS
+        assert indexes >= 1, (packs, indexes)  # was none before the flush
+        writer.flush()
+    with open_repository(tmp_path / "repo") as reopened:
+        assert len(reopened.index) == 2000

@@ -27,6 +27,9 @@ from safehold.repo.repository import Repository, pack_name
 from safehold.store import ObjectMissing
 
 INDEX_EVERY_PACKS = 16
+# ... or sooner once this many blobs wait for one (about 3 MiB of records): packs of tiny files
+# hold 100,000 blobs each, and their rows would otherwise wait in memory for 16 of them.
+INDEX_EVERY_BLOBS = 65536
 CONFIRM_ONE_BY_ONE = 32  # more packs to confirm than this: one listing of data/ instead
 
 
@@ -320,7 +323,8 @@ class BlobWriter:
         return store
 
     def _saved(self, pack_id: bytes, builder: PackBuilder) -> None:
-        """A pack is stored: index its blobs; every INDEX_EVERY_PACKS packs an index file."""
+        """A pack is stored: index its blobs; every INDEX_EVERY_PACKS packs (or
+        INDEX_EVERY_BLOBS blobs) an index file."""
         rows = [entry.index_row(pack_id) for entry in builder.entries]
         for row in rows:
             self.index.add(*row)
@@ -331,7 +335,10 @@ class BlobWriter:
         with self._index_lock:
             self._unindexed.extend(rows)
             self._packs_since_index += 1
-            if self._packs_since_index >= INDEX_EVERY_PACKS:
+            if (
+                self._packs_since_index >= INDEX_EVERY_PACKS
+                or len(self._unindexed) >= INDEX_EVERY_BLOBS
+            ):
                 self._write_index()
 
     def adopt_unindexed_packs(self) -> None:
