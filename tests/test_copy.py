@@ -168,3 +168,19 @@ def _file(tmp_path: Path, name: str, text: str) -> Path:
     path = tmp_path / f"passphrase-{name}"
     path.write_text(text)
     return path
+
+
+def test_the_id_map_finds_every_pair_after_merges(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pairs move from the dict into the sorted arrays as the map grows; every one is found,
+    ids ending in NUL bytes included (numpy's S32 drops trailing NULs), unknown ones are not."""
+    from safehold.ops.copy import IdMap
+
+    monkeypatch.setattr(IdMap, "MERGE_AT", 64)
+    rnd = random.Random(5)
+    pairs = {rnd.randbytes(31) + bytes([n % 2]): rnd.randbytes(30) + b"\0\0" for n in range(1000)}
+    ids = IdMap()
+    for source_id, target_id in pairs.items():
+        ids.put(source_id, target_id)
+    assert len(ids) == 1000 and ids._keys is not None and len(ids._recent) < 1000 // 8
+    assert all(ids.get(source_id) == target_id for source_id, target_id in pairs.items())
+    assert ids.get(rnd.randbytes(32)) is None and rnd.randbytes(32) not in ids

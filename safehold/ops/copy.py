@@ -9,9 +9,13 @@ id and ``copied_from`` / ``copied_from_repository`` naming where it came from. C
 copied as they are (not re-chunked with the target's seed), so copies of the same source
 deduplicate in the target with each other, not with backups made directly into it.
 
-Memory: an ``IdMap`` (source id -> target id, a dict) holds the ids of the snapshots copied
-in this run and of the already-copied snapshots used to seed it, about 200 bytes a blob:
-some 200 MiB for a million distinct chunks (1 TiB of unique data at the default chunk size).
+Memory: an ``IdMap`` (source id -> target id) holds the ids of the snapshots copied in this
+run and of the already-copied snapshots used to seed it: the latest in a dict (about 170
+bytes a pair, at most 65,536 of them or an eighth of the rest), the others in sorted numpy
+arrays (64 bytes a pair, twice that for a moment while the dict is merged into them): some
+70 MiB for a million distinct chunks (1 TiB of unique data at the default chunk size, or a
+million small files), 130 MiB at the peak of a merge (a dict: 170 MiB). Trees are walked depth
+first, holding the entries of the directories on the current path only.
 Seeding: before a snapshot is copied, the target copy of its parent (or else of the latest
 copied snapshot of the same host and paths) is walked side by side with its source, so the
 blobs and whole subtrees it already has are known without reading their data again.
@@ -88,13 +92,56 @@ def existing_copies(source: Repository, target: Repository) -> dict[str, dict]:
 
 
 class IdMap:
-    """Source blob id -> target blob id, for data blobs and trees (see the module docstring)."""
+    """Source blob id -> target blob id, for data blobs and trees (see the module docstring).
+
+    New pairs go into a dict; once it holds ``MERGE_AT`` pairs (or an eighth of the merged
+    ones, whichever is more) it is merged into two sorted arrays of 32-byte ids, the way the
+    repository's index keeps its entries (numpy is imported only then)."""
+
+    MERGE_AT = 65536
 
     def __init__(self) -> None:
-        self.ids: dict[bytes, bytes] = {}
+        self._recent: dict[bytes, bytes] = {}
+        self._keys = None  # numpy S32, sorted; the matching target ids in _values
+        self._values = None
+
+    def __len__(self) -> int:
+        return len(self._recent) + (0 if self._keys is None else len(self._keys))
 
     def get(self, source_id: bytes) -> bytes | None:
-        return self.ids.get(source_id)
+        found = self._recent.get(source_id)
+        if found is not None or self._keys is None:
+            return found
+        import numpy as np
+
+        position = int(np.searchsorted(self._keys, np.bytes_(source_id)))
+        # An S32 element reads back without its trailing NUL bytes: pad before comparing.
+        if position < len(self._keys) and _id(self._keys[position]) == source_id:
+            return _id(self._values[position])
+        return None
+
+    def __contains__(self, source_id: bytes) -> bool:
+        return self.get(source_id) is not None
+
+    def put(self, source_id: bytes, target_id: bytes) -> None:
+        self._recent[source_id] = target_id
+        merged = 0 if self._keys is None else len(self._keys)
+        if len(self._recent) >= max(self.MERGE_AT, merged >> 3):
+            self._merge()
+
+    def _merge(self) -> None:
+        import numpy as np
+
+        keys = np.fromiter(self._recent.keys(), dtype="S32", count=len(self._recent))
+        values = np.fromiter(self._recent.values(), dtype="S32", count=len(self._recent))
+        order = np.argsort(keys)
+        keys, values = keys[order], values[order]
+        if self._keys is not None:  # into the sorted arrays: one new copy of each, no sort
+            places = np.searchsorted(self._keys, keys)
+            keys = np.insert(self._keys, places, keys)
+            values = np.insert(self._values, places, values)
+        self._keys, self._values = keys, values
+        self._recent = {}
 
     def seed(self, source: Repository, target: Repository, source_tree: bytes, target_tree: bytes):
         """Learn the ids of a snapshot already copied by walking its two trees side by side.
@@ -102,7 +149,7 @@ class IdMap:
         stack = [(source_tree, target_tree)]
         while stack:
             source_id, target_id = stack.pop()
-            if source_id in self.ids or target_id not in target.index:
+            if source_id in self or target_id not in target.index:
                 continue
             left = decode_tree(source.load_blob(source_id))
             right = decode_tree(target.load_blob(target_id))
@@ -114,10 +161,14 @@ class IdMap:
                 elif len(a.get("content") or []) == len(b.get("content") or []):
                     for x, y in zip(a.get("content") or [], b.get("content") or [], strict=True):
                         if y in target.index:
-                            self.ids[x] = y
+                            self.put(x, y)
             # A tree is mapped only once its subtrees were queued: a reader of the map that
             # finds a tree may take its whole subtree as present in the target.
-            self.ids[source_id] = target_id
+            self.put(source_id, target_id)
+
+
+def _id(element: bytes) -> bytes:
+    return bytes(element).ljust(32, b"\0")
 
 
 class Copier:
@@ -145,7 +196,7 @@ class Copier:
         data = encode_tree(entries)
         target_id = self.target.cipher.blob_id(data)
         self._store(BLOB_TREE, target_id, data)
-        self.ids.ids[tree_id] = target_id
+        self.ids.put(tree_id, target_id)
         return target_id
 
     def _copy_data(self, blob_id: bytes) -> bytes:
@@ -158,7 +209,7 @@ class Copier:
         self._current.bytes_read += len(data)
         target_id = self.target.cipher.blob_id(data)
         self._store(BLOB_DATA, target_id, data)
-        self.ids.ids[blob_id] = target_id
+        self.ids.put(blob_id, target_id)
         return target_id
 
     def _store(self, blob_type: int, blob_id: bytes, data: bytes) -> None:
