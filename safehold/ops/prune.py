@@ -31,6 +31,8 @@ from safehold.repo.repository import Repository, pack_name, snapshot_problem
 from safehold.store.locks import STALE_AFTER, Lock
 
 INDEX_FILE_RECORDS = 65536  # records per new index file (about 3 MiB)
+# A repacked blob's index row, with its pack's id (the new packs are not in the table).
+NEW_ENTRY_DTYPE = np.dtype([("id", "S32"), ("pack", "S32")] + ENTRY_DTYPE.descr[2:])
 # Packs written less than this long ago are neither deleted nor repacked: defence in depth
 # should a backup ever run unseen by the lock (its packs are unreferenced until its snapshot).
 KEEP_YOUNG = 4 * 3600.0
@@ -341,7 +343,7 @@ def _repack(
     Holds one source pack and the pack being built at a time. Every blob is authenticated and
     checked against its id before it is copied: prune never makes a damaged copy the only one.
     """
-    rows: list[tuple] = []
+    shipped: list[np.ndarray] = []  # per new pack its index rows: no Python object per blob
     targets = {pack_id: n for n, pack_id in enumerate(table.packs)}
     builder = PackBuilder()
     pack_size = repository.config["pack_size"]
@@ -356,16 +358,17 @@ def _repack(
             repository.open_blob(blob_id, location, sealed)  # raises IntegrityError if damaged
             builder.add(location.blob_type, blob_id, sealed, location.raw_length)
             if len(builder) >= pack_size:
-                rows += _ship(repository, builder, plan)
+                shipped.append(_ship(repository, builder, plan))
                 builder = PackBuilder()
         del data
-    rows += _ship(repository, builder, plan)
-    return np.array(rows, dtype=[("id", "S32"), ("pack", "S32")] + ENTRY_DTYPE.descr[2:])
+    shipped.append(_ship(repository, builder, plan))
+    return np.concatenate(shipped)
 
 
-def _ship(repository: Repository, builder: PackBuilder, plan: PrunePlan) -> list[tuple]:
+def _ship(repository: Repository, builder: PackBuilder, plan: PrunePlan) -> np.ndarray:
+    """Store a repacked pack; returns its index rows (NEW_ENTRY_DTYPE)."""
     if not builder.entries:
-        return []
+        return np.empty(0, dtype=NEW_ENTRY_DTYPE)
     entries = builder.entries
     pack_id, data = builder.finish(repository.cipher)
     with data:
@@ -373,7 +376,10 @@ def _ship(repository: Repository, builder: PackBuilder, plan: PrunePlan) -> list
         plan.done["packs_written"] += 1
         plan.done["bytes_written"] += len(data)
     plan.done["blobs_repacked"] += len(entries)
-    return [(e.blob_id, pack_id, e.offset, e.length, e.raw_length, e.blob_type) for e in entries]
+    return np.array(
+        [(e.blob_id, pack_id, e.offset, e.length, e.raw_length, e.blob_type) for e in entries],
+        dtype=NEW_ENTRY_DTYPE,
+    )
 
 
 def _write_index(
