@@ -183,4 +183,7 @@ def test_the_id_map_finds_every_pair_after_merges(monkeypatch: pytest.MonkeyPatc
         ids.put(source_id, target_id)
     assert len(ids) == 1000 and ids._keys is not None and len(ids._recent) < 1000 // 8
     assert all(ids.get(source_id) == target_id for source_id, target_id in pairs.items())
+    assert ids.get_many(list(pairs)) == list(pairs.values())
+    first, target_id = next(iter(pairs.items()))
+    assert ids.get_many([rnd.randbytes(32), first]) == [None, target_id]
     assert ids.get(rnd.randbytes(32)) is None and rnd.randbytes(32) not in ids

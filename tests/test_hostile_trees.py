@@ -8,7 +8,7 @@ import stat
 from pathlib import Path
 
 import pytest
-from conftest import init_repository, needs_root, open_repository, run_cli
+from conftest import PASSPHRASE, init_repository, needs_root, open_repository, run_cli
 
 from safehold.archive.entries import DIR, FILE, encode_tree, synthetic_entry
 from safehold.repo.format import BLOB_DATA, BLOB_TREE
@@ -121,6 +121,17 @@ def test_a_tree_nested_1500_levels_restores(tmp_path: Path) -> None:
     assert deepest.read_bytes() == CONTENT
     assert run_cli("check", "--repo", repo, "--read-data").code == 0
     assert run_cli("ls", "--repo", repo, "latest", "-R").code == 0
+    # and copy, which walks it with a stack of its own
+    other = init_repository(tmp_path / "other")
+    os.environ["SAFEHOLD_TO_PASSPHRASE"] = PASSPHRASE
+    try:
+        copied = run_cli("copy", "--repo", repo, "--to", other)
+    finally:
+        del os.environ["SAFEHOLD_TO_PASSPHRASE"]
+    assert copied.code == 0, copied.err
+    again = tmp_path / "again"
+    assert run_cli("restore", "--repo", other, "latest", "--target", again).code == 0
+    assert (again / "x" / os.path.join(*["d"] * depth) / "f").read_bytes() == CONTENT
 
 
 def test_a_backup_of_a_tree_1500_levels_deep(repo: Path, tmp_path: Path) -> None:
