@@ -10,10 +10,12 @@ from __future__ import annotations
 import os
 import random
 import signal
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from conftest import (
+    FAST_KDF,
     PASSPHRASE,
     build_full_tree,
     compare_trees,
@@ -167,3 +169,43 @@ def test_a_reader_process_that_dies_costs_time_not_data(
     _same_counts(alone, spread)
     messages = [warning["message"] for warning in spread.archive.warnings]
     assert messages and all("reader process" in message for message in messages), messages
+
+
+def test_without_reader_processes_the_backup_goes_on_in_one_process(
+    repo: Path, tmp_path: Path, offloads: list[bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = _archive_tree(tmp_path / "src")
+
+    def no_memfd(name: str) -> int:
+        raise OSError(38, "Function not implemented")
+
+    with open_repository(repo) as repository:
+        alone = _backup(repository, source, "0", monkeypatch)
+        monkeypatch.setattr(os, "memfd_create", no_memfd)
+        spread = _backup(repository, source, "2", monkeypatch)
+    assert _source_tree(repo, spread, source) == _source_tree(repo, alone, source)
+    _same_counts(alone, spread)
+    assert [w["message"] for w in spread.archive.warnings] == [
+        "reader processes could not start ([Errno 38] Function not implemented): one core is used"
+    ]
+
+
+@pytest.mark.parametrize("backend", ["sftp", "s3"])
+def test_reader_processes_packs_reach_remote_repositories(
+    backend: str,
+    remote_location: Callable[[str, str], str],
+    tmp_path: Path,
+    offloads: list[bytes],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    source = _archive_tree(tmp_path / "src")
+    location = remote_location(backend, "repo")
+    Repository.init(location, PASSPHRASE.encode(), kdf=FAST_KDF).close()
+    with Repository.open(location, PASSPHRASE.encode()) as repository:
+        result = _backup(repository, source, "2", monkeypatch)
+    assert offloads and result.archive.warnings == []
+    assert run_cli("check", "--repo", location, "--read-data").code == 0
+    target = tmp_path / "restored"
+    restored = run_cli("restore", "--repo", location, result.snapshot_id, "--target", target)
+    assert restored.code == 0, restored.err
+    assert compare_trees(source, target / str(source).lstrip("/")) == []

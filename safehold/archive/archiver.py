@@ -417,20 +417,28 @@ class Archiver:
             self._files_here += len(children)
             if self._files_here <= readprocs.START_AFTER:
                 return False
-            self._processes = readprocs.ReaderProcesses(
-                self.repository.cipher,
-                {
-                    "chunker": self.repository.config["chunker"],
-                    "level": self.repository.config["compression_level"],
-                    "pack_size": self.writer.pack_size,
-                    "capacity": self.writer.pack_capacity,
-                },
-                self.writer.add_pack,
-                self._warn,
-                self._fail,
-                self._process_count,
-            )
+            try:
+                self._processes = self._start_processes()
+            except (OSError, AttributeError) as error:  # no memfd, no fork, no memory
+                self._process_count = 0
+                self._warn(f"reader processes could not start ({error}): one core is used")
+                return False
         return True
+
+    def _start_processes(self) -> readprocs.ReaderProcesses:
+        return readprocs.ReaderProcesses(
+            self.repository.cipher,
+            {
+                "chunker": self.repository.config["chunker"],
+                "level": self.repository.config["compression_level"],
+                "pack_size": self.writer.pack_size,
+                "capacity": self.writer.pack_capacity,
+            },
+            self.writer.add_pack,
+            self._warn,
+            self._fail,
+            self._process_count,
+        )
 
     def _offload(
         self,

@@ -321,37 +321,44 @@ class ReaderProcesses:
         self._fail = fail  # an error storing a pack: the backup fails (the archiver raises it)
         self._readers: list[_Reader] = []
         self._slots = threading.BoundedSemaphore(IN_FLIGHT * count)
-        capacity = settings["capacity"]
         package_root = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
         environment = child_env({"PYTHONPATH": package_root})
-        for number in range(count):
-            fds = [os.memfd_create(f"safehold-pack-{number}-{k}") for k in range(BUFFERS)]
-            try:
-                for fd in fds:
-                    os.ftruncate(fd, capacity)
-                buffers = [mmap.mmap(fd, capacity) for fd in fds]
-                process = subprocess.Popen(
-                    [sys.executable, "-m", "safehold.archive.readprocs"],
-                    stdin=subprocess.PIPE,
-                    stdout=subprocess.PIPE,
-                    stderr=subprocess.DEVNULL,
-                    env=environment,
-                    pass_fds=fds,
-                )
-            finally:
-                for fd in fds:
-                    os.close(fd)
-            reader = _Reader(process, number, buffers)
-            for pipe in (process.stdin, process.stdout):
-                _widen(pipe)
-            reader.send(
-                msgpack.packb({"key": cipher.master_key.to_bytes(), "buffers": fds, **settings})
+        try:
+            for number in range(count):
+                self._start(number, cipher, settings, environment)
+        except BaseException:
+            self.close()  # the ones started, if any
+            raise
+
+    def _start(self, number: int, cipher: Cipher, settings: dict, environment: dict) -> None:
+        capacity = settings["capacity"]
+        fds = [os.memfd_create(f"safehold-pack-{number}-{k}") for k in range(BUFFERS)]
+        try:
+            for fd in fds:
+                os.ftruncate(fd, capacity)
+            buffers = [mmap.mmap(fd, capacity) for fd in fds]
+            process = subprocess.Popen(
+                [sys.executable, "-m", "safehold.archive.readprocs"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                env=environment,
+                pass_fds=fds,
             )
-            reader.thread = threading.Thread(
-                target=self._receive, args=(reader,), name=f"reader-process-{number}", daemon=True
-            )
-            reader.thread.start()
-            self._readers.append(reader)
+        finally:
+            for fd in fds:
+                os.close(fd)
+        reader = _Reader(process, number, buffers)
+        for pipe in (process.stdin, process.stdout):
+            _widen(pipe)
+        reader.send(
+            msgpack.packb({"key": cipher.master_key.to_bytes(), "buffers": fds, **settings})
+        )
+        reader.thread = threading.Thread(
+            target=self._receive, args=(reader,), name=f"reader-process-{number}", daemon=True
+        )
+        reader.thread.start()
+        self._readers.append(reader)
 
     @property
     def pids(self) -> list[int]:
