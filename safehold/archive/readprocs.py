@@ -69,8 +69,20 @@ class Stat(NamedTuple):
     st_rdev: int
 
 
-def stat_fields(st: os.stat_result) -> list[int]:
-    return [getattr(st, name) for name in Stat._fields]
+def stat_fields(st: os.stat_result) -> tuple[int, ...]:
+    """The fields of ``Stat``, in its order."""
+    return (
+        st.st_mode,
+        st.st_uid,
+        st.st_gid,
+        st.st_mtime_ns,
+        st.st_ctime_ns,
+        st.st_ino,
+        st.st_dev,
+        st.st_nlink,
+        st.st_size,
+        st.st_rdev,
+    )
 
 
 def reader_count() -> int:
