@@ -468,6 +468,10 @@ class ReaderProcesses:
             job.done(result)
 
     def _free(self, reader: _Reader, number: int) -> None:
+        """The pack in buffer ``number`` is stored: drop its pages from this process (they
+        stay in the reader's) and give the buffer back."""
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            reader.buffers[number].madvise(mmap.MADV_DONTNEED)
         reader.send(msgpack.packb([FREE, number]))
 
     def close(self) -> None:
