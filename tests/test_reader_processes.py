@@ -209,3 +209,33 @@ def test_reader_processes_packs_reach_remote_repositories(
     restored = run_cli("restore", "--repo", location, result.snapshot_id, "--target", target)
     assert restored.code == 0, restored.err
     assert compare_trees(source, target / str(source).lstrip("/")) == []
+
+
+def test_directories_waiting_for_a_readers_pack_stay_few(
+    repo: Path, tmp_path: Path, offloads: list[bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A directory a reader answered finishes once the pack holding its last blobs is sent;
+    when packs fill slowly, the reader is told to send it every SETTLE_EVERY answers, so the
+    directories (and their listings) waiting in the main process do not grow with the run."""
+    source = tmp_path / "src"
+    for number in range(40):
+        leaf = source / f"series_{number:02}"
+        leaf.mkdir(parents=True)
+        for instance in range(5):
+            (leaf / f"{instance}.dcm").write_bytes(os.urandom(2000))
+    monkeypatch.setattr(readprocs, "SETTLE_EVERY", 1)
+    waiting: list[int] = []
+    real = readprocs.ReaderProcesses._settled
+
+    def settled(self, reader):  # type: ignore[no-untyped-def]
+        waiting.append(len(reader.answered))
+        return real(self, reader)
+
+    monkeypatch.setattr(readprocs.ReaderProcesses, "_settled", settled)
+    with open_repository(repo) as repository:
+        result = _backup(repository, source, "2", monkeypatch)
+    assert len(offloads) == 40 and result.archive.errors == []
+    assert max(waiting) <= 1 + readprocs.IN_FLIGHT, waiting
+    target = tmp_path / "restored"
+    assert run_cli("restore", "--repo", repo, result.snapshot_id, "--target", target).code == 0
+    assert compare_trees(source, target / str(source).lstrip("/")) == []

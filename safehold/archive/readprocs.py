@@ -47,7 +47,8 @@ from safehold.repo.pack import PackBuilder, PackEntry
 from safehold.secrecy import child_env
 
 START_AFTER = 2000  # files in directories archived by the main process before readers start
-IN_FLIGHT = 4  # directories sent to one reader process and not finished yet, at most
+IN_FLIGHT = 4  # directories sent to one reader process and not answered yet, at most
+SETTLE_EVERY = 64  # answered directories that wait for the reader's pack, before it is sent
 FRAME = struct.Struct("<I")
 PACK, DONE, SETTLED = 0, 1, 2  # reader -> main
 REQUEST, FREE, FLUSH = 0, 1, 2  # main -> reader
@@ -286,12 +287,17 @@ def main() -> None:
 # ------------------------------------------------------------------ the main process side
 
 
-class Job(NamedTuple):
+class Job:
     """One directory handed to a reader process, and what to call with its outcome."""
 
-    request: bytes
-    done: Callable[[dict], None]  # with the DONE statistics, in the receiving thread
-    redo: Callable[[], None]  # the reader process ended first: archive it in this process
+    __slots__ = ("done", "redo", "request")
+
+    def __init__(
+        self, request: bytes, done: Callable[[dict], None], redo: Callable[[], None]
+    ) -> None:
+        self.request = request  # dropped once sent
+        self.done = done  # with the DONE statistics, in the receiving thread
+        self.redo = redo  # the reader process ended first: archive it in this process
 
 
 class _Reader:
@@ -405,6 +411,7 @@ class ReaderProcesses:
                     reader.outstanding.append(job)
                 with contextlib.suppress(OSError, ValueError):
                     _write_frame(reader.process.stdin, job.request)
+                job.request = b""
             return
 
     def flush(self) -> None:
@@ -433,6 +440,10 @@ class ReaderProcesses:
                 job = reader.outstanding.popleft()
             self._slots.release()
             reader.answered.append((job, message[1]))
+            if len(reader.answered) % SETTLE_EVERY == 0:
+                # Few new blobs a directory (a backup after a small change): its pack fills
+                # slowly; have it sent, so that the directories waiting for it stay few.
+                reader.send(msgpack.packb([FLUSH, None]))
         with reader.lock:
             reader.alive = False
             unanswered = list(reader.outstanding)
