@@ -156,7 +156,7 @@ def test_a_backup_made_while_mounted_appears(
     while len(_snapshot_dirs(top)) < 2 and time.monotonic() < deadline:
         time.sleep(0.2)
     after = _snapshot_dirs(top)
-    assert len(after) == 2 and after[0] == before[0]
+    assert len(after) == 2 and before[0] in after  # (named by second: both may share one)
     newest = top / "snapshots" / "latest" / str(source).lstrip("/")
     assert os.readlink(top / "snapshots" / "latest").endswith(second[:8])
     assert (newest / "a.txt").read_bytes() == b"second version\n" * 2000
