@@ -19,6 +19,7 @@ from conftest import (
     write_file,
 )
 
+from safehold.archive import readprocs
 from safehold.archive.entries import DIR, decode_tree
 from safehold.archive.reader import FileReader
 from safehold.repo.index import Index
@@ -138,13 +139,26 @@ MUTATIONS = [
 ]
 
 
+@pytest.fixture(params=["0", "2"], ids=["one-process", "reader-processes"])
+def readers(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Backups in one process, or with leaf directories in reader processes from the first."""
+    monkeypatch.setenv("SAFEHOLD_READ_PROCESSES", request.param)
+    monkeypatch.setattr(readprocs, "START_AFTER", 0)
+    return request.param
+
+
 @pytest.mark.parametrize("number", range(len(MUTATIONS)))
 def test_every_kind_of_change_gives_the_tree_a_full_comparison_gives(
-    repo: Path, source: Path, tmp_path: Path, number: int, monkeypatch: pytest.MonkeyPatch
+    repo: Path,
+    source: Path,
+    tmp_path: Path,
+    number: int,
+    monkeypatch: pytest.MonkeyPatch,
+    readers: str,
 ) -> None:
     """After a change, the backup that took unchanged directories from the table writes
     exactly the trees (equal ids) of a backup that compared every entry (no local cache),
-    and restores to the changed source."""
+    and restores to the changed source; with reader processes too."""
     backup_json(repo, source)
     for mutation in MUTATIONS[: number + 1]:
         mutation(source)
@@ -236,7 +250,7 @@ def test_without_a_local_cache_backups_compare_every_entry(
 
 
 def test_a_hot_cold_platform_backup_keeps_only_its_cold_trees(
-    repo: Path, tmp_path: Path, tree_loads: list[bytes]
+    repo: Path, tmp_path: Path, tree_loads: list[bytes], readers: str
 ) -> None:
     """The cold pass takes what the hot pass just walked as known (so it reads no tree of
     it), and the table the snapshot keeps names only trees the snapshot holds: not the hot

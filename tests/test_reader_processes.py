@@ -239,3 +239,27 @@ def test_directories_waiting_for_a_readers_pack_stay_few(
     target = tmp_path / "restored"
     assert run_cli("restore", "--repo", repo, result.snapshot_id, "--target", target).code == 0
     assert compare_trees(source, target / str(source).lstrip("/")) == []
+
+
+def test_directories_larger_than_a_pipe_go_to_reader_processes(
+    make_repo: Callable[..., Path],
+    tmp_path: Path,
+    offloads: list[bytes],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two leaf directories whose listings (long names) are larger than a pipe holds, with
+    small packs, so that requests, packs and freed buffers cross while pipes are full."""
+    repo = make_repo("repo", pack_size=64 * KiB)
+    source = tmp_path / "src"
+    for folder in ("a", "b"):
+        (source / folder).mkdir(parents=True)
+        for number in range(6000):
+            name = f"{number:06}-" + "n" * 180
+            (source / folder / name).write_bytes(os.urandom(100 + number % 900))
+    with open_repository(repo) as repository:
+        result = _backup(repository, source, "2", monkeypatch)
+    assert len(offloads) == 2 and result.archive.errors == []
+    assert result.written.packs_written > 50
+    target = tmp_path / "restored"
+    assert run_cli("restore", "--repo", repo, result.snapshot_id, "--target", target).code == 0
+    assert compare_trees(source, target / str(source).lstrip("/")) == []

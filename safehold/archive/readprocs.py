@@ -101,40 +101,57 @@ def reader_count() -> int:
 
 
 class _Channel:
-    """The reader's end of its stdin: directory requests, and pack buffers given back."""
+    """The reader's end of its stdin: directory requests, and pack buffers given back.
+
+    A thread of its own reads the pipe as frames arrive, so the main process's writes to it
+    never wait for this process to finish a directory: no cycle of full pipes can form (the
+    main process waiting to write here while this process waits to write an answer)."""
 
     def __init__(self, source, buffers: int) -> None:  # type: ignore[no-untyped-def]
         self.source = source
         self.free: deque[int] = deque(range(buffers))
         self.requests: deque[list | None] = deque()
         self.closed = False
+        self.changed = threading.Condition()
+        threading.Thread(target=self._pump, name="channel", daemon=True).start()
 
-    def _read_one(self) -> bool:
-        body = None if self.closed else _read_frame(self.source)
-        if body is None:
-            self.closed = True
-            return False
-        kind, value = msgpack.unpackb(body)
-        if kind == FREE:
-            self.free.append(value)
-        else:
-            self.requests.append(value)  # a directory, or None: send the pack being filled
-        return True
+    def _pump(self) -> None:
+        while True:
+            try:
+                body = _read_frame(self.source)
+                message = None if body is None else msgpack.unpackb(body)
+            except (OSError, ValueError):
+                message = None
+            with self.changed:
+                if message is None:
+                    self.closed = True
+                    self.changed.notify_all()
+                    return
+                kind, value = message
+                if kind == FREE:
+                    self.free.append(value)
+                else:
+                    self.requests.append(value)  # a directory, or None: send the pack
+                self.changed.notify_all()
 
     def request(self) -> list | None:
         """The next directory to archive, or None to send the pack being filled; EOFError
-        once the main process closed the pipe."""
-        while not self.requests:
-            if not self._read_one():
-                raise EOFError
-        return self.requests.popleft()
+        once the main process closed the pipe and every request was taken."""
+        with self.changed:
+            while not self.requests:
+                if self.closed:
+                    raise EOFError
+                self.changed.wait()
+            return self.requests.popleft()
 
     def buffer(self) -> int:
         """The number of a free pack buffer, waiting for the main process to free one."""
-        while not self.free:
-            if not self._read_one():
-                raise EOFError("the main process went away")
-        return self.free.popleft()
+        with self.changed:
+            while not self.free:
+                if self.closed:
+                    raise EOFError("the main process went away")
+                self.changed.wait()
+            return self.free.popleft()
 
 
 class _PackFiller:
