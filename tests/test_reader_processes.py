@@ -90,6 +90,16 @@ def _source_tree(repo: Path, result: BackupResult, source: Path) -> bytes:
     return snapshot_entry(repo, result.snapshot_id, str(source))["subtree"]
 
 
+def _restores_as_source(
+    location: Path | str, snapshot_id: str, source: Path, tmp_path: Path
+) -> None:
+    """The snapshot restores to a tree equal to ``source``."""
+    target = tmp_path / "restored"
+    result = run_cli("restore", "--repo", location, snapshot_id, "--target", target)
+    assert result.code == 0, result.err
+    assert compare_trees(source, target / str(source).lstrip("/")) == []
+
+
 def _same_counts(left: BackupResult, right: BackupResult) -> None:
     for name in ("files_new", "files_changed", "files_unchanged", "dirs", "bytes_total"):
         assert left.snapshot["summary"][name] == right.snapshot["summary"][name], name
@@ -109,10 +119,7 @@ def test_reader_processes_write_the_snapshot_the_main_process_would(
     assert _source_tree(repo, spread, source) == _source_tree(repo, alone, source)
     _same_counts(alone, spread)
     assert spread.archive.warnings == []
-    target = tmp_path / "restored"
-    result = run_cli("restore", "--repo", repo, spread.snapshot_id, "--target", target)
-    assert result.code == 0, result.err
-    assert compare_trees(source, target / str(source).lstrip("/")) == []
+    _restores_as_source(repo, spread.snapshot_id, source, tmp_path)
 
 
 def test_reader_processes_compare_with_the_parent_as_the_main_process_does(
@@ -205,10 +212,7 @@ def test_reader_processes_packs_reach_remote_repositories(
         result = _backup(repository, source, "2", monkeypatch)
     assert offloads and result.archive.warnings == []
     assert run_cli("check", "--repo", location, "--read-data").code == 0
-    target = tmp_path / "restored"
-    restored = run_cli("restore", "--repo", location, result.snapshot_id, "--target", target)
-    assert restored.code == 0, restored.err
-    assert compare_trees(source, target / str(source).lstrip("/")) == []
+    _restores_as_source(location, result.snapshot_id, source, tmp_path)
 
 
 def test_directories_waiting_for_a_readers_pack_stay_few(
@@ -236,9 +240,7 @@ def test_directories_waiting_for_a_readers_pack_stay_few(
         result = _backup(repository, source, "2", monkeypatch)
     assert len(offloads) == 40 and result.archive.errors == []
     assert max(waiting) <= 1 + readprocs.IN_FLIGHT, waiting
-    target = tmp_path / "restored"
-    assert run_cli("restore", "--repo", repo, result.snapshot_id, "--target", target).code == 0
-    assert compare_trees(source, target / str(source).lstrip("/")) == []
+    _restores_as_source(repo, result.snapshot_id, source, tmp_path)
 
 
 def test_directories_larger_than_a_pipe_go_to_reader_processes(
@@ -260,6 +262,4 @@ def test_directories_larger_than_a_pipe_go_to_reader_processes(
         result = _backup(repository, source, "2", monkeypatch)
     assert len(offloads) == 2 and result.archive.errors == []
     assert result.written.packs_written > 50
-    target = tmp_path / "restored"
-    assert run_cli("restore", "--repo", repo, result.snapshot_id, "--target", target).code == 0
-    assert compare_trees(source, target / str(source).lstrip("/")) == []
+    _restores_as_source(repo, result.snapshot_id, source, tmp_path)
