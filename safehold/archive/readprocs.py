@@ -9,9 +9,11 @@ in directories, it starts one reader process per core (``SAFEHOLD_READ_PROCESSES
 (``Archiver._scan``: the listing its tree and its listing signature are made from), and a
 directory with no subdirectory and no hard-linked file goes to a reader process with that
 listing and the parent snapshot's tree of it. The reader process runs the very same archiver
-code on it (``Archiver.archive_leaf``) with all blobs, the directory's tree included, sealed
-under the repository's key, and streams them back; the main process places them in its packs
-(``BlobWriter.add_sealed``: a blob already known is dropped there) and finishes the directory.
+code on it (``Archiver.archive_leaf``) and seals every blob, the directory's tree included,
+straight into a pack buffer in memory shared with the main process (a memfd each, two per
+reader); the main process stores and indexes whole packs (``BlobWriter.add_pack``: if one of
+its blobs is known, only the new ones go into its own packs) and finishes the directory once
+every blob of it is in a pack stored or queued.
 
 A reader process gets the master key through its stdin pipe (never the environment or the
 command line), a minimal environment (``secrecy.child_env``) and no store access: it neither
@@ -20,10 +22,14 @@ the directories it had not finished itself and notes a warning; the backup goes 
 
 Wire format (private to one run, both ends the same safehold): frames of a 4-byte
 little-endian length and a msgpack body. Main -> reader: a set-up frame ``{"key",
-"chunker", "level"}``, then one frame per directory: ``[path, parent tree id or nil, parent
-tree plaintext or nil, [[name, *STAT_FIELDS], ...]]``. Reader -> main, per directory in
-order: any number of ``[BLOBS, [[type, id, plaintext length, sealed], ...]]``, then
-``[DONE, {"tree", "count", statistics...}]``.
+"buffers" (descriptor numbers), "capacity", "chunker", "level", "pack_size"}``, then
+``[REQUEST, [path, parent tree id or nil, parent tree plaintext or nil, [[name, *Stat],
+...]]]`` per directory, ``[FREE, buffer number]`` once a pack is stored, ``[FLUSH, nil]`` to
+have the pack being filled sent. Reader -> main: ``[PACK, [buffer number, pack id, size,
+[[type, id, offset, length, plaintext length], ...]]]`` for a full (or flushed) pack,
+``[DONE, {"tree", "count", statistics...}]`` per directory in order, ``[SETTLED, nil]`` when
+no blob of an answered directory waits in the pack being filled. Each side reads its pipe in
+a thread of its own, so neither waits to write while the other waits to write back.
 """
 
 from __future__ import annotations
@@ -327,8 +333,8 @@ class _Reader:
         # finished once the reader's next pack arrives (or redone if it never does).
         self.answered: list[tuple[Job, dict]] = []
         self.lock = threading.Lock()  # outstanding, alive
-        # Held while a frame is written (taken before ``lock``; the receiving thread never
-        # waits for it, so a full pipe cannot keep the answers from being read).
+        # Held while a frame is written (taken before ``lock``). The reader drains its stdin
+        # in a thread of its own, so a holder never waits long.
         self.write_lock = threading.Lock()
         self.alive = True
         self.thread: threading.Thread | None = None
