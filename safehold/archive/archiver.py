@@ -130,6 +130,12 @@ class ArchiveStats:
     def as_dict(self) -> dict:
         return asdict(self)
 
+    def add(self, other: dict) -> None:
+        """Add the counts, errors and warnings of ``other`` (an ``as_dict``) to these."""
+        for name, value in other.items():
+            if name in self.__dataclass_fields__:
+                setattr(self, name, getattr(self, name) + value)
+
 
 Progress = Callable[[str, int, int], None]  # (path, files done delta, bytes done delta)
 
@@ -471,13 +477,7 @@ class Archiver:
         try:
             if self._failure is None:
                 with self._stats_lock:
-                    stats = self.stats
-                    for name in ("files_new", "files_changed", "files_unchanged", "other"):
-                        setattr(stats, name, getattr(stats, name) + result[name])
-                    stats.bytes_read += result["bytes_read"]
-                    stats.bytes_total += result["bytes_total"]
-                    stats.errors.extend(result["errors"])
-                    stats.warnings.extend(result["warnings"])
+                    self.stats.add(result)  # (its "tree" and "count" are no statistics)
                 files = result["files_new"] + result["files_changed"] + result["files_unchanged"]
                 self.progress(path, files, result["bytes_total"])
                 node.entry["subtree"] = result["tree"]

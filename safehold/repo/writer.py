@@ -185,11 +185,7 @@ class BlobWriter:
             if fresh:
                 self._in_flight.update(ids)
                 for entry in entries:
-                    self.stats.blobs_new += 1
-                    self.stats.bytes_new_raw += entry.raw_length
-                    self.stats.bytes_new_stored += entry.length
-                    by_type = self.stats.blobs_by_type
-                    by_type[entry.blob_type] = by_type.get(entry.blob_type, 0) + 1
+                    self._count_new(entry.blob_type, entry.length, entry.raw_length)
         if not fresh:
             try:
                 for entry in entries:
@@ -206,6 +202,13 @@ class BlobWriter:
                     self._tree_cache.put(entry.blob_id, sealed)
         self._slots.acquire()
         self._queue.put((pack_id, data, ForeignPack(entries, ids, release)))
+
+    def _count_new(self, blob_type: int, length: int, raw_length: int) -> None:
+        # Called with self._lock held.
+        self.stats.blobs_new += 1
+        self.stats.bytes_new_raw += raw_length
+        self.stats.bytes_new_stored += length
+        self.stats.blobs_by_type[blob_type] = self.stats.blobs_by_type.get(blob_type, 0) + 1
 
     def _place(
         self,
@@ -230,10 +233,7 @@ class BlobWriter:
             builder = self._builder
             view = builder.reserve(blob_type, blob_id, length, raw_length)
             builder.pending += 1
-            self.stats.blobs_new += 1
-            self.stats.bytes_new_raw += raw_length
-            self.stats.bytes_new_stored += length
-            self.stats.blobs_by_type[blob_type] = self.stats.blobs_by_type.get(blob_type, 0) + 1
+            self._count_new(blob_type, length, raw_length)
             if len(builder) >= self.pack_size:
                 shipped.append(self._take_builder())
         try:
