@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import signal
 from collections.abc import Callable
 from pathlib import Path
@@ -26,6 +27,7 @@ from conftest import (
 )
 
 from safehold.archive import readprocs
+from safehold.archive.archiver import Archiver
 from safehold.archive.backup import BackupResult, backup_paths
 from safehold.repo.repository import Repository
 
@@ -63,13 +65,14 @@ def offloads(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
     """Reader processes from the first leaf directory on; the directories handed to them."""
     monkeypatch.setattr(readprocs, "START_AFTER", 0)
     handed: list[bytes] = []
-    real = readprocs.ReaderProcesses.submit
+    for method in ("submit", "submit_names"):  # with the main process's listing, or names
+        real = getattr(readprocs.ReaderProcesses, method)
 
-    def submit(self, path, *args, **kwargs):  # type: ignore[no-untyped-def]
-        handed.append(path)
-        return real(self, path, *args, **kwargs)
+        def recorded(self, path, *args, real=real, **kwargs):  # type: ignore[no-untyped-def]
+            handed.append(path)
+            return real(self, path, *args, **kwargs)
 
-    monkeypatch.setattr(readprocs.ReaderProcesses, "submit", submit)
+        monkeypatch.setattr(readprocs.ReaderProcesses, method, recorded)
     return handed
 
 
@@ -145,6 +148,77 @@ def test_reader_processes_compare_with_the_parent_as_the_main_process_does(
     _same_counts(alone, spread)
     assert spread.snapshot["summary"]["files_changed"] == 2  # rewritten and chmod'ed
     assert alone.written.blobs_new > 0 and spread.written.blobs_new == 0  # stored by `alone`
+    # The directories reader processes listed are remembered for the next backup as well.
+    with open_repository(repo) as repository:
+        remembered = repository.load_dir_table(spread.snapshot)
+        assert remembered == repository.load_dir_table(alone.snapshot) != {}
+
+
+@pytest.fixture
+def declined(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
+    """The directories reader processes gave back to the main process."""
+    given_back: list[bytes] = []
+    real = Archiver._decline
+
+    def recorded(self, node, path):  # type: ignore[no-untyped-def]
+        given_back.append(path)
+        return real(self, node, path)
+
+    monkeypatch.setattr(Archiver, "_decline", recorded)
+    return given_back
+
+
+def test_a_directory_with_a_hard_link_is_given_back_and_archived_by_the_main_process(
+    repo: Path,
+    tmp_path: Path,
+    offloads: list[bytes],
+    declined: list[bytes],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The main process hands a reader process a directory's names when their types show no
+    subdirectory; a hard-linked file shows only in lstat, in the reader process, which gives
+    the directory back: its links must be matched with the other links of the run."""
+    source = _archive_tree(tmp_path / "src")
+    series = source / "archive" / "study_2" / "series_3"
+    os.link(series / "instance_000.dcm", series / "linked.dcm")
+    os.link(series / "instance_001.dcm", source / "archive" / "study_2" / "outside.dcm")
+    set_times(source)
+    with open_repository(repo) as repository:
+        alone = _backup(repository, source, "0", monkeypatch)
+        spread = _backup(repository, source, "2", monkeypatch)
+    assert os.fsencode(series) in declined and os.fsencode(series) in offloads
+    assert _source_tree(repo, spread, source) == _source_tree(repo, alone, source)
+    _same_counts(alone, spread)
+    assert spread.archive.warnings == []
+    _restores_as_source(repo, spread.snapshot_id, source, tmp_path)
+
+
+def test_without_the_parents_trees_in_the_cache_directories_are_given_back(
+    repo: Path,
+    tmp_path: Path,
+    offloads: list[bytes],
+    declined: list[bytes],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A reader process reads the parent's tree of a changed directory from the local tree
+    cache only; when it is not there (a new machine, a cleared cache) the main process, which
+    reads the repository, archives the directory (with a reader process, from its listing)."""
+    source = _archive_tree(tmp_path / "src")
+    with open_repository(repo) as repository:
+        first = _backup(repository, source, "0", monkeypatch)
+        for study in range(3):
+            for series in range(4):
+                leaf = source / "archive" / f"study_{study}" / f"series_{series}"
+                (leaf / "instance_003.dcm").write_bytes(f"new {study} {series}".encode())
+        parent = dict(first.snapshot)
+        alone = _backup(repository, source, "0", monkeypatch, parent=parent)
+        shutil.rmtree(tmp_path / "xdg-cache" / "safehold" / repository.config["id"] / "trees")
+        spread = _backup(repository, source, "2", monkeypatch, parent=parent)
+    assert len(set(declined)) >= 11, declined  # every changed series but the first listed here
+    assert _source_tree(repo, spread, source) == _source_tree(repo, alone, source)
+    _same_counts(alone, spread)
+    assert spread.snapshot["summary"]["files_changed"] == 12
+    assert spread.archive.warnings == []
 
 
 def test_a_reader_process_that_dies_costs_time_not_data(

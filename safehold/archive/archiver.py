@@ -12,6 +12,7 @@ import os
 import stat
 import struct
 import threading
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -154,6 +155,7 @@ class Archiver:
         progress: Progress | None = None,
         known_dirs: DirTable | None = None,
         reader_processes: int | None = None,
+        signing: bool | None = None,
     ) -> None:
         self.repository = repository
         self.writer = writer
@@ -178,9 +180,14 @@ class Archiver:
         self._failure: BaseException | None = None
         # Directories of the parent snapshot by listing signature (Repository.load_dir_table),
         # and the directories of this run, for the next one. Without a local cache, neither.
-        self._signing = repository.object_cache is not None
+        self._signing = repository.object_cache is not None if signing is None else signing
         self.known_dirs: DirTable = known_dirs or {}
         self.new_dirs: DirTable = {}
+        # Directories a reader process gave back (it found a subdirectory or a hard-linked
+        # file, or could not read the parent's tree; or it ended): the walking thread
+        # archives them (``_take_declined``); ``_woken`` tells a waiting walk there are some.
+        self._declined: deque[tuple[DirNode, bytes]] = deque()
+        self._woken = threading.Event()
 
     # ---------------------------------------------------------------- trees
 
@@ -347,10 +354,17 @@ class Archiver:
         return resolved[0] if resolved else None
 
     def _wait(self, node: DirNode) -> dict:
-        """Wait until a directory (and everything below it) is written; returns its entry."""
-        if self._processes is not None:
-            self._processes.flush()  # their last directories finish with their last packs
-        node.done.wait()
+        """Wait until a directory (and everything below it) is written; returns its entry.
+        Meanwhile archive here what reader processes give back."""
+        node.on_done(self._woken.set)
+        while True:
+            self._woken.clear()
+            self._take_declined()
+            if node.done.is_set():
+                break
+            if self._processes is not None:
+                self._processes.flush()  # their last directories finish with their last packs
+            self._woken.wait()
         self._raise_failure()
         return node.entry
 
@@ -368,19 +382,36 @@ class Archiver:
         if xattrs:
             entry["xattrs"] = xattrs
         self.stats.dirs += 1
+        node = DirNode(entry, parent_tree)
+        if self._declined:
+            self._take_declined()
+        if self._processes is not None and self._processes.alive and self._listing_offloaded:
+            names = self._leaf_names(path)
+            if names:
+                self._processes.submit_names(
+                    path,
+                    parent_tree,
+                    names,
+                    lambda result: self._offloaded(node, path, result),
+                    lambda: self._decline(node, path),
+                )
+                return node
+        return self._archive_listing(node, path)
+
+    def _archive_listing(self, node: DirNode, path: bytes) -> DirNode:
+        """List and lstat the directory ``path`` here, and archive it into ``node``: reused
+        whole, handed to a reader process with this listing, or read here."""
+        parent_tree = node.previous_tree
         children, complete = self._scan(path)
         signature = self._signature(children) if complete and self._signing else None
         known = self.known_dirs.get(signature) if signature is not None else None
         if known is not None and known[0] == parent_tree:
-            return self._reuse_dir(path, entry, children, signature, known)  # type: ignore[arg-type]
-        expected = sum(entry_type(st.st_mode) is not None for _name, _path, st in children)
+            return self._reuse_dir(node, path, children, signature, known)  # type: ignore[arg-type]
+        node.signature, node.expected = signature, _expected(children)
         if self._offloading(children):
-            return self._offload(path, entry, children, parent_tree, signature, expected)
-        previous = self._load_tree(parent_tree)
-        entries = self._list_entries(path, children, previous)
-        node = DirNode(entry, parent_tree, previous)
-        node.signature, node.expected = signature, expected
-        self._start(node, entries)
+            return self._offload(node, path, children)
+        node.previous = self._load_tree(parent_tree)
+        self._start(node, self._list_entries(path, children, node.previous))
         return node
 
     def _list_entries(
@@ -413,12 +444,10 @@ class Archiver:
     def _offloading(self, children: list[tuple[bytes, bytes, os.stat_result]]) -> bool:
         """True if this listing goes to a reader process: a leaf directory (no subdirectory,
         no hard-linked file) once this run has met START_AFTER files; starts them then."""
-        if self._process_count == 0 or not children:
+        if self._process_count == 0 or not children or not _leaf(children):
             return False
-        for _name, _path, st in children:
-            mode = st.st_mode
-            if stat.S_ISDIR(mode) or (st.st_nlink > 1 and stat.S_ISREG(mode)):
-                return False
+        if self._processes is not None and not self._processes.alive:
+            return False
         if self._processes is None:
             self._files_here += len(children)
             if self._files_here <= readprocs.START_AFTER:
@@ -431,7 +460,14 @@ class Archiver:
                 return False
         return True
 
+    @property
+    def _listing_offloaded(self) -> bool:
+        """True if reader processes list leaf directories themselves: they read the parent's
+        trees from the local tree cache, so only when there is one."""
+        return self.repository.tree_cache is not None
+
     def _start_processes(self) -> readprocs.ReaderProcesses:
+        cache = self.repository.tree_cache
         return readprocs.ReaderProcesses(
             self.repository.cipher,
             {
@@ -439,6 +475,15 @@ class Archiver:
                 "level": self.repository.config["compression_level"],
                 "pack_size": self.writer.pack_size,
                 "capacity": self.writer.pack_capacity,
+                "tree_cache": os.fsencode(cache.directory) if cache is not None else None,
+                "signing": self._signing,
+                "one_file_system": self.one_file_system,
+                # The parent's leaf directories: listing signature -> tree id.
+                "known": {
+                    signature: tree
+                    for signature, (tree, subdirs) in self.known_dirs.items()
+                    if not subdirs
+                },
             },
             self.writer.add_pack,
             self._warn,
@@ -447,16 +492,9 @@ class Archiver:
         )
 
     def _offload(
-        self,
-        path: bytes,
-        entry: dict,
-        children: list[tuple[bytes, bytes, os.stat_result]],
-        parent_tree: bytes | None,
-        signature: bytes | None,
-        expected: int,
+        self, node: DirNode, path: bytes, children: list[tuple[bytes, bytes, os.stat_result]]
     ) -> DirNode:
-        node = DirNode(entry, parent_tree)
-        node.signature, node.expected = signature, expected
+        parent_tree = node.previous_tree
         plain = (
             self.repository.load_tree_blob(parent_tree, cached=True)
             if parent_tree is not None
@@ -468,7 +506,7 @@ class Archiver:
             plain,
             children,
             lambda result: self._offloaded(node, path, result),
-            lambda: self._archive_here(node, path, children),
+            lambda: self._decline(node, path),
         )
         return node
 
@@ -477,11 +515,13 @@ class Archiver:
         try:
             if self._failure is None:
                 with self._stats_lock:
-                    self.stats.add(result)  # (its "tree" and "count" are no statistics)
+                    self.stats.add(result)  # (its "tree", "count", "signature": no statistics)
                 files = result["files_new"] + result["files_changed"] + result["files_unchanged"]
                 self.progress(path, files, result["bytes_total"])
                 node.entry["subtree"] = result["tree"]
-                if result["count"] != node.expected:
+                if "signature" in result:  # listed by the reader process
+                    node.signature = result["signature"]
+                elif result["count"] != node.expected:
                     node.signature = None  # a child was lost to an error: read it again
                 if node.signature is not None:
                     self.new_dirs[node.signature] = (result["tree"], {})
@@ -489,18 +529,42 @@ class Archiver:
             self._fail(error)
         self._complete(node)
 
-    def _archive_here(
-        self, node: DirNode, path: bytes, children: list[tuple[bytes, bytes, os.stat_result]]
-    ) -> None:
-        """Archive in this process a directory whose reader process ended before finishing it."""
-        try:
-            node.previous = self._load_tree(node.previous_tree)
-            entries = self._list_entries(path, children, node.previous)
-        except BaseException as error:
-            self._fail(error)
-            self._complete(node)
-            return
-        self._start(node, entries)
+    def _decline(self, node: DirNode, path: bytes) -> None:
+        """A reader process gave a directory back, or ended before finishing it: the walking
+        thread archives it (any thread may call this)."""
+        self._declined.append((node, path))
+        self._woken.set()
+
+    def _take_declined(self) -> None:
+        """Archive here, listed afresh, the directories reader processes gave back."""
+        while self._declined:
+            node, path = self._declined.popleft()
+            self._archive_listing(node, path)
+
+    def archive_names(
+        self, path: bytes, names: list[bytes], parent_tree: bytes | None, known: dict
+    ) -> dict | None:
+        """What a reader process does with a leaf directory the main process only named: lstat
+        its ``names``, make the listing signature and either take the parent's tree (``known``,
+        signature -> tree id, has the signature with that tree) or ``archive_leaf`` it. Returns
+        the DONE result (tree, count, signature), or None when it is not for a reader process
+        after all: a subdirectory or hard-linked file turned up, or the parent's tree is not
+        in the local tree cache (the main process then archives it)."""
+        children, complete = self._stat_children(path, names)
+        if not _leaf(children):
+            return None
+        signature = self._signature(children) if complete and self._signing else None
+        expected = _expected(children)
+        if signature is not None and parent_tree and known.get(signature) == parent_tree:
+            self._count_reused(path, children)
+            return {"tree": parent_tree, "count": expected, "signature": signature}
+        plain = None
+        if parent_tree is not None:
+            plain = self.repository.cached_tree(parent_tree)  # type: ignore[attr-defined]
+            if plain is None:
+                return None
+        tree, count = self.archive_leaf(path, children, parent_tree, plain)
+        return {"tree": tree, "count": count, "signature": signature if count == expected else None}
 
     def _fail(self, error: BaseException) -> None:
         self._failure = self._failure or error
@@ -519,22 +583,53 @@ class Archiver:
             return [], False
         if self.excludes.data_markers and self.excludes.is_database_dir(path):
             return [], True  # a live database directory: dumped, so kept here empty
+        return self._stat_children(path, self._kept(path, names))
+
+    def _kept(self, path: bytes, names: list[bytes]) -> list[bytes]:
+        """The ``names`` (children of ``path``) the excludes leave."""
         only_tag = self.excludes.is_cache_dir(path)
         excluding = bool(self.excludes.patterns)
+        if not only_tag and not excluding:
+            return names
+        return [
+            child
+            for child in names
+            if (not only_tag or child == CACHEDIR_TAG)
+            and not (excluding and self.excludes.excluded(child_path(path, child), child))
+        ]
+
+    def _stat_children(
+        self, path: bytes, names: list[bytes]
+    ) -> tuple[list[tuple[bytes, bytes, os.stat_result]], bool]:
+        """(name, path, lstat) of each of ``names``; and False if one failed (recorded)."""
         children = []
         complete = True
         for child in names:
-            if only_tag and child != CACHEDIR_TAG:
-                continue
-            child_path = path + b"/" + child if path != b"/" else b"/" + child
-            if excluding and self.excludes.excluded(child_path, child):
-                continue
+            full = child_path(path, child)
             try:
-                children.append((child, child_path, os.lstat(child_path)))
+                children.append((child, full, os.lstat(full)))
             except OSError as error:
-                self._error(child_path, error)
+                self._error(full, error)
                 complete = False
         return children, complete
+
+    def _leaf_names(self, path: bytes) -> list[bytes] | None:
+        """The sorted names (excludes applied) of a directory with no subdirectory as its
+        entries' types say (no lstat); None if it has one, or is a database directory, or
+        cannot be listed (``_scan`` then lists it and records the error)."""
+        if self.excludes.data_markers and self.excludes.is_database_dir(path):
+            return None
+        names = []
+        try:
+            with os.scandir(path) as listing:
+                for item in listing:
+                    if item.is_dir(follow_symlinks=False):
+                        return None
+                    names.append(item.name)
+        except OSError:
+            return None
+        names.sort()
+        return self._kept(path, names)
 
     def _signature(self, children: list[tuple[bytes, bytes, os.stat_result]]) -> bytes | None:
         """The listing signature of a directory's children; None if one is a hard link (its
@@ -564,8 +659,8 @@ class Archiver:
 
     def _reuse_dir(
         self,
+        node: DirNode,
         path: bytes,
-        entry: dict,
         children: list[tuple[bytes, bytes, os.stat_result]],
         signature: bytes,
         known: tuple[bytes, dict[bytes, bytes]],
@@ -573,14 +668,28 @@ class Archiver:
         """A directory whose listing is the one the parent snapshot recorded: its files are
         the parent's (as the stat comparison would find, without loading the parent's tree),
         its subdirectories are walked as usual."""
-        tree_id, subdirs = known
+        _tree_id, subdirs = known
         items: list = []
+        self._count_reused(path, children, items, subdirs)
+        node.signature, node.reused = signature, subdirs
+        self._start(node, items)
+        return node
+
+    def _count_reused(
+        self,
+        path: bytes,
+        children: list[tuple[bytes, bytes, os.stat_result]],
+        items: list | None = None,
+        subdirs: dict[bytes, bytes] | None = None,
+    ) -> None:
+        """Count the children of a directory taken as the parent's as unchanged; walk its
+        subdirectories into ``items`` (their parent trees in ``subdirs``)."""
         files = size = 0
         for child, child_path, child_st in children:
             mode = child_st.st_mode
             if stat.S_ISDIR(mode):
-                old = {child: {"subtree": subdirs.get(child)}}
-                self._add_entry(items, [], child_path, child, child_st, old)
+                old = {child: {"subtree": subdirs.get(child)}}  # type: ignore[union-attr]
+                self._add_entry(items, [], child_path, child, child_st, old)  # type: ignore[arg-type]
             elif stat.S_ISREG(mode):
                 files += 1
                 size += child_st.st_size
@@ -590,10 +699,6 @@ class Archiver:
         self.stats.bytes_total += size
         if files:
             self.progress(path, files, size)
-        node = DirNode(entry, tree_id)
-        node.signature, node.reused = signature, subdirs
-        self._start(node, items)
-        return node
 
     def _start(self, node: DirNode, items: list) -> None:
         """Register what the directory waits for; it finishes when the last one does."""
@@ -818,3 +923,22 @@ class Archiver:
             self.stats.errors.append(
                 {"path": os.fsdecode(path), "message": error.strerror or str(error)}
             )
+
+
+def child_path(path: bytes, name: bytes) -> bytes:
+    """The path of the child ``name`` of the directory ``path``."""
+    return path + b"/" + name if path != b"/" else b"/" + name
+
+
+def _leaf(children: list[tuple[bytes, bytes, os.stat_result]]) -> bool:
+    """True if a listing has no subdirectory and no hard-linked file (a reader process's)."""
+    for _name, _path, st in children:
+        mode = st.st_mode
+        if stat.S_ISDIR(mode) or (st.st_nlink > 1 and stat.S_ISREG(mode)):
+            return False
+    return True
+
+
+def _expected(children: list[tuple[bytes, bytes, os.stat_result]]) -> int:
+    """The entries a directory's tree has when none of these children is lost to an error."""
+    return sum(entry_type(st.st_mode) is not None for _name, _path, st in children)

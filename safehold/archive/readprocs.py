@@ -1,35 +1,41 @@
 """Reader processes: the files of leaf directories read, compared and sealed on every core.
 
-A backup's main process walks directories, compares them with the parent snapshot, builds
-trees and fills packs. For a directory of small files that work is mostly Python per file
-(build the entry, compare it with the parent's, open, read, id, compress, seal) that holds
-the GIL, so threads cannot spread it over cores. Once a backup has met ``START_AFTER`` files
-in directories, it starts one reader process per core (``SAFEHOLD_READ_PROCESSES`` overrides,
-0 turns them off) and hands them whole leaf directories: the main process lists a directory
-(``Archiver._scan``: the listing its tree and its listing signature are made from), and a
-directory with no subdirectory and no hard-linked file goes to a reader process with that
-listing and the parent snapshot's tree of it. The reader process runs the very same archiver
-code on it (``Archiver.archive_leaf``) and seals every blob, the directory's tree included,
-straight into a pack buffer in memory shared with the main process (a memfd each, two per
-reader); the main process stores and indexes whole packs (``BlobWriter.add_pack``: if one of
-its blobs is known, only the new ones go into its own packs) and finishes the directory once
-every blob of it is in a pack stored or queued.
+A backup's main process walks directories, compares them with the parent snapshot, builds trees
+and fills packs. For a directory of small files that work is mostly Python per file (build the
+entry, compare it with the parent's, open, read, id, compress, seal) that holds the GIL, so
+threads cannot spread it over cores. Once a backup has met ``START_AFTER`` files in
+directories, it starts one reader process per core (``SAFEHOLD_READ_PROCESSES`` overrides, 0
+turns them off) and hands them whole leaf directories: the main process lists a directory with
+``os.scandir`` (no lstat) and a directory whose entries' types show no subdirectory goes to a
+reader process by its names and the parent snapshot's tree id. The reader process lstat's them,
+makes the listing signature and either finds it in the parent's directory table (sent at start:
+the leaf directories' signatures and trees) or archives the directory with the parent's tree
+from the local tree cache; when a subdirectory or hard-linked file turns up, or the tree is not
+cached, it gives the directory back (DECLINED) and the main process lists it itself
+(``Archiver._scan``) and archives it, or sends the reader that listing with the parent's tree.
+The reader process runs the very same archiver code on it (``Archiver.archive_leaf``) and seals
+every blob, the directory's tree included, straight into a pack buffer in memory shared with
+the main process (a memfd each, two per reader); the main process stores and indexes whole
+packs (``BlobWriter.add_pack``: if one of its blobs is known, only the new ones go into its own
+packs) and finishes the directory once every blob of it is in a pack stored or queued.
 
 A reader process gets the master key through its stdin pipe (never the environment or the
 command line), a minimal environment (``secrecy.child_env``) and no store access: it neither
 reads nor writes the repository. If one ends (killed, out of memory), the main process archives
 the directories it had not finished itself and notes a warning; the backup goes on.
 
-Wire format (private to one run, both ends the same safehold): frames of a 4-byte
-little-endian length and a msgpack body. Main -> reader: a set-up frame ``{"key",
-"buffers" (descriptor numbers), "capacity", "chunker", "level", "pack_size"}``, then
-``[REQUEST, [path, parent tree id or nil, parent tree plaintext or nil, [[name, *Stat],
-...]]]`` per directory, ``[FREE, buffer number]`` once a pack is stored, ``[FLUSH, nil]`` to
-have the pack being filled sent. Reader -> main: ``[PACK, [buffer number, pack id, size,
-[[type, id, offset, length, plaintext length], ...]]]`` for a full (or flushed) pack,
-``[DONE, {"tree", "count", statistics...}]`` per directory in order, ``[SETTLED, nil]`` when
-no blob of an answered directory waits in the pack being filled. Each side reads its pipe in
-a thread of its own, so neither waits to write while the other waits to write back.
+Wire format (private to one run, both ends the same safehold): frames of a 4-byte little-endian
+length and a msgpack body. Main -> reader: a set-up frame ``{"key", "buffers" (descriptor
+numbers), "capacity", "chunker", "level", "pack_size", "tree_cache" (its directory or nil),
+"signing", "one_file_system", "known" ([[signature, tree id], ...])}``, then per directory
+``[LIST, [path, parent tree id or nil, [name, ...]]]`` or ``[REQUEST, [path, parent tree id or
+nil, parent tree plaintext or nil, [[name, *Stat], ...]]]``, ``[FREE, buffer number]`` once a
+pack is stored, ``[FLUSH, nil]`` to have the pack being filled sent. Reader -> main: ``[PACK,
+[buffer number, pack id, size, [[type, id, offset, length, plaintext length], ...]]]`` for a
+full (or flushed) pack, ``[DONE, {"tree", "count", "signature" (LIST only), statistics...}]``
+or ``[DECLINED, nil]`` per directory in order, ``[SETTLED, nil]`` when no blob of an answered
+directory waits in the pack being filled. Each side reads its pipe in a thread of its own, so
+neither waits to write while the other waits to write back.
 """
 
 from __future__ import annotations
@@ -43,21 +49,25 @@ import sys
 import threading
 from collections import deque
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import msgpack
 
 from safehold.crypto import OVERHEAD, Cipher, MasterKey
+from safehold.errors import IntegrityError
+from safehold.repo.cache import TreeCache
 from safehold.repo.format import PACK_RECORD, blob_aad, encode_body_scratch
 from safehold.repo.pack import PackBuilder, PackEntry
+from safehold.repo.repository import open_cached_tree
 from safehold.secrecy import child_env
 
 START_AFTER = 2000  # files in directories archived by the main process before readers start
 IN_FLIGHT = 4  # directories sent to one reader process and not answered yet, at most
 SETTLE_EVERY = 64  # answered directories that wait for the reader's pack, before it is sent
 FRAME = struct.Struct("<I")
-PACK, DONE, SETTLED = 0, 1, 2  # reader -> main
-REQUEST, FREE, FLUSH = 0, 1, 2  # main -> reader
+PACK, DONE, SETTLED, DECLINED = 0, 1, 2, 3  # reader -> main
+REQUEST, FREE, FLUSH, LIST = 0, 1, 2, 3  # main -> reader
 BUFFERS = 2  # pack buffers shared with each reader process: one filling, one being stored
 
 
@@ -116,7 +126,7 @@ class _Channel:
     def __init__(self, source, buffers: int) -> None:  # type: ignore[no-untyped-def]
         self.source = source
         self.free: deque[int] = deque(range(buffers))
-        self.requests: deque[list | None] = deque()
+        self.requests: deque[list] = deque()  # [kind, value] of REQUEST, LIST and FLUSH
         self.closed = False
         self.changed = threading.Condition()
         threading.Thread(target=self._pump, name="channel", daemon=True).start()
@@ -137,12 +147,12 @@ class _Channel:
                 if kind == FREE:
                     self.free.append(value)
                 else:
-                    self.requests.append(value)  # a directory, or None: send the pack
+                    self.requests.append(message)
                 self.changed.notify_all()
 
-    def request(self) -> list | None:
-        """The next directory to archive, or None to send the pack being filled; EOFError
-        once the main process closed the pipe and every request was taken."""
+    def request(self) -> list:
+        """The next [kind, value]: a directory to archive, or FLUSH (send the pack being
+        filled); EOFError once the main process closed the pipe and every one was taken."""
         with self.changed:
             while not self.requests:
                 if self.closed:
@@ -225,13 +235,27 @@ class _PackFiller:
 
 
 class _KeyOnly:
-    """What the archiver needs of a repository in a reader process: the key and settings."""
+    """What the archiver needs of a repository in a reader process: the key, the settings
+    and the local tree cache (read only: the main process writes it)."""
 
     object_cache = None
 
-    def __init__(self, cipher: Cipher, chunker: dict, level: int) -> None:
+    def __init__(self, cipher: Cipher, chunker: dict, level: int, tree_cache: bytes | None):
         self.cipher = cipher
         self.config = {"chunker": chunker, "compression_level": level}
+        self.tree_cache = TreeCache(Path(os.fsdecode(tree_cache))) if tree_cache else None
+
+    def cached_tree(self, tree_id: bytes) -> bytes | None:
+        """A tree's checked plaintext from the local tree cache, or None if it is not there
+        (or damaged there: dropped, the main process reads it from the repository)."""
+        sealed = self.tree_cache.get(tree_id) if self.tree_cache is not None else None
+        if sealed is None:
+            return None
+        try:
+            return open_cached_tree(self.cipher, tree_id, sealed)
+        except IntegrityError:
+            self.tree_cache.discard(tree_id)  # type: ignore[union-attr]
+            return None
 
 
 PIPE_SIZE = 1024 * 1024
@@ -263,12 +287,13 @@ def _write_frame(stream, body: bytes) -> None:  # type: ignore[no-untyped-def]
 
 def serve(source, sink) -> None:  # type: ignore[no-untyped-def]
     """The reader process's loop: archive directories until the main process closes the pipe."""
-    from safehold.archive.archiver import Archiver  # after the set-up frame arrived
+    from safehold.archive.archiver import Archiver, child_path  # after the set-up frame arrived
 
     setup = _read_frame(source)
     if setup is None:
         return
     settings = msgpack.unpackb(setup)
+    known = dict(settings["known"])  # the parent's leaf directories: signature -> tree id
     cipher = Cipher(MasterKey.from_bytes(settings["key"]))
     del settings["key"]
     buffers = [mmap.mmap(fd, settings["capacity"]) for fd in settings["buffers"]]
@@ -276,23 +301,35 @@ def serve(source, sink) -> None:  # type: ignore[no-untyped-def]
         os.close(fd)
     channel = _Channel(source, len(buffers))
     filler = _PackFiller(cipher, settings["level"], settings["pack_size"], buffers, channel, sink)
-    repository = _KeyOnly(cipher, settings["chunker"], settings["level"])
-    with Archiver(repository, filler, reader_processes=0) as archiver:  # type: ignore[arg-type]
+    repository = _KeyOnly(cipher, settings["chunker"], settings["level"], settings["tree_cache"])
+    with Archiver(
+        repository,  # type: ignore[arg-type]
+        filler,  # type: ignore[arg-type]
+        reader_processes=0,
+        signing=settings["signing"],
+        one_file_system=settings["one_file_system"],
+    ) as archiver:
         while True:
             try:
-                request = channel.request()
+                kind, request = channel.request()
             except EOFError:
                 break
-            if request is None:
+            if kind == FLUSH:
                 filler.ship()
                 continue
-            path, parent_id, parent_plain, listing = request
-            children = [
-                (row[0], path + b"/" + row[0] if path != b"/" else b"/" + row[0], Stat(*row[1:]))
-                for row in listing
-            ]
-            tree, count = archiver.archive_leaf(path, children, parent_id, parent_plain)
-            result = {"tree": tree, "count": count, **archiver.take_stats()}
+            if kind == LIST:
+                path, parent_id, names = request
+                result = archiver.archive_names(path, names, parent_id, known)
+                if result is None:  # the main process lists it again, errors and all
+                    archiver.take_stats()
+                    _write_frame(sink, msgpack.packb([DECLINED, None]))
+                    continue
+            else:
+                path, parent_id, parent_plain, listing = request
+                children = [(row[0], child_path(path, row[0]), Stat(*row[1:])) for row in listing]
+                tree, count = archiver.archive_leaf(path, children, parent_id, parent_plain)
+                result = {"tree": tree, "count": count}
+            result.update(archiver.take_stats())
             _write_frame(sink, msgpack.packb([DONE, result]))
             if filler.settled():  # nothing of it waits in the pack being filled
                 _write_frame(sink, msgpack.packb([SETTLED, None]))
@@ -356,7 +393,9 @@ class ReaderProcesses:
         fail: Callable[[BaseException], None],
         count: int,
     ) -> None:
-        """``settings``: chunker, level, pack_size and capacity (of a pack buffer)."""
+        """``settings``: chunker, level, pack_size, capacity (of a pack buffer), tree_cache
+        (its directory, or None), signing, one_file_system and known (listing signature ->
+        tree id of the parent's leaf directories)."""
         self._add_pack = add_pack
         self._warn = warn
         self._fail = fail  # an error storing a pack: the backup fails (the archiver raises it)
@@ -392,9 +431,8 @@ class ReaderProcesses:
         reader = _Reader(process, number, buffers)
         for pipe in (process.stdin, process.stdout):
             _widen(pipe)
-        reader.send(
-            msgpack.packb({"key": cipher.master_key.to_bytes(), "buffers": fds, **settings})
-        )
+        setup = {**settings, "known": list(settings["known"].items())}
+        reader.send(msgpack.packb({"key": cipher.master_key.to_bytes(), "buffers": fds, **setup}))
         reader.thread = threading.Thread(
             target=self._receive, args=(reader,), name=f"reader-process-{number}", daemon=True
         )
@@ -418,13 +456,35 @@ class ReaderProcesses:
         (as listed here); ``done`` (once its blobs are all in stored or queued packs) or, if
         no reader process could, ``redo`` is called once."""
         listing = [[name, *stat_fields(st)] for name, _path, st in children]
-        job = Job(msgpack.packb([REQUEST, [path, parent_id, parent_plain, listing]]), done, redo)
+        request = msgpack.packb([REQUEST, [path, parent_id, parent_plain, listing]])
+        self._send(Job(request, done, redo))
+
+    def submit_names(
+        self,
+        path: bytes,
+        parent_id: bytes | None,
+        names: list[bytes],
+        done: Callable[[dict], None],
+        redo: Callable[[], None],
+    ) -> None:
+        """Have a reader process list (lstat), compare and archive the directory ``path``,
+        which had no subdirectory here, from its ``names``; ``done`` as for ``submit``, or
+        ``redo`` once if it gives the directory back (``Archiver.archive_names``) or no reader
+        process could."""
+        self._send(Job(msgpack.packb([LIST, [path, parent_id, names]]), done, redo))
+
+    @property
+    def alive(self) -> bool:
+        """True while at least one reader process is working."""
+        return any(reader.alive for reader in self._readers)
+
+    def _send(self, job: Job) -> None:
         self._slots.acquire()
         while True:
             alive = [reader for reader in self._readers if reader.alive]
             if not alive:
                 self._slots.release()
-                redo()  # every reader process is gone
+                job.redo()  # every reader process is gone
                 return
             reader = min(alive, key=lambda reader: len(reader.outstanding))
             with reader.write_lock:
@@ -462,6 +522,9 @@ class ReaderProcesses:
             with reader.lock:
                 job = reader.outstanding.popleft()
             self._slots.release()
+            if message[0] == DECLINED:  # not a leaf after all, or its parent tree not cached
+                job.redo()
+                continue
             reader.answered.append((job, message[1]))
             if len(reader.answered) % SETTLE_EVERY == 0:
                 # Few new blobs a directory (a backup after a small change): its pack fills

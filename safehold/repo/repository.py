@@ -527,13 +527,7 @@ class Repository:
         return data
 
     def _open_cached_tree(self, tree_id: bytes, sealed: bytes) -> bytes:
-        try:
-            data = decode_body(self.cipher.open(sealed, blob_aad(BLOB_TREE, tree_id)))
-        except (AuthenticationFailed, ValueError) as error:
-            raise IntegrityError(f"cached tree {tree_id.hex()[:16]} is damaged") from error
-        if self.cipher.blob_id(data) != tree_id:
-            raise IntegrityError(f"cached tree {tree_id.hex()[:16]} does not match its id")
-        return data
+        return open_cached_tree(self.cipher, tree_id, sealed)
 
     def load_blob(self, blob_id: bytes) -> bytes:
         """Return the verified plaintext of a blob; IntegrityError if missing or damaged."""
@@ -744,3 +738,15 @@ def _marker_version(marker: bytes) -> int | None:
         return int(lines[1].split()[1])
     except (IndexError, ValueError):
         return None
+
+
+def open_cached_tree(cipher: Cipher, tree_id: bytes, sealed: bytes) -> bytes:
+    """The plaintext of a tree blob from the local tree cache, checked like one from a pack;
+    IntegrityError if it is damaged or is not the tree ``tree_id``."""
+    try:
+        data = decode_body(cipher.open(sealed, blob_aad(BLOB_TREE, tree_id)))
+    except (AuthenticationFailed, ValueError) as error:
+        raise IntegrityError(f"cached tree {tree_id.hex()[:16]} is damaged") from error
+    if cipher.blob_id(data) != tree_id:
+        raise IntegrityError(f"cached tree {tree_id.hex()[:16]} does not match its id")
+    return data
