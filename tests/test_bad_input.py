@@ -14,11 +14,13 @@ from conftest import (
     PASSPHRASE,
     assert_one_line_error,
     backup_json,
+    mini_platform,
     repo_state,
     run_cli,
     write_file,
 )
 
+from safehold.archive.restorer import SKIPPED_NAMED
 from safehold.store import open_store
 from safehold.store.locks import Lock
 
@@ -174,6 +176,50 @@ def test_restore_does_not_overwrite_existing_files(with_snapshot, source, tmp_pa
     assert "--overwrite" in result.err_lines[-1]
     assert existing.read_bytes() == b"local edits"
     assert (target / "sub" / "other.txt").read_bytes() == b"other"
+
+
+def test_a_restore_over_many_existing_files_counts_them_and_names_a_few(repo, tmp_path) -> None:
+    """Skipped files are counted; only the first SKIPPED_NAMED paths are kept and named."""
+    source = tmp_path / "many"
+    count = SKIPPED_NAMED + 7
+    for number in range(count):
+        write_file(source / f"d{number % 3}" / f"f{number:02}.txt", b"%d" % number)
+    backup_json(repo, source)
+    target = tmp_path / "target"
+    assert run_cli("restore", "--repo", repo, f"latest:{source}", "--target", target).code == 0
+    again = run_cli("restore", "--repo", repo, f"latest:{source}", "--target", target, "--json")
+    assert again.code == 3
+    report = again.json()
+    assert report["skipped"] == count and report["files"] == 0
+    named = report["skipped_paths"]
+    assert len(named) == len(set(named)) == SKIPPED_NAMED
+    assert all(Path(path).is_file() and Path(path).is_relative_to(target) for path in named)
+    lines = [line for line in again.err_lines if "exists, not overwritten: " in line]
+    assert [line.rsplit(": ", 1)[1] for line in lines] == named
+    assert f"... and {count - SKIPPED_NAMED} more existing paths not overwritten" in again.err
+    assert f"{count} existing path(s)" in again.err_lines[-1]
+    assert "--overwrite" in again.err_lines[-1]
+
+
+def test_a_platform_restore_over_existing_files_names_a_few(repo, tmp_path) -> None:
+    """restore --config --target over an earlier extraction: a problem line per named path
+    and one for the rest, per component."""
+    root = tmp_path / "platform"
+    count = SKIPPED_NAMED + 5
+    for number in range(count):
+        write_file(root / "data" / "many" / f"f{number:02}.txt", b"%d" % number)
+    config = mini_platform(root, repo)
+    assert run_cli("backup", "--config", config).code == 0
+    target = tmp_path / "extract"
+    assert run_cli("restore", "--config", config, "--target", target).code == 0
+    again = run_cli("restore", "--config", config, "--target", target, "--json")
+    assert again.code == 3
+    problems = [p for p in again.json()["problems"] if p.startswith("data: ")]
+    named = [p for p in problems if p.startswith("data: exists, not replaced: ")]
+    assert len(named) == SKIPPED_NAMED
+    assert problems[SKIPPED_NAMED:] == [
+        f"data: ... and {count + 1 - SKIPPED_NAMED} more existing paths not replaced"
+    ]  # the files of data/many and data/a.txt
 
 
 def test_restore_with_overwrite_replaces_existing_files(with_snapshot, source, tmp_path) -> None:

@@ -8,7 +8,15 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import backup_json, compare_trees, flip_byte, run_cli, write_file
+from conftest import (
+    assert_one_line_error,
+    backup_json,
+    compare_trees,
+    flip_byte,
+    open_repository,
+    run_cli,
+    write_file,
+)
 
 KiB = 1024
 
@@ -105,8 +113,6 @@ def test_a_damaged_index_file_does_not_stop_a_restore(history, no_cache, tmp_pat
 def test_a_snapshot_without_a_tree_is_damaged_not_a_crash(history, no_cache) -> None:
     """An object that authenticates but is not a snapshot (written by a key holder) is
     skipped like a damaged one."""
-    from conftest import open_repository
-
     repo, _source, (older, newer) = history
     with open_repository(repo) as repository:
         repository.save_object("snapshots/" + "e" * 64, {"time": "soon", "tree": 7})
@@ -117,3 +123,57 @@ def test_a_snapshot_without_a_tree_is_damaged_not_a_crash(history, no_cache) -> 
     shutil.rmtree(repo / "snapshots")  # and an empty repository afterwards is just empty
     (repo / "snapshots").mkdir()
     assert run_cli("snapshots", "--repo", repo).code == 0
+
+
+# Index files that authenticate (sealed with the key) but are malformed: content -> content.
+MALFORMED_INDEX = {
+    "records-not-whole": lambda content: {**content, "records": content["records"] + b"\0"},
+    "pack-beyond-table": lambda content: {**content, "packs": content["packs"][:-1]},
+    "pack-ids-not-32-bytes": lambda content: {
+        **content,
+        "packs": [pack[:16] for pack in content["packs"]],
+    },
+    "records-not-bytes": lambda content: {**content, "records": content["records"].hex()},
+    "not-a-dict": lambda content: [content["packs"], content["records"]],
+}
+
+
+@pytest.mark.parametrize("malform", MALFORMED_INDEX.values(), ids=list(MALFORMED_INDEX))
+def test_an_authentic_but_malformed_index_file_is_damage_not_a_crash(
+    history, no_cache, tmp_path: Path, malform
+) -> None:
+    """Backup and restore go on from the packs' headers and warn; check reports it (13);
+    prune refuses (13) naming it and 'repair index', which fixes it."""
+    repo, source, _ids = history
+    names = [f"index/{path.name}" for path in sorted((repo / "index").iterdir())[:-1]]
+    assert names
+    with open_repository(repo) as repository:
+        for name in names:
+            repository.save_object(name, malform(repository.load_object(name)))
+
+    restored = run_cli("restore", "--repo", repo, "latest", "--target", tmp_path / "r")
+    assert restored.code == 0, restored.err
+    assert compare_trees(source, tmp_path / "r" / source.relative_to("/")) == []
+    assert all(warned(restored, name) for name in names) and "repair index" in restored.err
+
+    write_file(source / "copy.bin", (source / "f0.bin").read_bytes())  # stored, in a pack
+    backup = run_cli("backup", "--repo", repo, source, "--json")
+    assert backup.code == 0, backup.err
+    assert backup.json()["bytes_added_raw"] < 24 * KiB  # trees only: found from the headers
+    assert warned(backup, names[0])
+
+    check = run_cli("check", "--repo", repo)
+    assert check.code == 13 and "Traceback" not in check.err, check.err
+    assert any(
+        f"{names[0]} is damaged (" in line and "repair index" in line for line in check.err_lines
+    ), check.err
+
+    prune = run_cli("prune", "--repo", repo, "--keep-young", "0")
+    assert_one_line_error(prune, 13, f"{names[0]} is damaged (", "run 'safehold repair index'")
+
+    assert run_cli("repair", "index", "--repo", repo).code == 0
+    assert run_cli("check", "--repo", repo, "--read-data").code == 0
+    assert run_cli("prune", "--repo", repo, "--keep-young", "0").code == 0
+    again = run_cli("restore", "--repo", repo, "latest", "--target", tmp_path / "again")
+    assert again.code == 0 and not again.err_lines, again.err
+    assert compare_trees(source, tmp_path / "again" / source.relative_to("/")) == []

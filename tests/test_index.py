@@ -14,8 +14,8 @@ from conftest import backup_json, compare_trees, open_repository, run_cli, write
 
 from safehold.repo import index as index_module
 from safehold.repo import index_arrays
-from safehold.repo.format import BLOB_DATA, BLOB_TREE
-from safehold.repo.index import Index, Location, encode_index_file
+from safehold.repo.format import BLOB_DATA, BLOB_TREE, INDEX_RECORD
+from safehold.repo.index import Index, Location, encode_index_file, index_file_problem
 
 PACK_A, PACK_B, PACK_C = b"\xaa" * 32, b"\xbb" * 32, b"\xcc" * 32
 
@@ -118,6 +118,35 @@ def test_loaded_index_files_map_their_own_pack_tables(loading: str) -> None:
             (blob(4), Location(PACK_C, 0, 7, 6, BLOB_DATA)),
         ]
     )
+
+
+def test_an_index_file_is_checked_before_it_is_trusted(loading: str) -> None:
+    """index_file_problem names what is wrong with an index file that authenticates; the pack
+    numbers are read without numpy for a small file, with it for a large one ("arrays")."""
+    packs, records = encode_index_file(
+        [(blob(n), (PACK_A, PACK_B, PACK_C)[n % 3], 0, 10, 8, BLOB_DATA) for n in range(50)]
+    )
+    assert index_file_problem({"version": 1, "packs": packs, "records": records}) is None
+    assert index_file_problem({"packs": [], "records": b""}) is None
+    beyond = "a record naming pack number 2 of a pack table of 2"
+    assert index_file_problem({"packs": packs[:2], "records": records}) == beyond
+    far = records + INDEX_RECORD.pack(blob(99), 0x01020304, 0, 10, 8, BLOB_DATA)
+    assert index_file_problem({"packs": packs, "records": far}) == (
+        f"a record naming pack number {0x01020304} of a pack table of 3"
+    )
+    assert index_file_problem({"packs": packs, "records": records[:-1]}) == (
+        f"records of {len(records) - 1} bytes, not a multiple of 49"
+    )
+    table = "a pack table that is not a list of 32-byte pack ids"
+    assert index_file_problem({"packs": [PACK_A[:31]], "records": b""}) == table
+    assert index_file_problem({"packs": tuple(packs), "records": records}) == table
+    assert index_file_problem({"packs": ["a" * 32], "records": b""}) == table
+    assert index_file_problem({"records": records}) == table
+    assert index_file_problem({"packs": packs, "records": records.hex()}) == (
+        "records that are not bytes"
+    )
+    assert index_file_problem([packs, records]) == "not an index file"
+    assert index_file_problem(None) == "not an index file"
 
 
 def test_a_small_index_moves_into_the_arrays_when_it_grows(monkeypatch) -> None:

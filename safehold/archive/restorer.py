@@ -22,6 +22,8 @@ from safehold.archive.tree import TreeLoader
 from safehold.errors import IntegrityError, TargetNotWritable
 from safehold.repo.repository import Repository
 
+SKIPPED_NAMED = 20  # existing paths a restore names; the others are only counted
+
 
 @dataclass
 class RestoreStats:
@@ -29,10 +31,23 @@ class RestoreStats:
     dirs: int = 0
     other: int = 0
     bytes_written: int = 0
-    skipped: list[str] = field(default_factory=list)
+    # Existing paths left as they were (no --overwrite): how many, and the first SKIPPED_NAMED
+    # of them (a restore over a whole existing tree must not keep a path per file).
+    skipped: int = 0
+    skipped_paths: list[str] = field(default_factory=list)
     errors: list[dict] = field(default_factory=list)
     damaged: list[dict] = field(default_factory=list)
     special_skipped: int = 0  # device nodes left out (no_special)
+
+    def skip(self, path: bytes) -> None:
+        self.skipped += 1
+        if len(self.skipped_paths) < SKIPPED_NAMED:
+            self.skipped_paths.append(os.fsdecode(path))
+
+    @property
+    def skipped_unnamed(self) -> int:
+        """Skipped paths not in ``skipped_paths``."""
+        return self.skipped - len(self.skipped_paths)
 
 
 Progress = Callable[[str, int, int], None]
@@ -241,7 +256,7 @@ class Restorer:
 
     def _skip(self, path: bytes) -> None:
         with self._lock:
-            self.stats.skipped.append(os.fsdecode(path))
+            self.stats.skip(path)
 
     def _restore_special(self, path: bytes, entry: dict) -> None:
         kind = entry["type"]

@@ -254,11 +254,11 @@ def restore(args: argparse.Namespace) -> int:
             f"safehold: note: {stats.special_skipped} device node(s) not created (--no-special)",
             file=sys.stderr,
         )
-    for skipped in stats.skipped[:20]:
+    for skipped in stats.skipped_paths:
         print(f"safehold: exists, not overwritten: {render.printable(skipped)}", file=sys.stderr)
-    if len(stats.skipped) > 20:
+    if stats.skipped_unnamed:
         print(
-            f"safehold: ... and {len(stats.skipped) - 20} more existing paths not overwritten",
+            f"safehold: ... and {stats.skipped_unnamed} more existing paths not overwritten",
             file=sys.stderr,
         )
     if args.json:
@@ -268,7 +268,8 @@ def restore(args: argparse.Namespace) -> int:
                 "files": stats.files,
                 "dirs": stats.dirs,
                 "bytes": stats.bytes_written,
-                "skipped": stats.skipped,
+                "skipped": stats.skipped,  # how many; the first few:
+                "skipped_paths": stats.skipped_paths,
                 "errors": stats.errors,
                 "damaged": stats.damaged,
             }
@@ -287,7 +288,12 @@ def restore(args: argparse.Namespace) -> int:
     if stats.errors or stats.skipped:
         print(
             "safehold: restore incomplete: see the paths listed above"
-            + (" (use --overwrite to replace existing files)" if stats.skipped else ""),
+            + (
+                f" ({stats.skipped} existing path(s) left as they were: use --overwrite to "
+                "replace existing files)"
+                if stats.skipped
+                else ""
+            ),
             file=sys.stderr,
         )
         return EXIT_PARTIAL

@@ -211,13 +211,14 @@ def _load_index(repository: Repository, result: CheckResult):  # type: ignore[no
     index = Index()
     for name in repository.index_names():
         try:
-            content = repository.load_object(name)
-            index.load_file(content["packs"], content["records"])  # type: ignore[index]
-        except (IntegrityError, KeyError, TypeError, ValueError) as error:
+            content = repository.load_index_file(name)
+        except IntegrityError as error:
             result.errors.append(
-                f"{name} is damaged and was skipped ({error}); "
+                f"{error.fields['message']} and was skipped; "
                 "'safehold repair index' rebuilds it from the packs"
             )
+            continue
+        index.load_file(content["packs"], content["records"])
     index.finish_loading()
     repository._index = index  # the check's view of the index serves the tree walk below
     return index

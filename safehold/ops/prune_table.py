@@ -42,15 +42,19 @@ class BlobTable:
 
     @classmethod
     def load(cls, repository: Repository) -> BlobTable:
-        """Read every index file. Raises IntegrityError if one is damaged: prune must see the
-        whole index, or it could take a listed blob for an unlisted one."""
+        """Read every index file. Raises IntegrityError if one is damaged (it does not
+        authenticate, or is no index file: ``Repository.load_index_file``): prune must see
+        the whole index, or it could take a listed blob for an unlisted one."""
         names = repository.index_names()
         numbers: dict[bytes, int] = {}  # pack id -> global number, in order of first sight
         parts = []
         for name in names:
-            content = repository.load_object(name)
-            if not isinstance(content, dict) or "records" not in content:
-                raise IntegrityError(f"{name} is not an index file")
+            try:
+                content = repository.load_index_file(name)
+            except IntegrityError as error:
+                raise IntegrityError(
+                    f"{error.fields['message']}; prune changed nothing: run 'safehold repair index'"
+                ) from None
             local = np.array(
                 [numbers.setdefault(p, len(numbers)) for p in content["packs"]] or [0],
                 dtype="<u4",

@@ -298,7 +298,11 @@ class PlatformRestore:
     def _collect(self, name: str, stats, outcome: RestoreOutcome) -> None:  # type: ignore[no-untyped-def]
         for problem in stats.damaged + stats.errors:
             outcome.problems.append(f"{name}: {problem['path']}: {problem['message']}")
-        outcome.problems += [f"{name}: exists, not replaced: {p}" for p in stats.skipped]
+        outcome.problems += [f"{name}: exists, not replaced: {p}" for p in stats.skipped_paths]
+        if stats.skipped_unnamed:
+            outcome.problems.append(
+                f"{name}: ... and {stats.skipped_unnamed} more existing paths not replaced"
+            )
         if name not in outcome.restored:
             outcome.restored.append(name)
 

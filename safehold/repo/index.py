@@ -14,6 +14,7 @@ delta into the segments at 1/8.
 from __future__ import annotations
 
 import struct
+import sys
 import threading
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterator
@@ -364,3 +365,45 @@ def encode_index_file(
             INDEX_RECORD.pack(blob_id, numbers[pack_id], offset, length, raw_length, blob_type)
         )
     return packs, b"".join(parts)
+
+
+def index_file_problem(content: object) -> str | None:
+    """None if ``content`` (an index file that authenticates) is an index file every reader can
+    load as it is, else what is wrong with it: a file written by someone holding the key is
+    checked, not trusted (docs/format.md, "Index files"). Cheap: a few C-level passes over the
+    records (numpy for a file larger than ``SMALL_INDEX`` records, which an index of numpy
+    arrays holds anyway)."""
+    if not isinstance(content, dict):
+        return "not an index file"
+    packs, records = content.get("packs"), content.get("records")
+    if not isinstance(packs, list) or not all(
+        isinstance(pack, bytes) and len(pack) == 32 for pack in packs
+    ):
+        return "a pack table that is not a list of 32-byte pack ids"
+    if not isinstance(records, bytes):
+        return "records that are not bytes"
+    if len(records) % INDEX_RECORD.size:
+        return f"records of {len(records)} bytes, not a multiple of {INDEX_RECORD.size}"
+    if records:
+        largest = _largest_pack_number(records)
+        if largest >= len(packs):
+            return f"a record naming pack number {largest} of a pack table of {len(packs)}"
+    return None
+
+
+PACK_FIELD = 32  # where an index record's pack number (u32 LE) starts: after the blob id
+
+
+def _largest_pack_number(records: bytes) -> int:
+    """The largest pack number of the records of an index file (a whole number of records)."""
+    count = len(records) // INDEX_RECORD.size
+    if count > SMALL_INDEX:
+        from safehold.repo import index_arrays
+
+        return index_arrays.largest_pack_number(records)
+    # The four bytes of each pack number, gathered by strided slices into native u32s.
+    numbers = bytearray(4 * count)
+    order = range(4) if sys.byteorder == "little" else range(3, -1, -1)
+    for position, byte in enumerate(order):
+        numbers[position::4] = records[PACK_FIELD + byte :: INDEX_RECORD.size]
+    return max(memoryview(numbers).cast("I"))

@@ -98,6 +98,11 @@ def segment(keys: np.ndarray, records: np.ndarray) -> Segment:
     )
 
 
+def largest_pack_number(records: bytes) -> int:
+    """The largest pack number of index-file records (a whole number of them, at least one)."""
+    return int(np.frombuffer(records, dtype=FILE_DTYPE)["pack"].max())
+
+
 def from_files(files: list[tuple[list[bytes], bytes]], numbers: list[list[int]]) -> Base:
     """The segments of the records of index files; ``numbers[i][j]`` is the index's number
     of pack j of file i. Of two records of one blob, the one read first comes first.

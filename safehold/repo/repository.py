@@ -35,7 +35,7 @@ from safehold.repo.format import (
     encode_body,
     object_aad,
 )
-from safehold.repo.index import Index, Location
+from safehold.repo.index import Index, Location, index_file_problem
 from safehold.store import (
     LocationMissing,
     ObjectMissing,
@@ -418,11 +418,12 @@ class Repository:
                 damaged = [name for name in names if name not in loaded]
                 for name in names:
                     content = loaded.pop(name, None)  # the index holds the records alone
-                    try:
-                        index.load_file(content["packs"], content["records"])  # type: ignore[index]
-                    except (TypeError, KeyError):
-                        if content is not None:
-                            damaged.append(name)
+                    if content is None:
+                        continue  # damaged: it does not authenticate
+                    if index_file_problem(content) is not None:
+                        damaged.append(name)  # it authenticates, but it is no index file
+                        continue
+                    index.load_file(content["packs"], content["records"])  # type: ignore[index]
                 content = None
                 index.finish_loading()
                 if damaged:
@@ -431,7 +432,8 @@ class Repository:
             return self._index
 
     def _index_from_headers(self, index: Index, damaged: list[str]) -> None:
-        """Some index files are damaged: add the blobs of every stored pack no intact index
+        """Some index files are damaged (they do not authenticate, or are no index file: see
+        ``index_file_problem``): add the blobs of every stored pack no intact index
         file lists, read from the pack's own (authenticated) header, so that restores and
         backups find them. Packs that fail the checks are left out (their blobs are lost
         until 'repair index' or 'check' says more)."""
@@ -457,6 +459,15 @@ class Repository:
                 "damaged index file: its blobs were found from the packs' headers; "
                 "run 'safehold repair index'",
             )
+
+    def load_index_file(self, name: str) -> dict:
+        """One index file, read from the repository: IntegrityError ("<name> is damaged
+        (...)") if it does not authenticate or is no index file (``index_file_problem``)."""
+        content = self.load_object(name)
+        problem = index_file_problem(content)
+        if problem is not None:
+            raise IntegrityError(f"{name} is damaged ({problem})")
+        return content  # type: ignore[return-value]
 
     def forget_index(self) -> None:
         """Drop the loaded index, so the next use reads the index files again (a long-running
