@@ -81,15 +81,21 @@ def test_a_cache_emptied_between_backups_is_filled_again(make_repo, source: Path
     assert walk_all_trees(repo)[1] == 0
 
 
+@pytest.mark.parametrize("damage", ["flipped", "torn", "empty"])
 def test_a_damaged_cached_tree_is_dropped_and_read_from_the_repository(
-    make_repo, source: Path, tmp_path: Path
+    make_repo, source: Path, tmp_path: Path, damage: str
 ) -> None:
+    """Flipped: the disk. Torn or empty: a put cut short by a crash (a put is one exclusive
+    create and a write, no rename), or read while being written."""
     repo = make_repo()
     backup_json(repo, source)
     rnd = random.Random(11)
-    for path in cache_files(repo):  # flip one byte in every cached tree
+    for path in cache_files(repo):  # in every cached tree
         data = bytearray(path.read_bytes())
-        data[rnd.randrange(len(data))] ^= 0x20
+        if damage == "flipped":
+            data[rnd.randrange(len(data))] ^= 0x20
+        else:
+            del data[len(data) // 2 if damage == "torn" else 0 :]
         path.write_bytes(bytes(data))
     damaged = {path: path.read_bytes() for path in cache_files(repo)}
     summary = backup_json(repo, source)  # parent trees from the repository

@@ -15,7 +15,7 @@ import threading
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import BinaryIO
 
 from safehold.archive import readprocs
@@ -129,7 +129,8 @@ class ArchiveStats:
     warnings: list[dict] = field(default_factory=list)
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        """The statistics as a dict (no deep copy: a reader process sends one per directory)."""
+        return {name: getattr(self, name) for name in self.__dataclass_fields__}
 
     def add(self, other: dict) -> None:
         """Add the counts, errors and warnings of ``other`` (an ``as_dict``) to these."""

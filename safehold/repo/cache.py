@@ -28,7 +28,6 @@ import contextlib
 import hashlib
 import json
 import os
-import threading
 from pathlib import Path
 
 from safehold.localfile import write_atomically
@@ -75,28 +74,27 @@ class TreeCache:
             return None
 
     def put(self, blob_id: bytes, sealed: bytes | bytearray | memoryview) -> None:
-        """Keep a sealed tree blob (atomically: a reader never sees half a file). A backup
-        puts thousands: a temporary name of this process and thread, no tempfile module,
-        and each of the 256 subdirectories made once."""
+        """Keep a sealed tree blob. A backup puts thousands, so a put is one exclusive create
+        and a write, each of the 256 subdirectories made once: no temporary name, no rename.
+        A file seen half-written (a crash, a reader at the same moment) fails authentication
+        like any damaged copy and is dropped (``discard``), costing one read of the tree."""
         path = self._path(blob_id)
-        temporary = f"{path}.{os.getpid()}-{threading.get_ident()}.tmp"
         try:
             if path.parent not in self._made:
                 path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
                 self._made.add(path.parent)
-            if os.path.exists(path):
-                return
-            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-            try:
-                view = memoryview(sealed)
-                while view:
-                    view = view[os.write(fd, view) :]
-            finally:
-                os.close(fd)
-            os.replace(temporary, path)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        except OSError:
+            return  # kept already (FileExistsError), or a read-only disk: work on without
+        try:
+            view = memoryview(sealed)
+            while view:
+                view = view[os.write(fd, view) :]
         except OSError:
             with contextlib.suppress(OSError):
-                os.unlink(temporary)  # a full or read-only disk: work on without the cache
+                os.unlink(path)  # a full disk: leave no torn copy behind
+        finally:
+            os.close(fd)
 
     def discard(self, blob_id: bytes) -> None:
         """Remove a cached blob that failed its checks."""
