@@ -291,6 +291,10 @@ class Summary:
 PROFILES = {
     "mixed": None,
     "small": (KiB, 64 * KiB, 300_000),
+    # A million instances of 1-8 KiB (4.5 GB): the file count of a large archive on a disk
+    # that cannot hold a million 1-64 KiB files four times over (data, two repositories and
+    # a restore: about 130 GB).
+    "tiny": (KiB, 8 * KiB, 1_000_000),
     "dicom": (100 * KiB, 600 * KiB, 6_000),
 }
 SERIES_FILES = 100  # instances per series

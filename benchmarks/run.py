@@ -629,7 +629,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         choices=sorted(dataset.PROFILES),
         default="mixed",
         help="mixed (2 GB of everything, --size-gb), or an imaging archive: small (300,000 "
-        "files of 1-64 KiB) or dicom (6,000 files of 100-600 KiB); see dataset.py",
+        "files of 1-64 KiB), tiny (1,000,000 files of 1-8 KiB) or dicom (6,000 files of "
+        "100-600 KiB); see dataset.py",
     )
     parser.add_argument(
         "--files", type=int, default=None, help="files of an archive profile (e.g. 1000000)"

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 from conftest import PASSPHRASE, init_repository, needs_root, open_repository, run_cli
 
-from safehold.archive.entries import DIR, FILE, encode_tree, synthetic_entry
+from safehold.archive.entries import DIR, FILE, decode_tree, encode_tree, synthetic_entry
+from safehold.errors import IntegrityError
 from safehold.repo.format import BLOB_DATA, BLOB_TREE
 from safehold.repo.writer import BlobWriter
 
@@ -194,3 +195,70 @@ def test_names_with_terminal_escapes_are_printed_escaped(repo: Path, tmp_path: P
     assert any(
         item["path"].endswith("evil\x1b]0;pwned\x07\n\\x9b2J.txt") for item in as_json.json()
     )
+
+
+_FILE_ENTRY = {
+    "name": b"instance_000.dcm",
+    "type": "file",
+    "mode": 0o644,
+    "uid": 0,
+    "gid": 0,
+    "user": "root",
+    "group": "root",
+    "mtime": 1,
+    "ctime": 1,
+    "inode": 5,
+    "dev": 6,
+    "nlink": 1,
+    "size": 7,
+    "content": [b"\xfd" * 32],
+}
+_VALID = [
+    _FILE_ENTRY,
+    {**_FILE_ENTRY, "type": "dir", "subtree": b"s" * 32},
+    {**_FILE_ENTRY, "type": "symlink", "target": b"elsewhere"},
+    {**_FILE_ENTRY, "type": "chardev", "rdev": 3},
+    {**_FILE_ENTRY, "type": "fifo"},
+    {**_FILE_ENTRY, "holes": [[0, 4096]], "hardlink": [6, 5], "xattrs": {b"user.a": b"b"}},
+]
+_MALFORMED = {
+    "not a map": [1],
+    "empty name": {**_FILE_ENTRY, "name": b""},
+    "dot-dot name": {**_FILE_ENTRY, "name": b".."},
+    "slash in name": {**_FILE_ENTRY, "name": b"a/b"},
+    "text name": {**_FILE_ENTRY, "name": "a"},
+    "name too long": {**_FILE_ENTRY, "name": b"n" * 256},
+    "unknown type": {**_FILE_ENTRY, "type": "socket"},
+    "no type": {k: v for k, v in _FILE_ENTRY.items() if k != "type"},
+    "mode not an integer": {**_FILE_ENTRY, "mode": "0644"},
+    "uid a boolean": {**_FILE_ENTRY, "uid": True},
+    "no gid": {k: v for k, v in _FILE_ENTRY.items() if k != "gid"},
+    "mtime a float": {**_FILE_ENTRY, "mtime": 1.5},
+    "size missing": {k: v for k, v in _FILE_ENTRY.items() if k != "size"},
+    "content not a list": {**_FILE_ENTRY, "content": b"x" * 32},
+    "short blob id": {**_FILE_ENTRY, "content": [b"x" * 32, b"x"]},
+    "no content": {k: v for k, v in _FILE_ENTRY.items() if k != "content"},
+    "short subtree": {**_FILE_ENTRY, "type": "dir", "subtree": b"s"},
+    "empty link target": {**_FILE_ENTRY, "type": "symlink", "target": b""},
+    "nul in link target": {**_FILE_ENTRY, "type": "symlink", "target": b"a\0b"},
+    "rdev not an integer": {**_FILE_ENTRY, "type": "blockdev", "rdev": "3"},
+    "negative hole": {**_FILE_ENTRY, "holes": [[0, -1]]},
+    "hard link of one number": {**_FILE_ENTRY, "hardlink": [6]},
+    "xattr value text": {**_FILE_ENTRY, "xattrs": {b"user.a": "b"}},
+    # Fewer common fields do not let a bad optional one through.
+    "bad holes, fields missing": {
+        **{k: v for k, v in _FILE_ENTRY.items() if k not in ("user", "ctime")},
+        "holes": "everything",
+    },
+}
+
+
+def test_every_well_formed_kind_of_entry_decodes() -> None:
+    assert decode_tree(encode_tree(_VALID)) == _VALID
+
+
+@pytest.mark.parametrize("case", sorted(_MALFORMED))
+def test_a_malformed_entry_is_a_named_integrity_error(case: str) -> None:
+    """Every field every reader relies on is checked (decode_tree, for every tree read)."""
+    with pytest.raises(IntegrityError, match="not a valid tree"):
+        decode_tree(encode_tree([_VALID[0], _MALFORMED[case]]))

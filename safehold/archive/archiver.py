@@ -602,16 +602,26 @@ class Archiver:
     def _stat_children(
         self, path: bytes, names: list[bytes]
     ) -> tuple[list[tuple[bytes, bytes, os.stat_result]], bool]:
-        """(name, path, lstat) of each of ``names``; and False if one failed (recorded)."""
+        """(name, path, lstat) of each of ``names``; and False if one failed (recorded). The
+        names are looked up in the directory opened once (not path by path from the root)."""
         children = []
         complete = True
-        for child in names:
-            full = child_path(path, child)
-            try:
-                children.append((child, full, os.lstat(full)))
-            except OSError as error:
-                self._error(full, error)
-                complete = False
+        try:
+            directory = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as error:
+            self._error(path, error)
+            return children, False
+        try:
+            for child in names:
+                try:
+                    children.append(
+                        (child, child_path(path, child), os.lstat(child, dir_fd=directory))
+                    )
+                except OSError as error:
+                    self._error(child_path(path, child), error)
+                    complete = False
+        finally:
+            os.close(directory)
         return children, complete
 
     def _leaf_names(self, path: bytes) -> list[bytes] | None:
