@@ -325,3 +325,30 @@ def test_components_inherit_the_hosts_compose_and_kubectl_commands():
     ]
     own = Component("x", "postgres", {"via": {**pod, "command": "k3s kubectl"}})
     assert target_for(own, kaapana).command(["true"])[:2] == ["k3s", "kubectl"]
+
+
+def test_services_that_do_not_start_again_still_leave_the_snapshot_of_the_cold_copy(
+    tmp_path: Path, repo: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """The cold copy finished, then the start command failed three times: the data copied
+    while the services were stopped is consistent, so it is kept as a snapshot (before, the
+    backup ended without one), and the backup still exits 22 with the loud message."""
+    from tests.conftest import mini_platform, run_cli
+
+    monkeypatch.setattr(services_module.time, "sleep", lambda seconds: None)  # the retries
+    root = tmp_path / "platform"
+    services = {"control": "command", "stop_command": "true", "start_command": "false"}
+    config = mini_platform(root, repo, services=services)
+    result = run_cli("backup", "--config", config)
+    assert result.code == 22, result.err
+    errors = [line for line in result.err.splitlines() if line.startswith("safehold:")]
+    assert len(errors) == 1, result.err
+    assert "SERVICES NOT STARTED AGAIN: run by hand: sh -c false" in errors[0], errors[0]
+    assert "the backup itself is complete: snapshot" in errors[0]
+    listed = run_cli("snapshots", "--repo", repo, "--json")
+    assert listed.code == 0 and len(json.loads(listed.out)) == 1, listed.out
+    target = tmp_path / "restored"
+    restored = run_cli("restore", "--repo", repo, "latest", "--target", target)
+    assert restored.code == 0, restored.err
+    copied = next(target.rglob("a.txt"))
+    assert copied.read_text() == (root / "data" / "a.txt").read_text()

@@ -27,7 +27,7 @@ from safehold.errors import IntegrityError, SafeholdError, StorageError
 from safehold.platform import sources_bridge
 from safehold.platform.config import Component, Platform
 from safehold.platform.hooks import run_hooks
-from safehold.platform.services import Downtime, stopped
+from safehold.platform.services import Downtime, ServiceError, stopped
 from safehold.repo.repository import Repository
 from safehold.repo.snapshots import platform_snapshots
 from safehold.repo.writer import BlobWriter
@@ -118,6 +118,7 @@ class PlatformBackup:
         }
         self.entries: dict[str, dict] = {}
         self.downtime: Downtime | None = None
+        self.start_failure: ServiceError | None = None  # services not started again
 
     def run(self) -> PlatformBackupResult:
         run_hooks(self.platform.hooks, "before_backup", log=self.log)
@@ -143,6 +144,11 @@ class PlatformBackup:
             snapshot_id = self.repository.save_snapshot(snapshot)  # verifies the lock first
             self.repository.save_dir_table(
                 snapshot_id, root, archiver.new_dirs, superseded=parent["id"] if parent else None
+            )
+        if self.start_failure is not None:
+            raise ServiceError(
+                f"{self.start_failure} (the backup itself is complete: snapshot "
+                f"{snapshot_id[:8]} holds the data copied while they were stopped)"
             )
         result = PlatformBackupResult(
             snapshot_id, dict(snapshot, id=snapshot_id), list(self.results.values())
@@ -187,10 +193,20 @@ class PlatformBackup:
                 },
             }
         runner = sources_bridge.service_runner(services)  # type: ignore[arg-type]
-        with stopped(services, runner, log=self.log) as downtime:  # type: ignore[arg-type]
-            self.downtime = downtime
-            for component in files + late:
-                self._component(archiver, component, parent_trees, "cold")
+        copied = False
+        try:
+            with stopped(services, runner, log=self.log) as downtime:  # type: ignore[arg-type]
+                self.downtime = downtime
+                for component in files + late:
+                    self._component(archiver, component, parent_trees, "cold")
+                copied = True
+        except ServiceError as error:
+            if not copied:
+                raise  # stopping failed, or the cold phase itself: no snapshot of it
+            # Only starting again failed: what was copied while the services were stopped is
+            # consistent, so the snapshot is written first and the error raised after it.
+            self.start_failure = error
+            self.log(f"{error}; the snapshot is written all the same")
 
     def _component(
         self, archiver: Archiver, component: Component, parent_trees: dict[str, bytes], phase: str

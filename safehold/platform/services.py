@@ -198,9 +198,11 @@ def stopped(
     *,
     log: Callable[[str], None] = lambda text: None,
     clock: Callable[[], float] = time.monotonic,
-    sleep: Callable[[float], None] = time.sleep,
+    sleep: Callable[[float], None] | None = None,
 ) -> Iterator[Downtime]:
-    """Stop the services, yield, and always start again what was stopped."""
+    """Stop the services, yield, and always start again what was stopped (``sleep``: between
+    tries to start, default time.sleep)."""
+    sleep = sleep or time.sleep
     timeout = float(services.get("timeout", 300))
     downtime = Downtime()
     if services["control"] == "compose":
