@@ -5,6 +5,7 @@ no snapshot; a local repository uploads with its own store, one pack at a time."
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 import threading
@@ -27,7 +28,7 @@ import safehold.repo.repository
 from safehold.errors import StorageError
 from safehold.repo import writer as writer_module
 from safehold.repo.repository import Repository
-from safehold.store import Store
+from safehold.store import Store, spool
 from safehold.store.wrappers import StoreWrapper
 
 MiB = 1024 * 1024
@@ -162,6 +163,26 @@ def test_without_a_usable_temporary_directory_packs_are_built_in_memory(
     assert len(warnings) == 1 and "no-such-directory" in warnings[0]
     result = run_cli("check", "--read-data", "--repo", url)
     assert result.code == 0, result.err
+
+
+def test_a_full_temporary_directory_fails_the_backup_without_a_snapshot(
+    tmp_path: Path, remote_location: Callable[[str, str], str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = remote_location("s3", "repo")
+    init_repository(url, pack_size=64 * 1024)  # type: ignore[arg-type]
+    source = make_source(tmp_path / "src")
+    real_pwrite = os.pwrite
+
+    def pwrite(fd: int, data, offset: int) -> int:  # type: ignore[no-untyped-def]
+        if offset > 100_000:  # a pack's later blobs: the disk is full by then
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_pwrite(fd, data, offset)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(spool.os, "pwrite", pwrite)
+        result = run_cli("backup", "--repo", url, source)
+    assert_one_line_error(result, 16, "the temporary directory")
+    assert run_cli("snapshots", "--json", "--repo", url).json() == []
 
 
 @pytest.mark.parametrize(("backend", "size"), [("local", 16 * MiB), ("sftp", 32 * MiB)])
