@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import threading
+import time
 
 import pytest
 from conftest import FAST_KDF
@@ -16,7 +18,7 @@ from safehold.crypto import (
     wrap_key,
 )
 from safehold.repo.format import BLOB_DATA, BLOB_TREE, blob_aad, decode_body, encode_body
-from safehold.repo.pack import PackBuilder, pack_id_of, read_header
+from safehold.repo.pack import PackBuilder, SpooledPackBuilder, pack_id_of, read_header
 
 
 @pytest.fixture(scope="module")
@@ -128,6 +130,49 @@ def test_pack_header_round_trip(cipher: Cipher) -> None:
         sealed = data[entry.offset : entry.offset + entry.length]
         assert cipher.open(sealed, blob_aad(entry.blob_type, entry.blob_id)) == plain
         assert entry.raw_length == len(plain)
+
+
+def test_a_spooled_pack_filled_out_of_order_matches_its_id_and_header(cipher: Cipher) -> None:
+    # As the writer fills it: each thread reserves its place (under a lock), then seals into
+    # it; here the last place is filled first.
+    blobs = [os.urandom(300_000), b"small", b"", os.urandom(3 * 1024 * 1024 + 5)]
+    builder = SpooledPackBuilder(capacity=16 * 1024 * 1024)
+    lock, reserved = threading.Lock(), threading.Barrier(len(blobs))
+
+    def add(number: int) -> None:
+        plain = blobs[number]
+        blob_id = cipher.blob_id(plain)
+        with lock:
+            view = builder.reserve(BLOB_DATA, blob_id, len(plain) + OVERHEAD, len(plain))
+            entry = builder.entries[-1]
+        reserved.wait()
+        time.sleep(0.05 * (len(blobs) - number))
+        with view:
+            cipher.seal_into(plain, blob_aad(BLOB_DATA, blob_id), view)
+            builder.filled(entry, view)
+
+    threads = [threading.Thread(target=add, args=(n,)) for n in range(len(blobs))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    pack_id, spooled = builder.finish(cipher)
+    try:
+        data = spooled.value()
+        assert len(spooled) == len(data) == builder.size
+        assert pack_id == pack_id_of(data)
+        entries = read_header(cipher, data)
+        assert entries == builder.entries
+        for entry in entries:
+            sealed = data[entry.offset : entry.offset + entry.length]
+            plain = cipher.open(sealed, blob_aad(entry.blob_type, entry.blob_id))
+            assert cipher.blob_id(plain) == entry.blob_id and entry.raw_length == len(plain)
+        assert sorted(e.raw_length for e in entries) == sorted(len(b) for b in blobs)
+        assert spooled.reader().read() == data
+        with pytest.raises(RuntimeError):
+            builder.reserve(BLOB_DATA, b"x" * 32, 1, 1)
+    finally:
+        builder.recycle()  # removes the file
 
 
 def test_pack_with_no_blobs_has_an_empty_header(cipher: Cipher) -> None:

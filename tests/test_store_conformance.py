@@ -7,6 +7,7 @@ the whole command line against each: init, backup, restore, check --read-data.
 
 from __future__ import annotations
 
+import os
 import random
 import threading
 import time
@@ -25,6 +26,8 @@ from safehold.store import (
     location_is_file,
     open_store,
 )
+from safehold.store.spool import Spooled
+from safehold.store.wrappers import Fault, FaultyStore, RetryingStore, RetryPolicy
 
 MiB = 1024 * 1024
 ID = "0123456789abcdef" * 4  # a 64-hex name, as packs, index files and snapshots have
@@ -84,6 +87,23 @@ def test_saving_a_memoryview_and_a_bytearray(store: Store) -> None:
     store.save(f"index/{ID}", buffer)
     assert store.load(f"snapshots/{ID}") == b"payload"
     assert store.load(f"index/{ID}") == bytes(buffer)
+
+
+def test_saving_a_spooled_object_reads_it_from_its_file_on_every_attempt(store: Store) -> None:
+    # Packs for remote locations wait in a temporary file (safehold/store/spool.py); a save
+    # retried after a transient failure reads the file from its start again.
+    data = os.urandom(3 * MiB + 12345)  # several blocks, the last one short
+    spooled = Spooled.of(data)
+    try:
+        flaky = RetryingStore(FaultyStore(store, Fault("save")), RetryPolicy(3, 0.0, 0.0))
+        flaky.save(f"data/{ID}", spooled)
+        assert store.load(f"data/{ID}") == data
+        empty = Spooled.of(b"")
+        store.save(f"index/{ID}", empty)
+        empty.close()
+        assert store.load(f"index/{ID}") == b""
+    finally:
+        spooled.close()
 
 
 def test_a_save_replaces_the_object_as_locks_need(store: Store) -> None:

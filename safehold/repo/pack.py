@@ -8,12 +8,14 @@ the index can always be rebuilt from the packs alone.
 from __future__ import annotations
 
 import mmap
+import threading
 from dataclasses import dataclass
 
 import blake3
 
 from safehold.crypto import Cipher
 from safehold.repo.format import PACK_HEADER_AAD, PACK_RECORD, PACK_TRAILER
+from safehold.store.spool import Spooled
 
 Buffer = mmap.mmap | bytearray
 
@@ -80,10 +82,15 @@ class PackBuilder:
         self.ids.add(blob_id)
         return self._space(length)
 
+    def filled(self, entry: PackEntry, view: memoryview) -> None:
+        """The place ``reserve`` gave for ``entry`` (the last entry then) is filled: nothing to
+        do here (a SpooledPackBuilder writes it to its file)."""
+
     def add(self, blob_type: int, blob_id: bytes, sealed: bytes, raw_length: int) -> None:
         """Append an already sealed blob."""
         with self.reserve(blob_type, blob_id, len(sealed), raw_length) as view:
             view[:] = sealed
+            self.filled(self.entries[-1], view)
 
     def __len__(self) -> int:
         return self.size
@@ -108,6 +115,62 @@ class PackBuilder:
         """The buffer, for the next pack (its contents are overwritten, never read)."""
         buffer, self.buffer = self.buffer, _empty(0)
         return buffer
+
+
+class SpooledPackBuilder(PackBuilder):
+    """Builds one pack in an unnamed temporary file (``Spooled``) instead of in memory: for a
+    remote location, whose packs wait seconds for their upload (safehold/store/spool.py).
+
+    ``reserve`` hands out a scratch buffer of the calling thread's own; once sealed into,
+    ``filled`` writes it to its place in the file (threads write different places at once).
+    ``finish`` returns the file, which the caller closes once it is stored. ``room`` counts
+    to ``capacity``, so packs come out as a PackBuilder's of that capacity would.
+    """
+
+    _scratch = threading.local()
+
+    def __init__(self, capacity: int, directory: str | None = None) -> None:
+        super().__init__(0)
+        self.capacity = capacity
+        self.spooled = Spooled(directory)
+
+    def room(self) -> int:
+        return self.capacity - self.size
+
+    def reserve(self, blob_type: int, blob_id: bytes, length: int, raw_length: int) -> memoryview:
+        if self.finished:
+            raise RuntimeError("a finished pack takes no more blobs: start a new PackBuilder")
+        self.entries.append(PackEntry(blob_type, blob_id, self.size, length, raw_length))
+        self.ids.add(blob_id)
+        self.size += length
+        scratch = getattr(self._scratch, "buffer", None)
+        if scratch is None or len(scratch) < length:
+            scratch = self._scratch.buffer = bytearray(length)
+        return memoryview(scratch)[:length]
+
+    def filled(self, entry: PackEntry, view: memoryview) -> None:
+        self.spooled.write_at(entry.offset, view)
+
+    def finish(self, cipher: Cipher) -> tuple[bytes, Spooled]:  # type: ignore[override]
+        """Append the sealed header; return (pack id, the file), the id BLAKE3 of its bytes."""
+        if self.finished:
+            raise RuntimeError("the pack is finished already")
+        self.finished = True
+        header = b"".join(
+            PACK_RECORD.pack(e.blob_type, e.blob_id, e.length, e.raw_length) for e in self.entries
+        )
+        sealed_header = cipher.seal(header, PACK_HEADER_AAD)
+        tail = sealed_header + PACK_TRAILER.pack(len(sealed_header))
+        self.spooled.write_at(self.size, tail)
+        self.size += len(tail)
+        self.spooled.size = self.size
+        return self.spooled.digest(), self.spooled
+
+    def recycle(self) -> Buffer:
+        """No buffer to keep: the file is removed (the caller's copy of it, if finished, is
+        closed too)."""
+        self.spooled.close()
+        return _empty(0)
 
 
 def pack_id_of(data: bytes) -> bytes:

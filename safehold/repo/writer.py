@@ -10,6 +10,7 @@ their blobs are not stored again) unless prune removes them first.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import queue
 import threading
@@ -18,13 +19,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from safehold.crypto import OVERHEAD, AuthenticationFailed
-from safehold.errors import ConcurrentChange
+from safehold.errors import ConcurrentChange, StorageError
 from safehold.repo.cache import cache_root
 from safehold.repo.format import BLOB_TREE, blob_aad, encode_body_scratch
 from safehold.repo.index import Index, encode_index_file
-from safehold.repo.pack import PackBuilder, PackEntry, verified_entries
+from safehold.repo.pack import PackBuilder, PackEntry, SpooledPackBuilder, verified_entries
 from safehold.repo.repository import Repository, pack_name
 from safehold.store import ObjectMissing
+from safehold.store.spool import Spooled
+
+log = logging.getLogger("safehold.store")
 
 INDEX_EVERY_PACKS = 16
 # ... or sooner once this many blobs wait for one (about 3 MiB of records): packs of tiny files
@@ -82,6 +86,9 @@ class BlobWriter:
             self.pack_size + repository.config["chunker"]["max_size"] + self.pack_size // 4
         )
         self._spare: list = []  # emptied pack buffers (anonymous mappings) for the next packs
+        # Packs for a remote location are built in temporary files, not in memory: they wait
+        # seconds for their upload (safehold/store/spool.py).
+        self._spool = repository.store.kind != "local" and _can_spool()
         self._builder: PackBuilder | None = None  # made by the first add
         self._in_flight: set[bytes] = set()
         # Packs this writer stored or deduplicated against since the last flush: each flush
@@ -200,8 +207,16 @@ class BlobWriter:
                 if entry.blob_type == BLOB_TREE:
                     sealed = bytes(data[entry.offset : entry.offset + entry.length])
                     self._tree_cache.put(entry.blob_id, sealed)
+        foreign = ForeignPack(entries, ids, release)
+        if self._spool:  # the reader's buffer is free for its next pack at once
+            view = data
+            try:
+                data = Spooled.of(view)
+            finally:
+                view.release()
+                foreign.recycle()
         self._slots.acquire()
-        self._queue.put((pack_id, data, ForeignPack(entries, ids, release)))
+        self._queue.put((pack_id, data, foreign))
 
     def _count_new(self, blob_type: int, length: int, raw_length: int) -> None:
         # Called with self._lock held.
@@ -227,17 +242,19 @@ class BlobWriter:
                 return False
             self._in_flight.add(blob_id)
             if self._builder is None:
-                self._builder = PackBuilder(self._capacity)
+                self._builder = self._new_builder()
             if length > self._builder.room() and self._builder.entries:
                 shipped.append(self._take_builder())  # a blob larger than the room left
             builder = self._builder
             view = builder.reserve(blob_type, blob_id, length, raw_length)
+            entry = builder.entries[-1]
             builder.pending += 1
             self._count_new(blob_type, length, raw_length)
             if len(builder) >= self.pack_size:
                 shipped.append(self._take_builder())
         try:
             fill(view)
+            builder.filled(entry, view)
             if blob_type == BLOB_TREE and self._tree_cache is not None:
                 self._tree_cache.put(blob_id, bytes(view))  # the next backup's parent trees
         except BaseException as error:
@@ -258,9 +275,14 @@ class BlobWriter:
     def _take_builder(self) -> PackBuilder:
         # Called with self._lock held.
         builder = self._builder
-        spare = self._spare.pop() if self._spare else None
-        self._builder = PackBuilder(self._capacity, spare)
+        self._builder = self._new_builder()
         return builder
+
+    def _new_builder(self) -> PackBuilder:
+        # Called with self._lock held.
+        if self._spool:
+            return SpooledPackBuilder(self._capacity)
+        return PackBuilder(self._capacity, self._spare.pop() if self._spare else None)
 
     def _ship(self, builder: PackBuilder) -> None:
         # Called without self._lock held: waiting for a slot blocks while the uploads are busy
@@ -271,7 +293,14 @@ class BlobWriter:
             poisoned = builder.poisoned
         if builder.entries and not poisoned:
             self._slots.acquire()
-            pack_id, data = builder.finish(self.repository.cipher)
+            try:
+                pack_id, data = builder.finish(self.repository.cipher)
+            except BaseException as error:  # a full temporary directory (SpooledPackBuilder)
+                self._recycle(builder)
+                self._slots.release()
+                with self._lock:
+                    self._error = self._error or error
+                raise
             self._queue.put((pack_id, data, builder))
         else:
             self._recycle(builder)
@@ -295,8 +324,9 @@ class BlobWriter:
                     if store is None:
                         store = self._upload_store()
                     pack_id, data, builder = item
-                    if store.kind != "local":
-                        # paramiko and boto3 write bytes: convert once, free the buffer now
+                    if store.kind != "local" and isinstance(data, memoryview):
+                        # not spooled (no temporary directory): paramiko and botocore write
+                        # bytes: convert once, free the buffer now
                         view, data = data, bytes(data)
                         view.release()
                         self._recycle(builder)
@@ -308,7 +338,10 @@ class BlobWriter:
                         self._error = error
             finally:
                 _pack_id, data, builder = item
-                data.release()  # (again: harmless)
+                if isinstance(data, Spooled):
+                    data.close()
+                else:
+                    data.release()  # (again: harmless)
                 self._recycle(builder)  # the pack's buffer is free before its slot
                 item = data = builder = None
                 self._slots.release()
@@ -531,6 +564,17 @@ class WriterRuns:
             else:
                 self.marker.rename(self.marker.with_name(f"unfinished-{os.urandom(4).hex()}"))
         self.marker = None
+
+
+def _can_spool() -> bool:
+    """True if packs can be built in the temporary directory; else (not there, not
+    writable) a warning, and they are built in memory."""
+    try:
+        Spooled().close()
+    except StorageError as error:
+        log.warning("safehold: packs are built in memory: %s", error.fields["message"])
+        return False
+    return True
 
 
 def _abandoned(name: str) -> bool:

@@ -19,6 +19,7 @@ from borgstore.backends._base import BackendBase
 from borgstore.store import Store as BorgStoreImpl
 
 from safehold.errors import NoSpace, RepositoryExists, StorageError
+from safehold.store.spool import Spooled
 
 MiB = 1024 * 1024
 
@@ -186,8 +187,12 @@ class Store:
         check_name(name)
         return self._call(self._impl.load, name, offset=offset, size=size, name_for_errors=name)
 
-    def save(self, name: str, data: bytes | bytearray | memoryview) -> None:
-        """Write the object atomically and durably under ``name`` (replacing an existing one)."""
+    def save(self, name: str, data: bytes | bytearray | memoryview | Spooled) -> None:
+        """Write the object atomically and durably under ``name`` (replacing an existing one).
+        ``data`` may be ``Spooled`` (in a temporary file): remote backends read it from there,
+        as often as they are retried."""
+        if isinstance(data, Spooled) and self.kind == "local":
+            data = data.value()
         self._call(self._impl.store, check_name(name), data, name_for_errors=name)
 
     def delete(self, name: str) -> None:

@@ -45,6 +45,7 @@ from safehold.store.base import (
     one_line,
     redact,
 )
+from safehold.store.spool import Spooled
 
 BUCKET = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{1,254}")
 TRANSIENT_CODES = {
@@ -96,6 +97,21 @@ class S3Backend(S3):
                 raise backend_errors.ObjectNotFound(name) from None
             raise
         self.s3.delete_object(Bucket=self.bucket, Key=key)
+
+    def store(self, name: str, value: bytes | Spooled) -> None:  # type: ignore[override]
+        """Upload the object; a spooled pack is read from its file as botocore sends it."""
+        if not isinstance(value, Spooled):
+            super().store(name, value)
+            return
+        if not self.opened:
+            raise backend_errors.BackendMustBeOpen()
+        validate_name(name)
+        self.s3.put_object(
+            Bucket=self.bucket,
+            Key=self.base_path + name,
+            Body=value.reader(),
+            ContentLength=len(value),
+        )
 
 
 _loader: list[Any] = []  # botocore's model loader, shared: it caches the parsed S3 model

@@ -33,6 +33,7 @@ from paramiko.sftp import CMD_DATA, CMD_EXTENDED, CMD_READ, CMD_STATUS, CMD_WRIT
 
 from safehold.errors import StorageError
 from safehold.store.base import MiB, TransientStorageError, one_line, redact
+from safehold.store.spool import Spooled
 
 # paramiko logs connection trouble (with tracebacks) at ERROR level; safehold reports those
 # failures itself, on one line. Without a handler here, Python's last-resort handler would
@@ -179,21 +180,27 @@ def write_request_size(client: paramiko.SFTPClient, handle: bytes) -> int:
     return min(WRITE_REQUEST, room) if room >= 4096 else WRITE_REQUEST
 
 
-def write_all(client: paramiko.SFTPClient, handle: bytes, value: bytes) -> None:
+def write_all(client: paramiko.SFTPClient, handle: bytes, value: bytes | Spooled) -> None:
     """Write ``value`` at the start of an open file through pipelined write requests, and
     check the reply to every one (paramiko's pipelined ``write`` drops the replies still
     outstanding when the file is closed, so a failed write, e.g. a full disk, could pass
-    unnoticed)."""
+    unnoticed). A spooled value is read from its file a block at a time."""
     replies, pending = _Replies(), []
-    view = memoryview(value)
-    position, request = 0, write_request_size(client, handle)
-    while position < len(value) or pending:
-        while position < len(value) and len(pending) < WRITE_AHEAD:
-            piece = view[position : position + request]
+    request = write_request_size(client, handle)
+    blocks = value.blocks(request * 32) if isinstance(value, Spooled) else (value,)
+    pieces = (
+        memoryview(block)[start : start + request]
+        for block in blocks
+        for start in range(0, len(block), request)
+    )
+    position, piece = 0, next(pieces, None)
+    while piece is not None or pending:
+        while piece is not None and len(pending) < WRITE_AHEAD:
             pending.append(
                 client._async_request(replies, CMD_WRITE, handle, int64(position), piece)
             )
             position += len(piece)
+            piece = next(pieces, None)
         kind, message = _await(client, replies, pending.pop(0))
         if kind != CMD_STATUS:
             raise paramiko.SFTPError("expected status")
@@ -294,13 +301,14 @@ class DurableSftp(Sftp):
             raise backend_errors.ObjectNotFound(name) from None
 
     @with_reconnect
-    def store(self, name: str, value: bytes) -> None:  # type: ignore[override]
-        """Write ``value`` to a temp file (every write's reply checked), fsync it, rename it
-        over ``name``."""
+    def store(self, name: str, value: bytes | Spooled) -> None:  # type: ignore[override]
+        """Write ``value`` (bytes, or a spooled pack read from its file) to a temp file (every
+        write's reply checked), fsync it, rename it over ``name``."""
         if not self.opened:
             raise backend_errors.BackendMustBeOpen()
         validate_name(name)
-        value = to_bytes(validate_value(value))  # paramiko writes bytes, not memoryviews
+        if not isinstance(value, Spooled):
+            value = to_bytes(validate_value(value))  # paramiko writes bytes, not memoryviews
         directory = Path(name).parent
         temp = str(directory / (os.urandom(4).hex() + TMP_SUFFIX))
 

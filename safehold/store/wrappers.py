@@ -19,6 +19,7 @@ from typing import TypeVar
 
 from safehold.errors import StorageError
 from safehold.store.base import ObjectMissing, Store, TransientStorageError, one_line
+from safehold.store.spool import Spooled
 
 log = logging.getLogger("safehold.store")
 T = TypeVar("T")
@@ -66,7 +67,7 @@ class StoreWrapper(Store):
     def load(self, name: str, offset: int = 0, size: int | None = None) -> bytes:
         return self.inner.load(name, offset, size)
 
-    def save(self, name: str, data: bytes | bytearray | memoryview) -> None:
+    def save(self, name: str, data: bytes | bytearray | memoryview | Spooled) -> None:
         self.inner.save(name, data)
 
     def delete(self, name: str) -> None:
@@ -184,7 +185,7 @@ class RetryingStore(StoreWrapper):
     def load(self, name: str, offset: int = 0, size: int | None = None) -> bytes:
         return self._retry(lambda: self.inner.load(name, offset, size), f"load {name}")
 
-    def save(self, name: str, data: bytes | bytearray | memoryview) -> None:
+    def save(self, name: str, data: bytes | bytearray | memoryview | Spooled) -> None:
         self._retry(lambda: self.inner.save(name, data), f"save {name}")
 
     def exists(self, name: str) -> bool:
@@ -246,7 +247,7 @@ class Fault:
         return call >= self.nth and (self.count is None or call < self.nth + self.count)
 
 
-def flip_bit(data: bytes | bytearray | memoryview) -> bytes:
+def flip_bit(data: bytes | bytearray | memoryview | Spooled) -> bytes:
     """``data`` with the lowest bit of its middle byte flipped (empty data stays empty)."""
     changed = bytearray(data)
     if changed:
@@ -297,7 +298,7 @@ class FaultyStore(StoreWrapper):
         data = self.inner.load(name, offset, size)
         return flip_bit(data) if corrupt else data
 
-    def save(self, name: str, data: bytes | bytearray | memoryview) -> None:
+    def save(self, name: str, data: bytes | bytearray | memoryview | Spooled) -> None:
         corrupt = self._strike("save", name)
         self.inner.save(name, flip_bit(data) if corrupt else data)
 
