@@ -16,7 +16,7 @@ next prune removes.
 Memory (docs/performance.md, "Memory at scale"): the BlobTable (50 bytes an index entry) and
 temporaries of 8 bytes an entry while planning; freed heap is handed back before repacking.
 The repacked blobs' index records are one array of 49 bytes each, made to size; a new pack is
-shipped at ``REPACK_BLOBS`` blobs (so a pack of tiny blobs does not hold 150,000 Python
+shipped at ``pack.MAX_BLOBS`` blobs (so a pack of tiny blobs does not hold 150,000 Python
 objects); the new index files are made one at a time from positions in the table.
 """
 
@@ -33,14 +33,11 @@ from safehold.errors import IntegrityError, UsageError
 from safehold.ops.prune_table import ENTRY_DTYPE, BlobTable, TreeMarks
 from safehold.ops.treewalk import content_ids, walk_trees
 from safehold.repo.index_arrays import release_freed_memory
-from safehold.repo.pack import PackBuilder
+from safehold.repo.pack import MAX_BLOBS, PackBuilder
 from safehold.repo.repository import Repository, pack_name, snapshot_problem
 from safehold.store.locks import STALE_AFTER, Lock
 
 INDEX_FILE_RECORDS = 65536  # records per new index file (about 3 MiB)
-# A new pack is shipped once full or holding this many blobs: a pack of tiny blobs would
-# otherwise hold ~150,000, each a Python object until the pack is stored.
-REPACK_BLOBS = 65536
 # Packs written less than this long ago are neither deleted nor repacked: defence in depth
 # should a backup ever run unseen by the lock (its packs are unreferenced until its snapshot).
 KEEP_YOUNG = 4 * 3600.0
@@ -382,7 +379,7 @@ def _repack(
             blob_id = bytes(table.ids[position]).ljust(32, b"\0")
             repository.open_blob(blob_id, location, sealed)  # raises IntegrityError if damaged
             builder.add(location.blob_type, blob_id, sealed, location.raw_length)
-            if len(builder) >= pack_size or len(builder.entries) >= REPACK_BLOBS:
+            if len(builder) >= pack_size or len(builder.entries) >= MAX_BLOBS:
                 filled = _ship(repository, builder, plan, records, filled, new_packs, table)
                 builder = PackBuilder(capacity)
         del data

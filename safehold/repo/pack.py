@@ -18,6 +18,12 @@ from safehold.repo.format import PACK_HEADER_AAD, PACK_RECORD, PACK_TRAILER
 Buffer = mmap.mmap | bytearray
 
 
+# A pack is finished once this many blobs are in it, however small they are: until it is
+# stored, each blob is a Python object (its PackEntry, in two sets), ~150,000 in a full pack
+# of tiny blobs.
+MAX_BLOBS = 65536
+
+
 def _empty(size: int) -> Buffer:
     """An anonymous mapping: memory the pack never fills is never touched, so it costs no
     RSS, and it needs no numpy (a backup that writes only a few trees never loads it)."""

@@ -22,7 +22,7 @@ from safehold.errors import ConcurrentChange
 from safehold.repo.cache import cache_root
 from safehold.repo.format import BLOB_TREE, INDEX_RECORD, blob_aad, encode_body_scratch
 from safehold.repo.index import Index
-from safehold.repo.pack import PackBuilder, PackEntry, verified_entries
+from safehold.repo.pack import MAX_BLOBS, PackBuilder, PackEntry, verified_entries
 from safehold.repo.repository import Repository, pack_name
 from safehold.store import ObjectMissing
 
@@ -236,7 +236,7 @@ class BlobWriter:
             view = builder.reserve(blob_type, blob_id, length, raw_length)
             builder.pending += 1
             self._count_new(blob_type, length, raw_length)
-            if len(builder) >= self.pack_size:
+            if len(builder) >= self.pack_size or len(builder.entries) >= MAX_BLOBS:
                 shipped.append(self._take_builder())
         try:
             fill(view)
