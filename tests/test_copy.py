@@ -170,20 +170,31 @@ def _file(tmp_path: Path, name: str, text: str) -> Path:
     return path
 
 
-def test_the_id_map_finds_every_pair_after_merges(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Pairs move from the dict into the sorted arrays as the map grows; every one is found,
-    ids ending in NUL bytes included (numpy's S32 drops trailing NULs), unknown ones are not."""
+@pytest.mark.parametrize("blobs", [1000, 70000])  # a small index (a dict), then arrays
+def test_the_id_map_finds_every_pair(blobs: int) -> None:
+    """Pairs are kept at the source blob's number in a real index, small or in arrays; every
+    one is found, ids ending in NUL bytes included, a blob the index lacks as well (kept
+    aside), unknown ones are not; two blobs never share a number."""
     from safehold.ops.copy import IdMap
+    from safehold.repo.format import INDEX_RECORD
+    from safehold.repo.index import Index
 
-    monkeypatch.setattr(IdMap, "MERGE_AT", 64)
     rnd = random.Random(5)
-    pairs = {rnd.randbytes(31) + bytes([n % 2]): rnd.randbytes(30) + b"\0\0" for n in range(1000)}
-    ids = IdMap()
+    sources = [rnd.randbytes(31) + bytes([n % 2]) for n in range(blobs)]
+    index = Index()
+    index.load_file([b"p" * 32], b"".join(INDEX_RECORD.pack(i, 0, 0, 1, 1, 0) for i in sources))
+    index.finish_loading()
+    numbers = {index.ordinal(source_id) for source_id in sources}
+    assert len(numbers) == blobs and max(numbers) < index.ordinal_count()  # type: ignore[operator]
+    pairs = {source_id: rnd.randbytes(30) + b"\0\0" for source_id in sources[::3]}
+    outside = rnd.randbytes(32)  # not in the index
+    pairs[outside] = rnd.randbytes(32)
+    ids = IdMap(index)
     for source_id, target_id in pairs.items():
         ids.put(source_id, target_id)
-    assert len(ids) == 1000 and ids._keys is not None and len(ids._recent) < 1000 // 8
+    ids.put(sources[0], pairs[sources[0]])  # again: counted once
+    assert len(ids) == len(pairs)
     assert all(ids.get(source_id) == target_id for source_id, target_id in pairs.items())
     assert ids.get_many(list(pairs)) == list(pairs.values())
-    first, target_id = next(iter(pairs.items()))
-    assert ids.get_many([rnd.randbytes(32), first]) == [None, target_id]
+    assert ids.get_many([sources[1], sources[0]]) == [None, pairs[sources[0]]]
     assert ids.get(rnd.randbytes(32)) is None and rnd.randbytes(32) not in ids

@@ -166,6 +166,25 @@ def test_repacking_into_several_new_packs(make_repo, tmp_path: Path) -> None:
     assert_restores(repo, source, {second: contents(source)}, tmp_path)
 
 
+def test_new_index_in_many_small_files_lists_every_blob(history, monkeypatch, tmp_path) -> None:
+    """The new index is written file by file from the kept rows, then the repacked ones: with
+    7 records a file, files hold kept rows, repacked rows or both, and nothing is lost."""
+    import safehold.ops.prune
+
+    monkeypatch.setattr(safehold.ops.prune, "INDEX_FILE_RECORDS", 7)
+    repo, source, expected = history
+    forget_oldest(repo, expected)
+    plan = prune_json(repo, "--max-unused", "0%")
+    assert plan["done"]["blobs_repacked"] and plan["done"]["index_files_written"] > 3
+    with open_repository(repo) as repository:
+        names = repository.index_names()
+        assert len(names) == plan["done"]["index_files_written"]
+        sizes = [len(repository.load_index_file(name)["records"]) // 49 for name in names]
+    assert max(sizes) == 7 and sum(sizes) > 7 * (len(sizes) - 1)  # all full but one
+    assert check_ok(repo)["notes"] == []
+    assert_restores(repo, source, expected, tmp_path)
+
+
 def test_size_limits_are_respected(history) -> None:
     repo, _source, expected = history
     forget_oldest(repo, expected)

@@ -9,12 +9,11 @@ id and ``copied_from`` / ``copied_from_repository`` naming where it came from. C
 copied as they are (not re-chunked with the target's seed), so copies of the same source
 deduplicate in the target with each other, not with backups made directly into it.
 
-Memory: an ``IdMap`` (source id -> target id) holds the ids of the snapshots copied in this
-run and of the already-copied snapshots used to seed it: the latest in a dict (about 170
-bytes a pair, at most 65,536 of them or an eighth of the rest), the others in sorted numpy
-arrays (64 bytes a pair, twice that for a moment while the dict is merged into them): some
-70 MiB for a million distinct chunks (1 TiB of unique data at the default chunk size, or a
-million small files), 130 MiB at the peak of a merge (a dict: 170 MiB). Trees are walked depth
+Memory: an ``IdMap`` (source id -> target id) keeps each target id (32 bytes and a flag) at
+the number of its source blob in the source's index (``Index.ordinal``), in an anonymous
+mapping sized for the whole index and touched only where set: at most 33 bytes a blob of the
+source (33 MiB for a million), never merged or copied, no source id held (before: sorted
+arrays of both ids, 64 bytes a pair and twice that while merging). Trees are walked depth
 first, holding the entries of the directories on the current path only.
 Seeding: before a snapshot is copied, the target copy of its parent (or else of the latest
 copied snapshot of the same host and paths) is walked side by side with its source, so the
@@ -23,12 +22,14 @@ blobs and whole subtrees it already has are known without reading their data aga
 
 from __future__ import annotations
 
+import mmap
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from safehold.archive.entries import DIR, decode_tree, encode_tree
 from safehold.errors import IntegrityError, UsageError
 from safehold.repo.format import BLOB_DATA, BLOB_TREE
+from safehold.repo.index import Index
 from safehold.repo.repository import Repository
 from safehold.repo.snapshots import list_snapshots, resolve
 from safehold.repo.writer import BlobWriter
@@ -94,75 +95,48 @@ def existing_copies(source: Repository, target: Repository) -> dict[str, dict]:
 class IdMap:
     """Source blob id -> target blob id, for data blobs and trees (see the module docstring).
 
-    New pairs go into a dict; once it holds ``MERGE_AT`` pairs (or an eighth of the merged
-    ones, whichever is more) it is merged into two sorted arrays of 32-byte ids, the way the
-    repository's index keeps its entries (numpy is imported only then)."""
+    The target ids sit in one array of 32 bytes per blob of the source's index, at the
+    blob's number there (``Index.ordinal``; the source's index is only read during a copy,
+    so the numbers stay), with a byte per blob saying whether it is set: no source id is
+    held and nothing is merged or copied as the map grows. Both are anonymous mappings, so
+    the pages of blobs never mapped cost nothing. A blob the index does not number (not in
+    it: a seed's id that the source lacks) goes into a dict."""
 
-    MERGE_AT = 65536
-
-    def __init__(self) -> None:
-        self._recent: dict[bytes, bytes] = {}
-        self._keys = None  # numpy S32, sorted; the matching target ids in _values
-        self._values = None
+    def __init__(self, source_index: Index) -> None:
+        self._index = source_index
+        count = source_index.ordinal_count()
+        self._targets = mmap.mmap(-1, 32 * count) if count else bytearray()
+        self._set = mmap.mmap(-1, count) if count else bytearray()
+        self._count = 0
+        self._others: dict[bytes, bytes] = {}
 
     def __len__(self) -> int:
-        return len(self._recent) + (0 if self._keys is None else len(self._keys))
+        return self._count + len(self._others)
 
     def get(self, source_id: bytes) -> bytes | None:
-        found = self._recent.get(source_id)
-        if found is not None or self._keys is None:
-            return found
-        import numpy as np
-
-        position = int(np.searchsorted(self._keys, np.bytes_(source_id)))
-        # An S32 element reads back without its trailing NUL bytes: pad before comparing.
-        if position < len(self._keys) and _id(self._keys[position]) == source_id:
-            return _id(self._values[position])
-        return None
+        number = self._index.ordinal(source_id)
+        if number is None:
+            return self._others.get(source_id)
+        if not self._set[number]:
+            return None
+        return self._targets[32 * number : 32 * number + 32]
 
     def __contains__(self, source_id: bytes) -> bool:
         return self.get(source_id) is not None
 
-    def recent(self, source_id: bytes) -> bytes | None:
-        """``get`` among the pairs not merged yet only (no search of the arrays)."""
-        return self._recent.get(source_id)
-
     def get_many(self, source_ids: list[bytes]) -> list[bytes | None]:
-        """``get`` for many ids at once: one search of the arrays for all that the dict lacks
-        (a search costs ~20 us whether it looks for one id or a hundred)."""
-        found = [self._recent.get(source_id) for source_id in source_ids]
-        missing = [n for n, target_id in enumerate(found) if target_id is None]
-        if not missing or self._keys is None:
-            return found
-        import numpy as np
-
-        keys = np.array([source_ids[n] for n in missing], dtype="S32")
-        places = np.minimum(np.searchsorted(self._keys, keys), len(self._keys) - 1)
-        hits = self._keys[places] == keys
-        for n, place, hit in zip(missing, places.tolist(), hits.tolist(), strict=True):
-            if hit:
-                found[n] = _id(self._values[place])
-        return found
+        """``get`` for each of ``source_ids``."""
+        return [self.get(source_id) for source_id in source_ids]
 
     def put(self, source_id: bytes, target_id: bytes) -> None:
-        self._recent[source_id] = target_id
-        merged = 0 if self._keys is None else len(self._keys)
-        if len(self._recent) >= max(self.MERGE_AT, merged >> 3):
-            self._merge()
-
-    def _merge(self) -> None:
-        import numpy as np
-
-        keys = np.fromiter(self._recent.keys(), dtype="S32", count=len(self._recent))
-        values = np.fromiter(self._recent.values(), dtype="S32", count=len(self._recent))
-        order = np.argsort(keys)
-        keys, values = keys[order], values[order]
-        if self._keys is not None:  # into the sorted arrays: one new copy of each, no sort
-            places = np.searchsorted(self._keys, keys)
-            keys = np.insert(self._keys, places, keys)
-            values = np.insert(self._values, places, values)
-        self._keys, self._values = keys, values
-        self._recent = {}
+        number = self._index.ordinal(source_id)
+        if number is None:
+            self._others[source_id] = target_id
+            return
+        self._targets[32 * number : 32 * number + 32] = target_id
+        if not self._set[number]:
+            self._set[number] = 1
+            self._count += 1
 
     def seed(self, source: Repository, target: Repository, source_tree: bytes, target_tree: bytes):
         """Learn the ids of a snapshot already copied by walking its two trees side by side.
@@ -188,10 +162,6 @@ class IdMap:
             self.put(source_id, target_id)
 
 
-def _id(element: bytes) -> bytes:
-    return bytes(element).ljust(32, b"\0")
-
-
 class Copier:
     """Copies snapshots from ``source`` to ``target`` through one BlobWriter on the target."""
 
@@ -199,7 +169,7 @@ class Copier:
         self.source = source
         self.target = target
         self.writer = writer
-        self.ids = IdMap()
+        self.ids = IdMap(source.index)
         self._seeded: set[str] = set()
         self._current: CopiedSnapshot | None = None
 
@@ -249,8 +219,8 @@ class Copier:
         files were copied), copying it unless it is there."""
         assert self._current is not None
         self._current.blobs += 1
-        if known is None:  # copied earlier in this tree? (if merged meanwhile: read again,
-            known = self.ids.recent(blob_id)  # and the writer finds it stored)
+        if known is None:  # copied earlier in this tree?
+            known = self.ids.get(blob_id)
         if known is not None:
             return known
         data = self.source.load_blob(blob_id)  # verified against its id

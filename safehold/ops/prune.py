@@ -12,6 +12,12 @@ bytes. In this order, each step durable before the next (docs/format.md, "Prune"
 A crash between any two writes leaves a repository whose index covers every snapshot: at
 worst duplicate index entries or packs no index lists, which check reports as notes and the
 next prune removes.
+
+Memory (docs/performance.md, "Memory at scale"): the BlobTable (50 bytes an index entry) and
+temporaries of 8 bytes an entry while planning; freed heap is handed back before repacking.
+The repacked blobs' index records are one array of 49 bytes each, made to size; a new pack is
+shipped at ``pack.MAX_BLOBS`` blobs (so a pack of tiny blobs does not hold 150,000 Python
+objects); the new index files are made one at a time from positions in the table.
 """
 
 from __future__ import annotations
@@ -26,13 +32,12 @@ import numpy as np
 from safehold.errors import IntegrityError, UsageError
 from safehold.ops.prune_table import ENTRY_DTYPE, BlobTable, TreeMarks
 from safehold.ops.treewalk import content_ids, walk_trees
-from safehold.repo.pack import PackBuilder
+from safehold.repo.index_arrays import release_freed_memory
+from safehold.repo.pack import MAX_BLOBS, PackBuilder
 from safehold.repo.repository import Repository, pack_name, snapshot_problem
 from safehold.store.locks import STALE_AFTER, Lock
 
 INDEX_FILE_RECORDS = 65536  # records per new index file (about 3 MiB)
-# A repacked blob's index row, with its pack's id (the new packs are not in the table).
-NEW_ENTRY_DTYPE = np.dtype([("id", "S32"), ("pack", "S32")] + ENTRY_DTYPE.descr[2:])
 # Packs written less than this long ago are neither deleted nor repacked: defence in depth
 # should a backup ever run unseen by the lock (its packs are unreferenced until its snapshot).
 KEEP_YOUNG = 4 * 3600.0
@@ -138,6 +143,7 @@ def prune(
         return plan_prune(repository, max_unused, max_repack_size, report, young)[0]
     with repository.lock(exclusive=True, wait=wait) as lock:
         plan, table, keep = plan_prune(repository, max_unused, max_repack_size, report, young)
+        release_freed_memory()  # the walk's and the plan's temporaries, before repacking
         plan.dry_run = False
         if before_changes is not None:
             before_changes(plan)
@@ -285,8 +291,12 @@ def _choose_copies(
     mask = table.used & single
     reach = np.bincount(pack_of[mask], weights=table.length[mask], minlength=packs)
     share = reach / np.maximum(blob_bytes, 1)
-    ids = table.ids[needed]
-    group = np.cumsum(np.concatenate([[True], ids[1:] != ids[:-1]])) - 1
+    # The table is sorted by id: copies of one blob are neighbours (compared in place, no
+    # copy of the needed ids).
+    fresh = np.ones(len(table), dtype=bool)
+    fresh[1:] = table.ids[1:] != table.ids[:-1]
+    group = (np.cumsum(fresh) - 1)[needed]
+    del fresh
     order = np.lexsort((pack_of[needed], -share[pack_of[needed]], group))
     firsts = np.concatenate([[True], group[order][1:] != group[order][:-1]])
     keep[needed[order][firsts]] = True
@@ -309,9 +319,10 @@ def _carry_out(
     done.update(index_files_deleted=0, packs_deleted=0, bytes_deleted=0)
     rewrite = bool(plan.delete or plan.repack)
     if rewrite:
-        new_entries = _repack(repository, plan, table, keep, report)
+        new_entries, new_packs = _repack(repository, plan, table, keep, report)
         report("writing the new index")
-        _write_index(repository, plan, table, keep, new_entries)
+        _write_index(repository, plan, table, new_entries, new_packs)
+        del new_entries
         lock.ensure_exclusive("prune")
         report("deleting the old index")
         for name in table.index_names:
@@ -337,16 +348,27 @@ def _repack(
     table: BlobTable,
     keep: np.ndarray,
     report: Callable[[str], None],
-) -> np.ndarray:
-    """Copy the kept blobs of the packs to repack into new packs; returns their index entries.
+) -> tuple[np.ndarray, list[bytes]]:
+    """Copy the kept blobs of the packs to repack into new packs; returns their index records
+    (ENTRY_DTYPE, 49 bytes each, in one array made to size before the first pack: no Python
+    object per blob) and the new packs' ids, which the records number from
+    ``len(table.packs)`` on.
 
     Holds one source pack and the pack being built at a time. Every blob is authenticated and
     checked against its id before it is copied: prune never makes a damaged copy the only one.
     """
-    shipped: list[np.ndarray] = []  # per new pack its index rows: no Python object per blob
     targets = {pack_id: n for n, pack_id in enumerate(table.packs)}
-    builder = PackBuilder()
+    chosen = np.zeros(len(table.packs), dtype=bool)
+    chosen[[targets[pack_id] for pack_id in plan.repack]] = True
+    records = np.empty(int(np.count_nonzero(keep & chosen[table.pack])), dtype=ENTRY_DTYPE)
+    del chosen
+    new_packs: list[bytes] = []
+    filled = 0
     pack_size = repository.config["pack_size"]
+    # A buffer of a full pack, one largest blob and a header, as the writer's: mapped pages
+    # it never fills cost nothing, and it is never grown (a copy of itself) while filled.
+    capacity = pack_size + repository.config["chunker"]["max_size"] + pack_size // 4
+    builder = PackBuilder(capacity)
     for count, pack_id in enumerate(plan.repack, 1):
         report(f"repacking pack {count} of {len(plan.repack)}")
         positions = np.flatnonzero(keep & (table.pack == targets[pack_id]))
@@ -357,18 +379,29 @@ def _repack(
             blob_id = bytes(table.ids[position]).ljust(32, b"\0")
             repository.open_blob(blob_id, location, sealed)  # raises IntegrityError if damaged
             builder.add(location.blob_type, blob_id, sealed, location.raw_length)
-            if len(builder) >= pack_size:
-                shipped.append(_ship(repository, builder, plan))
-                builder = PackBuilder()
+            if len(builder) >= pack_size or len(builder.entries) >= MAX_BLOBS:
+                filled = _ship(repository, builder, plan, records, filled, new_packs, table)
+                builder = PackBuilder(capacity)
         del data
-    shipped.append(_ship(repository, builder, plan))
-    return np.concatenate(shipped)
+    filled = _ship(repository, builder, plan, records, filled, new_packs, table)
+    assert filled == len(records)
+    return records, new_packs
 
 
-def _ship(repository: Repository, builder: PackBuilder, plan: PrunePlan) -> np.ndarray:
-    """Store a repacked pack; returns its index rows (NEW_ENTRY_DTYPE)."""
+def _ship(
+    repository: Repository,
+    builder: PackBuilder,
+    plan: PrunePlan,
+    records: np.ndarray,
+    filled: int,
+    new_packs: list[bytes],
+    table: BlobTable,
+) -> int:
+    """Store a repacked pack and fill its index records into ``records`` from ``filled`` on
+    (its pack numbered after the table's and the new packs before it); returns the position
+    after its last record."""
     if not builder.entries:
-        return np.empty(0, dtype=NEW_ENTRY_DTYPE)
+        return filled
     entries = builder.entries
     pack_id, data = builder.finish(repository.cipher)
     with data:
@@ -376,53 +409,68 @@ def _ship(repository: Repository, builder: PackBuilder, plan: PrunePlan) -> np.n
         plan.done["packs_written"] += 1
         plan.done["bytes_written"] += len(data)
     plan.done["blobs_repacked"] += len(entries)
-    return np.array(
-        [(e.blob_id, pack_id, e.offset, e.length, e.raw_length, e.blob_type) for e in entries],
-        dtype=NEW_ENTRY_DTYPE,
-    )
+    rows = records[filled : filled + len(entries)]
+    rows["id"] = np.frombuffer(b"".join(e.blob_id for e in entries), dtype="S32")
+    rows["pack"] = len(table.packs) + len(new_packs)
+    rows["offset"] = [e.offset for e in entries]
+    rows["length"] = [e.length for e in entries]
+    rows["raw"] = [e.raw_length for e in entries]
+    rows["type"] = [e.blob_type for e in entries]
+    new_packs.append(pack_id)
+    return filled + len(entries)
 
 
 def _write_index(
     repository: Repository,
     plan: PrunePlan,
     table: BlobTable,
-    keep: np.ndarray,
     new_entries: np.ndarray,
+    new_packs: list[bytes],
 ) -> None:
     """Write the index files of everything that stays: all entries of the packs kept (unused
-    ones too, so the next prune still sees their unused bytes) and the repacked blobs."""
+    ones too, so the next prune still sees their unused bytes) and the repacked blobs
+    (``new_entries``, numbering ``new_packs`` after the table's packs).
+
+    File by file (``INDEX_FILE_RECORDS`` records each): the rows that stay are positions in
+    the table (8 bytes each); each file's records are made from its slice of them (and of the
+    repacked ones) alone, so no copy of the whole table is made."""
     numbers = {pack_id: n for n, pack_id in enumerate(table.packs)}
     gone = {numbers[p] for p in plan.delete + plan.repack}
     stays = ~np.isin(table.pack, np.array(sorted(gone), dtype="<u4"))
     rows = np.flatnonzero(stays)
+    del stays
     # Each (pack, offset) once, grouped by pack.
     place = (table.pack[rows].astype(np.int64) << 32) | table.offset[rows].astype(np.int64)
     _, first = np.unique(place, return_index=True)
+    del place
     rows = rows[first]
+    del first
     supersedes = [bytes.fromhex(name.split("/", 1)[1]) for name in table.index_names]
-    old_packs = np.array([np.bytes_(p) for p in table.packs] or [b""], dtype="S32")
-    kept = np.empty(len(rows), dtype=new_entries.dtype)
-    kept["id"] = table.ids[rows]
-    kept["pack"] = old_packs[table.pack[rows]]
-    for name in ("offset", "length", "raw", "type"):
-        kept[name] = getattr(table, name)[rows]
-    everything = np.concatenate([kept, new_entries])
-    del kept, rows
-    for start in range(0, len(everything), INDEX_FILE_RECORDS):
-        chunk = everything[start : start + INDEX_FILE_RECORDS]
-        pack_ids, local = np.unique(chunk["pack"], return_inverse=True)
-        records = np.empty(len(chunk), dtype=ENTRY_DTYPE)
-        records["id"] = chunk["id"]
-        records["pack"] = local
+    all_packs = [bytes(p).ljust(32, b"\0") for p in [*table.packs, *new_packs]]
+    # The rows kept, then the repacked blobs, cut into files at the same places as if they
+    # were one array (the last file of the kept rows is filled up with repacked ones).
+    start, total = 0, len(rows) + len(new_entries)
+    while start < total:
+        end = min(start + INDEX_FILE_RECORDS, total)
+        part = rows[start:end]
+        extra = new_entries[max(0, start - len(rows)) : max(0, end - len(rows))]
+        records = np.empty(len(part) + len(extra), dtype=ENTRY_DTYPE)
+        kept = records[: len(part)]
+        kept["id"] = table.ids[part]
+        kept["pack"] = table.pack[part]
         for name in ("offset", "length", "raw", "type"):
-            records[name] = chunk[name]
+            kept[name] = getattr(table, name)[part]
+        records[len(part) :] = extra
+        used, local = np.unique(records["pack"], return_inverse=True)
+        records["pack"] = local.reshape(-1)
         repository.save_object(
             "index/" + os.urandom(32).hex(),
             {
                 "version": 1,
-                "packs": [bytes(p).ljust(32, b"\0") for p in pack_ids],
+                "packs": [all_packs[n] for n in used.tolist()],
                 "records": records.tobytes(),
                 "supersedes": supersedes,
             },
         )
         plan.done["index_files_written"] += 1
+        start = end

@@ -27,17 +27,17 @@ class BlobTable:
     """All index entries of a repository; load with ``BlobTable.load``."""
 
     def __init__(self, index_names: list[str], packs: list[bytes], table: np.ndarray) -> None:
+        # Each column taken from the unsorted table in sorted order, one at a time: the
+        # table, the order and one column more at the peak (not two whole tables).
         order = np.argsort(table["id"], kind="stable")
-        table = table[order]
-        del order
         self.index_names = index_names
         self.packs = packs  # global pack number -> pack id
-        self.ids = np.ascontiguousarray(table["id"])
-        self.pack = np.ascontiguousarray(table["pack"])
-        self.offset = np.ascontiguousarray(table["offset"])
-        self.length = np.ascontiguousarray(table["length"])
-        self.raw = np.ascontiguousarray(table["raw"])
-        self.type = np.ascontiguousarray(table["type"])
+        self.ids = table["id"][order]
+        self.pack = table["pack"][order]
+        self.offset = table["offset"][order]
+        self.length = table["length"][order]
+        self.raw = table["raw"][order]
+        self.type = table["type"][order]
         self.used = np.zeros(len(self.ids), dtype=bool)
 
     @classmethod
@@ -60,11 +60,14 @@ class BlobTable:
                 dtype="<u4",
             )
             part = np.frombuffer(content["records"], dtype=ENTRY_DTYPE).copy()
+            del content
             part["pack"] = local[part["pack"]]
             parts.append(part)
         table = np.concatenate(parts) if parts else np.empty(0, dtype=ENTRY_DTYPE)
         del parts
-        return cls(names, list(numbers), table)
+        packs = list(numbers)
+        del numbers
+        return cls(names, packs, table)
 
     def __len__(self) -> int:
         return len(self.ids)

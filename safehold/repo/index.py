@@ -79,6 +79,8 @@ class Index:
         # Swapped as one tuple (loaded, records, bounds, tables), like the arrays.
         self._small: Small | None = None
         self._lock = threading.Lock()
+        # For ``ordinal``: the arrays it numbered, and the number of each segment's first entry.
+        self._ordinal_starts: tuple[Base, list[int]] | None = None
 
     @property
     def packs(self) -> list[bytes]:
@@ -285,6 +287,40 @@ class Index:
                 return None
         number, offset, length, raw_length, blob_type = found
         return Location(self._pack(number), offset, length, raw_length, blob_type)
+
+    def ordinal_count(self) -> int:
+        """How many numbers ``ordinal`` may give (0 <= number < this)."""
+        small = 0 if self._small is None else len(self._small[1]) // INDEX_RECORD.size
+        return small + self._sorted_count()
+
+    def ordinal(self, blob_id: bytes) -> int | None:
+        """A number for a blob of the index as loaded, below ``ordinal_count()``: each blob
+        its own, the same as long as no entry is added or loaded (a number for an array of
+        something per blob, without its id: ``ops/copy.IdMap``). None for a blob added in this
+        session, or not in the index."""
+        if blob_id in self._pending:
+            return None
+        small = self._small
+        if small is not None:
+            number = small[0].get(blob_id)
+            if number is not None:
+                return number
+        arrays = self._sorted
+        if arrays is None or not arrays.count:
+            return None
+        from safehold.repo import index_arrays
+
+        starts = self._ordinal_starts
+        if starts is None or starts[0] is not arrays:
+            offset = 0 if small is None else len(small[1]) // INDEX_RECORD.size
+            numbers = [offset]
+            for part in arrays.segments:
+                numbers.append(numbers[-1] + len(part.keys))
+            starts = self._ordinal_starts = (arrays, numbers)
+        key, rest = int.from_bytes(blob_id[:8], "big"), blob_id[8:]
+        number = bisect_right(arrays.firsts, key) - 1
+        position = index_arrays.position_in(arrays.segments[number], key, rest)
+        return None if position is None else starts[1][number] + position
 
     def __contains__(self, blob_id: bytes) -> bool:
         return self.lookup(blob_id) is not None

@@ -241,6 +241,17 @@ def find_in(found: Segment, key: int, rest: bytes) -> tuple[int, int, int, int, 
     return None
 
 
+def position_in(found: Segment, key: int, rest: bytes) -> int | None:
+    """The position in one segment of the blob whose id is ``key`` and ``rest``, or None."""
+    keys, view = found.key_view, found.record_view
+    position = bisect_left(keys, key)
+    while position < len(keys) and keys[position] == key:
+        if view[position * RECORD.size : position * RECORD.size + 24] == rest:
+            return position
+        position += 1
+    return None
+
+
 def merge_run(
     run: Segment | None, keys: np.ndarray, records: np.ndarray, newer: bool = True
 ) -> Segment:

@@ -21,9 +21,15 @@ from pathlib import Path
 from safehold.crypto import OVERHEAD, AuthenticationFailed
 from safehold.errors import ConcurrentChange, StorageError
 from safehold.repo.cache import cache_root
-from safehold.repo.format import BLOB_TREE, blob_aad, encode_body_scratch
-from safehold.repo.index import Index, encode_index_file
-from safehold.repo.pack import PackBuilder, PackEntry, SpooledPackBuilder, verified_entries
+from safehold.repo.format import BLOB_TREE, INDEX_RECORD, blob_aad, encode_body_scratch
+from safehold.repo.index import Index
+from safehold.repo.pack import (
+    MAX_BLOBS,
+    PackBuilder,
+    PackEntry,
+    SpooledPackBuilder,
+    verified_entries,
+)
 from safehold.repo.repository import Repository, pack_name
 from safehold.store import ObjectMissing
 from safehold.store.spool import Spooled
@@ -96,7 +102,9 @@ class BlobWriter:
         self._relied: set[bytes] = set()
         self._queue: queue.Queue = queue.Queue()  # bounded by _slots
         self._slots = threading.Semaphore(self.uploads + 1)
-        self._unindexed: list[tuple[bytes, bytes, int, int, int, int]] = []
+        # Stored packs no index file lists yet: (pack id, its blobs' index-file records).
+        self._unindexed: list[tuple[bytes, bytes]] = []
+        self._unindexed_blobs = 0
         self._index_lock = threading.Lock()  # _unindexed, _packs_since_index, the index files
         self._packs_since_index = 0
         self._error: BaseException | None = None
@@ -250,7 +258,7 @@ class BlobWriter:
             entry = builder.entries[-1]
             builder.pending += 1
             self._count_new(blob_type, length, raw_length)
-            if len(builder) >= self.pack_size:
+            if len(builder) >= self.pack_size or len(builder.entries) >= MAX_BLOBS:
                 shipped.append(self._take_builder())
         try:
             fill(view)
@@ -358,21 +366,40 @@ class BlobWriter:
     def _saved(self, pack_id: bytes, builder: PackBuilder) -> None:
         """A pack is stored: index its blobs; every INDEX_EVERY_PACKS packs (or
         INDEX_EVERY_BLOBS blobs) an index file."""
-        rows = [entry.index_row(pack_id) for entry in builder.entries]
-        for row in rows:
-            self.index.add(*row)
+        for entry in builder.entries:
+            self.index.add(*entry.index_row(pack_id))
         with self._lock:
             self._in_flight.difference_update(builder.ids)
             self._relied.add(pack_id)
             self.stats.packs_written += 1
         with self._index_lock:
-            self._unindexed.extend(rows)
+            self._list(pack_id, builder.entries)
             self._packs_since_index += 1
             if (
                 self._packs_since_index >= INDEX_EVERY_PACKS
-                or len(self._unindexed) >= INDEX_EVERY_BLOBS
+                or self._unindexed_blobs >= INDEX_EVERY_BLOBS
             ):
                 self._write_index()
+
+    def _list(self, pack_id: bytes, entries: list[PackEntry]) -> None:
+        """Queue a stored pack's blobs for the next index file (with _index_lock held), as
+        that file's records (49 bytes a blob: a pack of tiny blobs has 100,000s), numbering
+        the pack by its place among the queued ones."""
+        number, size = len(self._unindexed), INDEX_RECORD.size
+        records = bytearray(size * len(entries))
+        for position, e in enumerate(entries):
+            INDEX_RECORD.pack_into(
+                records,
+                position * size,
+                e.blob_id,
+                number,
+                e.offset,
+                e.length,
+                e.raw_length,
+                e.blob_type,
+            )
+        self._unindexed.append((pack_id, bytes(records)))
+        self._unindexed_blobs += len(entries)
 
     def adopt_unindexed_packs(self) -> None:
         """Resume after an interrupted run: every stored pack that no index file lists is read
@@ -410,22 +437,23 @@ class BlobWriter:
     def adopt(self, pack_id: bytes, entries: list[PackEntry]) -> None:
         """List an already stored pack's blobs (``PackEntry`` rows from its header) in the
         index and in the next index file, as if this writer had written it."""
-        rows = [entry.index_row(pack_id) for entry in entries]
-        for row in rows:
-            self.index.add(*row)
+        for entry in entries:
+            self.index.add(*entry.index_row(pack_id))
         with self._index_lock:
-            self._unindexed.extend(rows)
+            self._list(pack_id, entries)
 
     def _write_index(self) -> None:
         # Called with _index_lock held: only packs already stored are listed (write order).
         if not self._unindexed:
             return
-        packs, records = encode_index_file(self._unindexed)
+        packs = [pack_id for pack_id, _ in self._unindexed]
+        records = b"".join(records for _, records in self._unindexed)
         name = "index/" + os.urandom(32).hex()
         self.repository.save_object(
             name, {"version": 1, "packs": packs, "records": records, "supersedes": []}
         )
         self._unindexed = []
+        self._unindexed_blobs = 0
         self._packs_since_index = 0
         self.stats.index_files_written += 1
 
