@@ -58,7 +58,7 @@ from safehold.crypto import OVERHEAD, Cipher, MasterKey
 from safehold.errors import IntegrityError
 from safehold.repo.cache import TreeCache
 from safehold.repo.format import PACK_RECORD, blob_aad, encode_body_scratch
-from safehold.repo.pack import PackBuilder, PackEntry
+from safehold.repo.pack import MAX_BLOBS, PackBuilder, PackEntry
 from safehold.repo.repository import open_cached_tree
 from safehold.secrecy import child_env
 
@@ -181,7 +181,7 @@ class _PackFiller:
         self.level = level
         self.pack_size = pack_size
         # The header must fit the buffer's room beyond the pack size (see BlobWriter).
-        self.max_entries = max(1, (pack_size // 4 - 4096) // PACK_RECORD.size)
+        self.max_entries = min(MAX_BLOBS, max(1, (pack_size // 4 - 4096) // PACK_RECORD.size))
         self.buffers = buffers
         self.channel = channel
         self.sink = sink
