@@ -121,11 +121,15 @@ class ContentWriter:
         finished: Callable[[FileJob], None],
         failed: Callable[[FileJob], None],
         readers: StorePool | None = None,
+        settle: Callable[[int, FileJob], None] | None = None,
     ) -> None:
         self.repository = repository
         self.workers = workers
         self.finished = finished
         self.failed = failed
+        # Called with a complete file's descriptor before it is closed (owner, mode, times
+        # through the descriptor: no path lookups).
+        self.settle = settle
         self._readers = readers  # None: run() takes the repository's own for the run
         # pack id -> [(offset, length, raw length, type, blob id, [(job, file offset), ...])]
         self._packs: dict[bytes, dict[bytes, tuple]] = {}
@@ -254,10 +258,13 @@ class ContentWriter:
         if job.remaining == 1:
             if job.written != job.entry["size"]:
                 raise OSError(0, f"content has {job.written} bytes, expected {job.entry['size']}")
-            os.ftruncate(job.fd, job.entry["size"])  # trailing holes
+            if holes:  # a trailing hole; without holes the file was written up to its size
+                os.ftruncate(job.fd, job.entry["size"])
             if job.entry["size"] >= DURABLE_FILE:
                 os.fdatasync(job.fd)
                 os.posix_fadvise(job.fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            if self.settle is not None:
+                self.settle(job.fd, job)
         elif self._open > MAX_OPEN_FILES:
             self._close(job)
 
@@ -288,6 +295,8 @@ class ContentWriter:
             job.created = True
             try:
                 os.ftruncate(fd, job.entry["size"])  # a file that is all hole
+                if self.settle is not None:
+                    self.settle(fd, job)
             finally:
                 os.close(fd)
         except OSError as error:

@@ -107,7 +107,12 @@ class Restorer:
         with self.repository.readers() as readers:
             self._trees = TreeLoader(self.repository, readers)
             self._content = ContentWriter(
-                self.repository, self._workers, self._file_written, self._file_failed, readers
+                self.repository,
+                self._workers,
+                self._file_written,
+                self._file_failed,
+                readers,
+                settle=self._settle,
             )
             try:
                 if entry["type"] == DIR:
@@ -280,11 +285,14 @@ class Restorer:
         self.stats.other += 1
         self._apply_metadata(path, entry)
 
+    def _settle(self, fd: int, job: FileJob) -> None:
+        """A complete file's metadata, through its still open descriptor."""
+        self._apply_metadata(job.path, job.entry, fd)
+
     def _file_written(self, job: FileJob) -> None:
         with self._lock:
             self.stats.files += 1
             self.stats.bytes_written += job.written
-        self._apply_metadata(job.path, job.entry)
         self.progress(os.fsdecode(job.path), 1, job.entry["size"])
 
     def _file_failed(self, job: FileJob) -> None:
@@ -304,13 +312,26 @@ class Restorer:
 
     # ---------------------------------------------------------------- metadata
 
-    def _apply_metadata(self, path: bytes, entry: dict) -> None:
+    def _apply_metadata(self, path: bytes, entry: dict, fd: int | None = None) -> None:
+        """Owner, mode, xattrs and times of ``path``; through ``fd`` if it is open (a regular
+        file just written: no path lookups). Owner before mode: chown clears setuid bits."""
         is_link = entry["type"] == SYMLINK
+        mode = entry["mode"] & ~SET_ID_BITS if self.no_special else entry["mode"]
+        times = (entry["mtime"], entry["mtime"])
         try:
+            if fd is not None:
+                if self.as_root:
+                    os.chown(fd, entry["uid"], entry["gid"])
+                os.chmod(fd, mode)
+                for name, value in (entry.get("xattrs") or {}).items():
+                    if not (self.no_special and name == CAPABILITY):
+                        os.setxattr(fd, name, value)
+                os.utime(fd, ns=times)
+                return
             if self.as_root:
                 os.lchown(path, entry["uid"], entry["gid"])
             if not is_link:
-                os.chmod(path, entry["mode"] & ~SET_ID_BITS if self.no_special else entry["mode"])
+                os.chmod(path, mode)
             for name, value in (entry.get("xattrs") or {}).items():
                 if self.no_special and name == CAPABILITY:
                     continue
@@ -319,7 +340,7 @@ class Restorer:
                 except OSError:
                     if not is_link:
                         raise
-            os.utime(path, ns=(entry["mtime"], entry["mtime"]), follow_symlinks=False)
+            os.utime(path, ns=times, follow_symlinks=False)
         except OSError as error:
             self._error(path, error)
 
