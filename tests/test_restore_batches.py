@@ -59,3 +59,25 @@ def test_restore_memory_does_not_grow_with_the_number_of_files(
     # Four times the files: the peak grows by far less than the per-file plan would cost
     # (about 2 KB a file held until the end before batching: 6 MB for 3,000 more files).
     assert peaks[4000] - peaks[1000] < 1_500_000, peaks
+
+
+def test_an_error_in_a_batch_written_beside_the_walk_is_not_lost(
+    repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Batches are written in a thread while the walk plans the next: what goes wrong there
+    must end the restore, not vanish with the thread (a restore claiming files it never
+    wrote)."""
+    backup_json(repo, _small_files(tmp_path / "src", 40))
+    monkeypatch.setattr(contentwriter, "BATCH_FILES", 5)
+    written = []
+    original = contentwriter.ContentWriter._pack
+
+    def failing_pack(self, pack_id, ordered):  # type: ignore[no-untyped-def]
+        if written:
+            raise RuntimeError("disk controller on fire")
+        written.append(pack_id)
+        original(self, pack_id, ordered)
+
+    monkeypatch.setattr(contentwriter.ContentWriter, "_pack", failing_pack)
+    with pytest.raises(RuntimeError, match="on fire"):
+        _restore(repo, tmp_path / "restored")

@@ -110,6 +110,39 @@ BATCH_FILES = 16384
 BATCH_BYTES = 1 << 30
 
 
+def _pieces(packs: dict[bytes, dict[bytes, tuple]]) -> list[tuple[bytes, list]]:
+    """(pack id, blobs in pack order) to read and write out: each pack whole, or in pieces of
+    PIECE_BLOBS blobs, so that writing out a pack of many small files is shared by the
+    workers instead of taking one of them as long as all the rest."""
+    pieces = []
+    for pack_id, blobs in packs.items():
+        ordered = sorted(blobs.items(), key=lambda item: item[1][0].offset)
+        for first in range(0, len(ordered), PIECE_BLOBS):
+            pieces.append((pack_id, ordered[first : first + PIECE_BLOBS]))
+    return pieces
+
+
+class _Background(threading.Thread):
+    """One batch written beside the walk; ``join`` raises what the batch raised."""
+
+    def __init__(self, function: Callable[..., None], *args: object) -> None:
+        super().__init__(name="restore-batch", daemon=True)
+        self._function, self._args = function, args
+        self._error: BaseException | None = None
+        self.start()
+
+    def run(self) -> None:
+        try:
+            self._function(*self._args)
+        except BaseException as error:  # handed to the walking thread in join()
+            self._error = error
+
+    def join(self, timeout: float | None = None) -> None:
+        super().join(timeout)
+        if self._error is not None:
+            raise self._error
+
+
 class ContentWriter:
     """Collects files with ``add`` and writes them with ``run`` (called once the batch is
     ``full``, and at the end; each run starts an empty batch)."""
@@ -137,6 +170,7 @@ class ContentWriter:
         self._planned_bytes = 0
         self._open = 0
         self._open_lock = threading.Lock()
+        self._running: _Background | None = None
         self._connections = readers.size if readers else repository.store.recommended_uploads
 
     def add(self, path: bytes, entry: dict) -> None:
@@ -163,7 +197,30 @@ class ContentWriter:
             offset += location.raw_length
 
     def run(self) -> None:
-        """Write everything planned; then report failed files (removed) through ``failed``."""
+        """Write everything planned and wait for it; then failed files (removed) are reported
+        through ``failed``."""
+        self.start()
+        self.wait()
+
+    def start(self) -> None:
+        """Write the batch planned so far while ``add`` collects the next one (with the
+        restore's readers: in a thread of its own, once the batch before it is written;
+        without them, here and now). At most two batches are held: one written, one planned."""
+        self.wait()
+        packs, jobs = self._packs, self._jobs
+        self._packs, self._jobs, self._planned_bytes = {}, [], 0
+        if self._readers is None:
+            self._write_batch(packs, jobs)
+            return
+        self._running = _Background(self._write_batch, packs, jobs)
+
+    def wait(self) -> None:
+        """Wait for the batch being written (its error, if any, is raised here)."""
+        running, self._running = self._running, None
+        if running is not None:
+            running.join()
+
+    def _write_batch(self, packs: dict[bytes, dict[bytes, tuple]], jobs: list[FileJob]) -> None:
         # Remotely one worker more than connections: a connection is held only while a pack is
         # read, so one worker writes out what it read while the others read.
         workers = max(self.workers, self._connections + (self._connections > 1))
@@ -175,13 +232,11 @@ class ContentWriter:
                 with ThreadPoolExecutor(workers, thread_name_prefix="restore") as pool:
                     for future in [
                         pool.submit(self._pack, pack_id, piece)
-                        for pack_id, piece in sorted(self._pieces(), key=_cost, reverse=True)
+                        for pack_id, piece in sorted(_pieces(packs), key=_cost, reverse=True)
                     ]:
                         future.result()
             finally:
                 self._readers = given
-        self._packs = {}
-        jobs, self._jobs, self._planned_bytes = self._jobs, [], 0
         for job in jobs:
             if job.failure is not None:
                 self._discard(job)
@@ -189,19 +244,8 @@ class ContentWriter:
 
     @property
     def full(self) -> bool:
-        """True once the batch collected by ``add`` should be written (``run``)."""
+        """True once the batch collected by ``add`` should be written (``start``)."""
         return len(self._jobs) >= BATCH_FILES or self._planned_bytes >= BATCH_BYTES
-
-    def _pieces(self) -> list[tuple[bytes, list]]:
-        """(pack id, blobs in pack order) to read and write out: each pack whole, or in
-        pieces of PIECE_BLOBS blobs, so that writing out a pack of many small files is
-        shared by the workers instead of taking one of them as long as all the rest."""
-        pieces = []
-        for pack_id, blobs in self._packs.items():
-            ordered = sorted(blobs.items(), key=lambda item: item[1][0].offset)
-            for first in range(0, len(ordered), PIECE_BLOBS):
-                pieces.append((pack_id, ordered[first : first + PIECE_BLOBS]))
-        return pieces
 
     # ---------------------------------------------------------------- per pack
 

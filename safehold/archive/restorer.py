@@ -121,6 +121,7 @@ class Restorer:
                     self._restore_entry(entry, self.target + b"/" + entry["name"], base, False)
             finally:
                 self._trees.close()
+                self._content.wait()  # never leave a batch writing after an error
             self._content.run()
         self._make_links()
         for path, directory in reversed(self._directories):
@@ -202,7 +203,9 @@ class Restorer:
             if self._replaceable(path):
                 self._content.add(path, entry)
                 if self._content.full:
-                    self._content.run()  # memory stays bounded by a batch, not the snapshot
+                    # Written beside the walk; memory stays bounded by two batches, not the
+                    # snapshot.
+                    self._content.start()
             return
         self._restore_special(path, entry)
 
