@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from conftest import PASSPHRASE, init_repository, needs_root, open_repository, run_cli
 
-from safehold.archive.entries import DIR, FILE, decode_tree, encode_tree, synthetic_entry
+from safehold.archive.entries import DIR, FILE, SYMLINK, decode_tree, encode_tree, synthetic_entry
 from safehold.errors import IntegrityError
 from safehold.repo.format import BLOB_DATA, BLOB_TREE
 from safehold.repo.writer import BlobWriter
@@ -102,6 +102,29 @@ def test_crafted_tree_content_is_a_named_integrity_error(tmp_path: Path, case: s
         result = run_cli(*command)
         _assert_named_integrity_error(result)
     assert not any(p.is_file() for p in target.rglob("*") if p.name != "good")
+
+
+def test_a_name_listed_twice_never_writes_through_or_over_the_first(tmp_path: Path) -> None:
+    """A restore does not look for what is in the way inside a directory it has just created;
+    a crafted tree naming an entry twice (a symlink to a file outside, then a file of the same
+    name; a file twice) must still not write through the link nor replace the first file."""
+    repo = init_repository(tmp_path / "repo")
+    outside = tmp_path / "outside"
+    outside.write_bytes(b"not yours")
+
+    def build(add, blob_id):  # type: ignore[no-untyped-def]
+        link = synthetic_entry(b"a", SYMLINK, target=os.fsencode(outside))
+        entries = [link, _file(b"a", blob_id), _file(b"b", blob_id), _file(b"b", blob_id)]
+        return add([_dir(b"x", add(entries))])
+
+    _snapshot(repo, build)
+    target = tmp_path / "target"
+    result = run_cli("restore", "--repo", repo, "latest", "--target", target)
+    assert "Traceback" not in result.err and "internal error" not in result.err, result.err
+    assert result.code == 3, (result.code, result.err)  # the second "a" and "b" reported
+    assert outside.read_bytes() == b"not yours"
+    assert os.readlink(target / "x" / "a") == os.fspath(outside)
+    assert (target / "x" / "b").read_bytes() == CONTENT
 
 
 def test_a_tree_nested_1500_levels_restores(tmp_path: Path) -> None:

@@ -140,8 +140,11 @@ class Restorer:
         return False if self.includes.may_match_below(snapshot_path) else None
 
     def _restore_children(
-        self, entry: dict, path: bytes, snapshot_path: bytes, selected: bool
+        self, entry: dict, path: bytes, snapshot_path: bytes, selected: bool, fresh: bool = False
     ) -> None:
+        """``fresh``: this restore has just created ``path``, so nothing is in its children's
+        way and they are not looked for (a name that turns up twice in a hostile tree still
+        finds the first: files are created with O_EXCL, links and nodes fail on it)."""
         try:
             children = self._trees.load(entry["subtree"])
         except IntegrityError as error:
@@ -164,10 +167,16 @@ class Restorer:
                 path + b"/" + child["name"],
                 snapshot_path + b"/" + child["name"],
                 selected,
+                fresh,
             )
 
     def _restore_entry(
-        self, entry: dict, path: bytes, snapshot_path: bytes, parent_selected: bool
+        self,
+        entry: dict,
+        path: bytes,
+        snapshot_path: bytes,
+        parent_selected: bool,
+        fresh: bool = False,
     ) -> None:
         name = entry["name"]
         if b"/" in name or name in (b"", b".", b".."):
@@ -187,9 +196,10 @@ class Restorer:
             # those parents are made first (as for a file).
             if selected and not parent_selected and not self._make_parents(path):
                 return
-            if selected and not self._make_dir(path, entry):
+            created = self._make_dir(path, entry) if selected else False
+            if created is None:
                 return
-            self._restore_children(entry, path, snapshot_path, bool(selected))
+            self._restore_children(entry, path, snapshot_path, bool(selected), created)
             return
         if not selected or not self._make_parents(path):
             return
@@ -200,14 +210,14 @@ class Restorer:
                 return
             if key is not None:
                 self._first_link[key] = path  # type: ignore[index]
-            if self._replaceable(path):
+            if fresh or self._replaceable(path):
                 self._content.add(path, entry)
                 if self._content.full:
                     # Written beside the walk; memory stays bounded by two batches, not the
                     # snapshot.
                     self._content.start()
             return
-        self._restore_special(path, entry)
+        self._restore_special(path, entry, fresh)
 
     def _make_parents(self, path: bytes) -> bool:
         """Create the missing directories above ``path`` inside the target; False (and the path
@@ -231,13 +241,14 @@ class Restorer:
 
     # ---------------------------------------------------------------- kinds
 
-    def _make_dir(self, path: bytes, entry: dict) -> bool:
-        """Create a directory; False if something else is in the way (then nothing is written
-        below it). A symlink in the way is never followed: without --overwrite it is kept."""
+    def _make_dir(self, path: bytes, entry: dict) -> bool | None:
+        """Create a directory: True if this restore created it, False if it was there; None if
+        something else is in the way (then nothing is written below it). A symlink in the way
+        is never followed: without --overwrite it is kept."""
         if os.path.islink(path) or (os.path.lexists(path) and not os.path.isdir(path)):
             if not self.overwrite:
                 self._skip(path)
-                return False
+                return None
             os.unlink(path)
         try:
             os.mkdir(path, 0o700)
@@ -246,11 +257,11 @@ class Restorer:
             created = False
         except OSError as error:  # a name or path too long for this file system, ...
             self._error(path, error)
-            return False
+            return None
         if created or self.overwrite:
             self._directories.append((path, entry))
         self.stats.dirs += 1
-        return True
+        return created
 
     def _replaceable(self, path: bytes) -> bool:
         """True if nothing is at ``path``, or it may be replaced (--overwrite: it is removed)."""
@@ -266,13 +277,13 @@ class Restorer:
         with self._lock:
             self.stats.skip(path)
 
-    def _restore_special(self, path: bytes, entry: dict) -> None:
+    def _restore_special(self, path: bytes, entry: dict, fresh: bool = False) -> None:
         kind = entry["type"]
         if self.no_special and kind in (CHARDEV, BLOCKDEV):
             with self._lock:
                 self.stats.special_skipped += 1
             return
-        if not self._replaceable(path):
+        if not fresh and not self._replaceable(path):
             return
         try:
             if kind == SYMLINK:
