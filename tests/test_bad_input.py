@@ -178,6 +178,13 @@ def test_restore_does_not_overwrite_existing_files(with_snapshot, source, tmp_pa
     assert (target / "sub" / "other.txt").read_bytes() == b"other"
 
 
+def _edit_every_file(root: Path) -> None:
+    """Local edits: files that are no longer as the snapshot has them."""
+    for path in root.rglob("*"):
+        if path.is_file():
+            path.write_bytes(b"edited locally")
+
+
 def test_a_restore_over_many_existing_files_counts_them_and_names_a_few(repo, tmp_path) -> None:
     """Skipped files are counted; only the first SKIPPED_NAMED paths are kept and named."""
     source = tmp_path / "many"
@@ -187,10 +194,11 @@ def test_a_restore_over_many_existing_files_counts_them_and_names_a_few(repo, tm
     backup_json(repo, source)
     target = tmp_path / "target"
     assert run_cli("restore", "--repo", repo, f"latest:{source}", "--target", target).code == 0
+    _edit_every_file(target)
     again = run_cli("restore", "--repo", repo, f"latest:{source}", "--target", target, "--json")
     assert again.code == 3
     report = again.json()
-    assert report["skipped"] == count and report["files"] == 0
+    assert report["skipped"] == count and report["files"] == 0 and report["present"] == 0
     named = report["skipped_paths"]
     assert len(named) == len(set(named)) == SKIPPED_NAMED
     assert all(Path(path).is_file() and Path(path).is_relative_to(target) for path in named)
@@ -212,6 +220,7 @@ def test_a_platform_restore_over_existing_files_names_a_few(repo, tmp_path) -> N
     assert run_cli("backup", "--config", config).code == 0
     target = tmp_path / "extract"
     assert run_cli("restore", "--config", config, "--target", target).code == 0
+    _edit_every_file(target)
     again = run_cli("restore", "--config", config, "--target", target, "--json")
     assert again.code == 3
     problems = [p for p in again.json()["problems"] if p.startswith("data: ")]

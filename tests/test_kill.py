@@ -224,3 +224,47 @@ def test_kill_prune(make_repo: Callable[..., Path], tmp_path: Path) -> None:
         )  # fmt: skip
         shutil.rmtree(repo)
     summarise("prune", records)
+
+
+KILL_IN_A_FILE = """
+import os, signal, sys
+from safehold.archive import contentwriter
+from safehold.cli.main import main
+write = contentwriter.ContentWriter._write_locked
+def write_then_die(self, job, offset, data):
+    write(self, job, offset, data)
+    if job.remaining > 1 and job.entry["size"] > 1024 * 1024:  # a large file half written
+        os.kill(os.getpid(), signal.SIGKILL)
+contentwriter.ContentWriter._write_locked = write_then_die
+sys.argv[0] = "safehold"
+sys.exit(main())
+"""
+
+
+def test_a_restore_killed_in_the_middle_of_a_file_is_finished_by_running_it_again(
+    repo: Path, tmp_path: Path
+) -> None:
+    """A restore killed with files half written: the rerun (same command, no --overwrite)
+    replaces what was left incomplete, keeps what was finished, and the target is then the
+    snapshot bit for bit with owners, modes, times and xattrs (directories too: they got their
+    metadata only at the end of the killed run)."""
+    source = build_source(tmp_path / "source", random.Random(SEED + 2), small=200, large=2)
+    os.setxattr(source / "large0.bin", "user.note", b"kept")
+    os.chmod(source / "d3", 0o750)
+    backup_json(repo, source)
+    target = tmp_path / "target"
+    command = ["restore", "--repo", repo, f"latest:{source}", "--target", target]
+    killed = subprocess.run(
+        [sys.executable, "-c", KILL_IN_A_FILE, *map(str, command)], capture_output=True
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert compare_trees(source, target, include_root=False) != []  # something is unfinished
+
+    again = run_cli(*command)
+
+    assert again.code == 0, again.err
+    assert "left incomplete by an interrupted restore: written again" in again.out
+    assert compare_trees(source, target, include_root=False) == []
+    once_more = run_cli(*command, "--json")  # a finished restore run again writes nothing
+    assert once_more.code == 0 and once_more.json()["files"] == 0
+    assert once_more.json()["present"] == 200 + 2

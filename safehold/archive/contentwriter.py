@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -34,6 +35,10 @@ from safehold.store import ObjectMissing
 
 MAX_OPEN_FILES = 256
 DURABLE_FILE = 1024 * 1024
+# The mode a file is created with and keeps until it is complete and gets its own (restorer.py):
+# owner-only plus the sticky bit, which no one gives a regular file. A restore that was killed
+# leaves its incomplete files so marked, and the next restore into the target replaces them.
+IN_PROGRESS = stat.S_ISVTX | 0o600
 
 
 class FileJob:
@@ -154,14 +159,15 @@ class ContentWriter:
         finished: Callable[[FileJob], None],
         failed: Callable[[FileJob], None],
         readers: StorePool | None = None,
-        settle: Callable[[int, FileJob], None] | None = None,
+        *,
+        settle: Callable[[int, FileJob], None],
     ) -> None:
         self.repository = repository
         self.workers = workers
         self.finished = finished
         self.failed = failed
-        # Called with a complete file's descriptor before it is closed (owner, mode, times
-        # through the descriptor: no path lookups).
+        # Called with a complete file's descriptor before it is closed: owner, mode (which
+        # replaces IN_PROGRESS) and times through the descriptor, no path lookups.
         self.settle = settle
         self._readers = readers  # None: run() takes the repository's own for the run
         # pack id -> [(offset, length, raw length, type, blob id, [(job, file offset), ...])]
@@ -286,7 +292,7 @@ class ContentWriter:
     def _write_locked(self, job: FileJob, offset: int, data: bytes) -> None:
         if job.fd is None:
             flags = os.O_WRONLY | os.O_NOFOLLOW | (os.O_CREAT | os.O_EXCL if not job.written else 0)
-            job.fd = os.open(job.path, flags, 0o600)
+            job.fd = os.open(job.path, flags, IN_PROGRESS)
             job.created = True
             with self._open_lock:
                 self._open += 1
@@ -307,8 +313,7 @@ class ContentWriter:
             if job.entry["size"] >= DURABLE_FILE:
                 os.fdatasync(job.fd)
                 os.posix_fadvise(job.fd, 0, 0, os.POSIX_FADV_DONTNEED)
-            if self.settle is not None:
-                self.settle(job.fd, job)
+            self.settle(job.fd, job)
         elif self._open > MAX_OPEN_FILES:
             self._close(job)
 
@@ -335,12 +340,12 @@ class ContentWriter:
 
     def _create_empty(self, job: FileJob) -> None:
         try:
-            fd = os.open(job.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+            fd = os.open(job.path, flags, IN_PROGRESS)
             job.created = True
             try:
                 os.ftruncate(fd, job.entry["size"])  # a file that is all hole
-                if self.settle is not None:
-                    self.settle(fd, job)
+                self.settle(fd, job)
             finally:
                 os.close(fd)
         except OSError as error:

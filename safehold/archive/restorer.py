@@ -15,7 +15,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from safehold.archive.contentwriter import ContentWriter, FileJob
+from safehold.archive.contentwriter import IN_PROGRESS, ContentWriter, FileJob
 from safehold.archive.entries import BLOCKDEV, CHARDEV, DIR, FIFO, FILE, SYMLINK
 from safehold.archive.excludes import Excludes
 from safehold.archive.tree import TreeLoader
@@ -38,6 +38,11 @@ class RestoreStats:
     errors: list[dict] = field(default_factory=list)
     damaged: list[dict] = field(default_factory=list)
     special_skipped: int = 0  # device nodes left out (no_special)
+    # Without --overwrite, files (and symlinks) already there as the snapshot has them (same
+    # size and modification time; same target; the same inode for a hard link): a rerun.
+    present: int = 0
+    # Incomplete files an interrupted restore left (IN_PROGRESS mode), written again.
+    resumed: int = 0
 
     def skip(self, path: bytes) -> None:
         self.skipped += 1
@@ -52,7 +57,26 @@ class RestoreStats:
 
 Progress = Callable[[str, int, int], None]
 SET_ID_BITS = stat.S_ISUID | stat.S_ISGID
+# A directory's mode from its creation until its own is applied at the end of the restore: a
+# rerun after an interruption gives the directories it finds so marked their metadata.
+DIR_IN_PROGRESS = stat.S_ISVTX | 0o700
+
+
+def _unfinished(status: os.stat_result, marker: int) -> bool:
+    """True for a file or directory that a restore by this user created and did not finish."""
+    return stat.S_IMODE(status.st_mode) == marker and status.st_uid == os.geteuid()
+
+
 CAPABILITY = b"security.capability"
+
+
+def _same_file(path: bytes, other: bytes) -> bool:
+    """True if both names are links to one file (a hard link a rerun finds made)."""
+    try:
+        first, second = os.lstat(other), os.lstat(path)
+    except OSError:
+        return False
+    return (first.st_dev, first.st_ino) == (second.st_dev, second.st_ino)
 
 
 class Restorer:
@@ -210,7 +234,7 @@ class Restorer:
                 return
             if key is not None:
                 self._first_link[key] = path  # type: ignore[index]
-            if fresh or self._replaceable(path):
+            if fresh or self._file_wanted(path, entry):
                 self._content.add(path, entry)
                 if self._content.full:
                     # Written beside the walk; memory stays bounded by two batches, not the
@@ -251,17 +275,40 @@ class Restorer:
                 return None
             os.unlink(path)
         try:
-            os.mkdir(path, 0o700)
+            os.mkdir(path, DIR_IN_PROGRESS)
             created = True
         except FileExistsError:
             created = False
         except OSError as error:  # a name or path too long for this file system, ...
             self._error(path, error)
             return None
-        if created or self.overwrite:
+        if created or self.overwrite or _unfinished(os.lstat(path), DIR_IN_PROGRESS):
             self._directories.append((path, entry))
         self.stats.dirs += 1
         return created
+
+    def _file_wanted(self, path: bytes, entry: dict) -> bool:
+        """Whether to write a regular file at ``path``. What an interrupted restore left
+        incomplete there is removed first; without --overwrite a file with the snapshot's size
+        and modification time is kept (a rerun does not write it again)."""
+        try:
+            status = os.lstat(path)
+        except FileNotFoundError:
+            return True
+        if stat.S_ISREG(status.st_mode):
+            if _unfinished(status, IN_PROGRESS):
+                os.unlink(path)
+                with self._lock:
+                    self.stats.resumed += 1
+                return True
+            if not self.overwrite and (status.st_size, status.st_mtime_ns) == (
+                entry["size"],
+                entry["mtime"],
+            ):
+                with self._lock:
+                    self.stats.present += 1
+                return False
+        return self._replaceable(path)
 
     def _replaceable(self, path: bytes) -> bool:
         """True if nothing is at ``path``, or it may be replaced (--overwrite: it is removed)."""
@@ -282,6 +329,14 @@ class Restorer:
         if self.no_special and kind in (CHARDEV, BLOCKDEV):
             with self._lock:
                 self.stats.special_skipped += 1
+            return
+        if (
+            not (fresh or self.overwrite)
+            and kind == SYMLINK
+            and os.path.islink(path)
+            and os.readlink(path) == entry["target"]
+        ):
+            self.stats.present += 1
             return
         if not fresh and not self._replaceable(path):
             return
@@ -316,6 +371,9 @@ class Restorer:
 
     def _make_links(self) -> None:
         for path, key in self._links:
+            if not self.overwrite and _same_file(path, self._first_link[key]):
+                self.stats.present += 1
+                continue
             if not self._replaceable(path):
                 continue
             try:

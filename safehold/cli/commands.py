@@ -270,6 +270,8 @@ def restore(args: argparse.Namespace) -> int:
                 "bytes": stats.bytes_written,
                 "skipped": stats.skipped,  # how many; the first few:
                 "skipped_paths": stats.skipped_paths,
+                "present": stats.present,
+                "resumed": stats.resumed,
                 "errors": stats.errors,
                 "damaged": stats.damaged,
             }
@@ -280,6 +282,13 @@ def restore(args: argparse.Namespace) -> int:
         f"to {args.target}: {stats.files} files, {stats.dirs} directories, "
         f"{render.size(stats.bytes_written)} in {render.elapsed_since(started)}",
     )
+    rerun = [
+        f"{stats.present} already there as in the snapshot (same size and time): left as they were"
+    ] * bool(stats.present)
+    if stats.resumed:
+        rerun.append(f"{stats.resumed} left incomplete by an interrupted restore: written again")
+    if rerun:
+        _say(args, "; ".join(rerun))
     if stats.damaged:
         raise IntegrityError(
             f"{len(stats.damaged)} file(s) were damaged in the repository and "
