@@ -62,12 +62,12 @@ SET_ID_BITS = stat.S_ISUID | stat.S_ISGID
 DIR_IN_PROGRESS = stat.S_ISVTX | 0o700
 
 
+CAPABILITY = b"security.capability"
+
+
 def _unfinished(status: os.stat_result, marker: int) -> bool:
     """True for a file or directory that a restore by this user created and did not finish."""
     return stat.S_IMODE(status.st_mode) == marker and status.st_uid == os.geteuid()
-
-
-CAPABILITY = b"security.capability"
 
 
 def _same_file(path: bytes, other: bytes) -> bool:
