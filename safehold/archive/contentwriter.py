@@ -27,7 +27,7 @@ import os
 import stat
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 
 from safehold.errors import IntegrityError
 from safehold.repo.repository import Repository, StorePool, pack_name
@@ -127,27 +127,6 @@ def _pieces(packs: dict[bytes, dict[bytes, tuple]]) -> list[tuple[bytes, list]]:
     return pieces
 
 
-class _Background(threading.Thread):
-    """One batch written beside the walk; ``join`` raises what the batch raised."""
-
-    def __init__(self, function: Callable[..., None], *args: object) -> None:
-        super().__init__(name="restore-batch", daemon=True)
-        self._function, self._args = function, args
-        self._error: BaseException | None = None
-        self.start()
-
-    def run(self) -> None:
-        try:
-            self._function(*self._args)
-        except BaseException as error:  # handed to the walking thread in join()
-            self._error = error
-
-    def join(self, timeout: float | None = None) -> None:
-        super().join(timeout)
-        if self._error is not None:
-            raise self._error
-
-
 class ContentWriter:
     """Collects files with ``add`` and writes them with ``run`` (called once the batch is
     ``full``, and at the end; each run starts an empty batch)."""
@@ -176,7 +155,7 @@ class ContentWriter:
         self._planned_bytes = 0
         self._open = 0
         self._open_lock = threading.Lock()
-        self._running: _Background | None = None
+        self._running: Future | None = None
         self._connections = readers.size if readers else repository.store.recommended_uploads
 
     def add(self, path: bytes, entry: dict) -> None:
@@ -218,13 +197,15 @@ class ContentWriter:
         if self._readers is None:
             self._write_batch(packs, jobs)
             return
-        self._running = _Background(self._write_batch, packs, jobs)
+        background = ThreadPoolExecutor(1, thread_name_prefix="restore-batch")
+        self._running = background.submit(self._write_batch, packs, jobs)
+        background.shutdown(wait=False)  # its thread ends with the batch
 
     def wait(self) -> None:
         """Wait for the batch being written (its error, if any, is raised here)."""
         running, self._running = self._running, None
         if running is not None:
-            running.join()
+            running.result()
 
     def _write_batch(self, packs: dict[bytes, dict[bytes, tuple]], jobs: list[FileJob]) -> None:
         # Remotely one worker more than connections: a connection is held only while a pack is

@@ -293,7 +293,7 @@ class Restorer:
         and modification time is kept (a rerun does not write it again)."""
         try:
             status = os.lstat(path)
-        except FileNotFoundError:
+        except OSError:  # nothing there, or nothing to see: creating it says which
             return True
         if stat.S_ISREG(status.st_mode):
             if _unfinished(status, IN_PROGRESS):
@@ -308,13 +308,17 @@ class Restorer:
                 with self._lock:
                     self.stats.present += 1
                 return False
-        return self._replaceable(path)
+        return self._replaceable(path, status)
 
-    def _replaceable(self, path: bytes) -> bool:
-        """True if nothing is at ``path``, or it may be replaced (--overwrite: it is removed)."""
-        if not os.path.lexists(path):
-            return True
-        if not self.overwrite or (os.path.isdir(path) and not os.path.islink(path)):
+    def _replaceable(self, path: bytes, status: os.stat_result | None = None) -> bool:
+        """True if nothing is at ``path``, or it may be replaced (--overwrite: it is removed).
+        ``status``: the path's lstat() if the caller has it."""
+        if status is None:
+            try:
+                status = os.lstat(path)
+            except OSError:  # nothing there, or nothing to see: creating it says which
+                return True
+        if not self.overwrite or stat.S_ISDIR(status.st_mode):
             self._skip(path)
             return False
         os.unlink(path)
