@@ -249,6 +249,9 @@ def test_a_restore_killed_in_the_middle_of_a_file_is_finished_by_running_it_agai
     snapshot bit for bit with owners, modes, times and xattrs (directories too: they got their
     metadata only at the end of the killed run)."""
     source = build_source(tmp_path / "source", random.Random(SEED + 2), small=200, large=2)
+    # Larger than twice the chunker's largest chunk: several blobs whatever the repository's
+    # chunker key, so there is a file to kill the restore in the middle of.
+    write_file(source / "several-chunks.bin", random.Random(SEED + 3).randbytes(9 * MiB))
     os.setxattr(source / "large0.bin", "user.note", b"kept")
     os.chmod(source / "d3", 0o750)
     backup_json(repo, source)
@@ -267,4 +270,4 @@ def test_a_restore_killed_in_the_middle_of_a_file_is_finished_by_running_it_agai
     assert compare_trees(source, target, include_root=False) == []
     once_more = run_cli(*command, "--json")  # a finished restore run again writes nothing
     assert once_more.code == 0 and once_more.json()["files"] == 0
-    assert once_more.json()["present"] == 200 + 2
+    assert once_more.json()["present"] == 200 + 2 + 1
