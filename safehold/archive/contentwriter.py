@@ -18,20 +18,29 @@ disk before the restore says so, a large restore does not push the host's workin
 of memory, and the kernel reuses the same pages (on the reference VM this halved a 2 GB
 restore's kernel time). A file whose blob is damaged or missing is removed at the end
 instead of being left half-written.
+
+Once a batch holds PROCESSES_AFTER files that are a single blob each (small files: most of
+an imaging archive), writer processes take those blobs' pieces (writeprocs.py): a worker
+thread here reads the piece and hands it over; the process creates, writes and settles the
+files with the functions below (``create``, ``put``, ``complete``, ``settle``), on a core of
+its own. Files of several blobs are always written here.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import stat
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
 from safehold.errors import IntegrityError
 from safehold.repo.repository import Repository, StorePool, pack_name
 from safehold.store import ObjectMissing
+
+if TYPE_CHECKING:
+    from safehold.archive.writeprocs import WriterProcesses
 
 MAX_OPEN_FILES = 256
 DURABLE_FILE = 1024 * 1024
@@ -88,6 +97,52 @@ def data_segments(offset: int, length: int, holes: list[list[int]]) -> list[tupl
     return [(start, end - start) for start, end in segments]
 
 
+SET_ID_BITS = stat.S_ISUID | stat.S_ISGID
+CAPABILITY = b"security.capability"
+
+
+def create(path: bytes) -> int:
+    """A new file to restore into, marked IN_PROGRESS (never through a symlink, never over an
+    existing file)."""
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, IN_PROGRESS)
+
+
+def put(fd: int, offset: int, data: bytes | memoryview, holes: list | None) -> None:
+    """Write one blob's plaintext at ``offset`` of a file, leaving its recorded holes unwritten."""
+    view = memoryview(data)
+    segments = data_segments(offset, len(data), holes) if holes else [(offset, len(data))]
+    for start, length in segments:
+        part, position = view[start - offset : start - offset + length], start
+        while part:
+            count = os.pwrite(fd, part, position)
+            part, position = part[count:], position + count
+
+
+def complete(fd: int, entry: dict, written: int) -> None:
+    """A file whose last blob is written: its size checked, a trailing hole made, and a large
+    one synced and dropped from the page cache (OSError if it came out wrong)."""
+    if written != entry["size"]:
+        raise OSError(0, f"content has {written} bytes, expected {entry['size']}")
+    if entry.get("holes"):  # a trailing hole; without holes the file was written up to its size
+        os.ftruncate(fd, entry["size"])
+    if entry["size"] >= DURABLE_FILE:
+        os.fdatasync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+
+
+def settle(fd: int, entry: dict, *, as_root: bool, no_special: bool) -> None:
+    """A complete file's owner (as root), mode (which replaces IN_PROGRESS), xattrs and times,
+    through its still open descriptor: no path lookups. Owner before mode: chown clears setuid
+    bits. ``no_special``: no setuid/setgid bits, no file capabilities. OSError on failure."""
+    if as_root:
+        os.chown(fd, entry["uid"], entry["gid"])
+    os.chmod(fd, entry["mode"] & ~SET_ID_BITS if no_special else entry["mode"])
+    for name, value in (entry.get("xattrs") or {}).items():
+        if not (no_special and name == CAPABILITY):
+            os.setxattr(fd, name, value)
+    os.utime(fd, ns=(entry["mtime"], entry["mtime"]))
+
+
 BLOB_COST = 64 * 1024  # what writing out one blob (a small file) costs, in bytes read
 PIECE_BLOBS = 128
 
@@ -113,6 +168,9 @@ def _cost(item: tuple[bytes, list]) -> int:
 # snapshot. Files come in the order they were backed up, so a batch's blobs lie in few packs.
 BATCH_FILES = 16384
 BATCH_BYTES = 1 << 30
+# Writer processes (writeprocs.py) are started for the first batch with this many files of a
+# single blob: a restore of one study does not pay for starting them.
+PROCESSES_AFTER = 2000
 
 
 def _pieces(packs: dict[bytes, dict[bytes, tuple]]) -> list[tuple[bytes, list]]:
@@ -127,6 +185,19 @@ def _pieces(packs: dict[bytes, dict[bytes, tuple]]) -> list[tuple[bytes, list]]:
     return pieces
 
 
+def _single(targets: list) -> bool:
+    """True if a blob is the whole content of every file it goes to (a writer process's)."""
+    return all(len(job.entry["content"]) == 1 for job, _offset in targets)
+
+
+def _target(path: bytes, entry: dict) -> list:
+    """A file as a writer process gets it (writeprocs.py)."""
+    return [
+        path, entry["size"], entry["mode"], entry["uid"], entry["gid"], entry["mtime"],
+        entry.get("xattrs") or None, entry.get("holes") or None,
+    ]  # fmt: skip
+
+
 class ContentWriter:
     """Collects files with ``add`` and writes them with ``run`` (called once the batch is
     ``full``, and at the end; each run starts an empty batch)."""
@@ -137,26 +208,38 @@ class ContentWriter:
         workers: int,
         finished: Callable[[FileJob], None],
         failed: Callable[[FileJob], None],
-        readers: StorePool | None = None,
+        readers: StorePool,
         *,
-        settle: Callable[[int, FileJob], None],
+        as_root: bool,
+        no_special: bool,
+        metadata_failed: Callable[[bytes, str], None],
+        processes: int = 0,
     ) -> None:
+        """``finished``/``failed``: called once per file written/not written (``failed`` at
+        the end of its batch, after an incomplete file was removed); ``metadata_failed``: a
+        complete file whose owner, mode, xattrs or times could not be set (``settle``).
+        ``processes``: writer processes to start once a batch has enough small files
+        (writeprocs.py; 0: this process writes everything)."""
         self.repository = repository
         self.workers = workers
         self.finished = finished
         self.failed = failed
-        # Called with a complete file's descriptor before it is closed: owner, mode (which
-        # replaces IN_PROGRESS) and times through the descriptor, no path lookups.
-        self.settle = settle
-        self._readers = readers  # None: run() takes the repository's own for the run
-        # pack id -> [(offset, length, raw length, type, blob id, [(job, file offset), ...])]
+        self.as_root = as_root
+        self.no_special = no_special
+        self.metadata_failed = metadata_failed
+        self._readers = readers
+        # pack id -> {blob id: (location, [(job, file offset), ...])}
         self._packs: dict[bytes, dict[bytes, tuple]] = {}
         self._jobs: list[FileJob] = []
         self._planned_bytes = 0
+        self._single = 0  # files of one blob in the batch: what writer processes would take
         self._open = 0
         self._open_lock = threading.Lock()
         self._running: Future | None = None
-        self._connections = readers.size if readers else repository.store.recommended_uploads
+        self._connections = readers.size
+        self._process_count = processes
+        self._processes: WriterProcesses | None = None
+        self.processes_lost = 0
 
     def add(self, path: bytes, entry: dict) -> None:
         """Plan the writing of one regular file (created at its first write)."""
@@ -166,6 +249,7 @@ class ContentWriter:
         if job.remaining == 0:
             self._create_empty(job)
             return
+        self._single += job.remaining == 1
         offset = 0
         index = self.repository.index
         for blob_id in entry["content"]:
@@ -188,18 +272,38 @@ class ContentWriter:
         self.wait()
 
     def start(self) -> None:
-        """Write the batch planned so far while ``add`` collects the next one (with the
-        restore's readers: in a thread of its own, once the batch before it is written;
-        without them, here and now). At most two batches are held: one written, one planned."""
+        """Write the batch planned so far in a thread of its own (once the batch before it is
+        written) while ``add`` collects the next one. At most two batches are held: one
+        written, one planned."""
         self.wait()
         packs, jobs = self._packs, self._jobs
-        self._packs, self._jobs, self._planned_bytes = {}, [], 0
-        if self._readers is None:
-            self._write_batch(packs, jobs)
-            return
+        if self._single >= PROCESSES_AFTER and self._process_count and self._processes is None:
+            self._start_processes()
+        self._packs, self._jobs, self._planned_bytes, self._single = {}, [], 0, 0
         background = ThreadPoolExecutor(1, thread_name_prefix="restore-batch")
         self._running = background.submit(self._write_batch, packs, jobs)
         background.shutdown(wait=False)  # its thread ends with the batch
+
+    def _start_processes(self) -> None:
+        from safehold.archive.writeprocs import WriterProcesses  # it imports this module
+
+        try:
+            self._processes = WriterProcesses(
+                self.repository.cipher,
+                as_root=self.as_root,
+                no_special=self.no_special,
+                count=self._process_count,
+            )
+        except OSError:  # no process can be started (limits): this one writes everything
+            self._process_count = 0
+
+    def close(self) -> None:
+        """End the writer processes, if any were started (after ``wait``); ``processes_lost``
+        then says how many had ended before (their files were written here)."""
+        processes, self._processes = self._processes, None
+        if processes is not None:
+            processes.close()
+            self.processes_lost = processes.lost
 
     def wait(self) -> None:
         """Wait for the batch being written (its error, if any, is raised here)."""
@@ -211,19 +315,12 @@ class ContentWriter:
         # Remotely one worker more than connections: a connection is held only while a pack is
         # read, so one worker writes out what it read while the others read.
         workers = max(self.workers, self._connections + (self._connections > 1))
-        given = self._readers
-        with contextlib.ExitStack() as stack:
-            if given is None:
-                self._readers = stack.enter_context(self.repository.readers(self._connections))
-            try:
-                with ThreadPoolExecutor(workers, thread_name_prefix="restore") as pool:
-                    for future in [
-                        pool.submit(self._pack, pack_id, piece)
-                        for pack_id, piece in sorted(_pieces(packs), key=_cost, reverse=True)
-                    ]:
-                        future.result()
-            finally:
-                self._readers = given
+        with ThreadPoolExecutor(workers, thread_name_prefix="restore") as pool:
+            for future in [
+                pool.submit(self._pack, pack_id, piece)
+                for pack_id, piece in sorted(_pieces(packs), key=_cost, reverse=True)
+            ]:
+                future.result()
         for job in jobs:
             if job.failure is not None:
                 self._discard(job)
@@ -239,10 +336,15 @@ class ContentWriter:
     def _pack(self, pack_id: bytes, ordered: list) -> None:
         start, end = _span(ordered)
         try:
-            with self._readers.store() as store:  # type: ignore[union-attr]
+            with self._readers.store() as store:
                 data = store.load(pack_name(pack_id), start, end - start)
         except ObjectMissing:
             data = b""
+        if self._processes is not None and self._processes.alive:
+            handed = [item for item in ordered if _single(item[1][1])]
+            if handed:
+                ordered = [item for item in ordered if not _single(item[1][1])]
+                ordered += self._hand_over(pack_id, start, data, handed)
         view = memoryview(data)
         for blob_id, (location, targets) in ordered:
             try:
@@ -256,6 +358,63 @@ class ContentWriter:
                 continue
             for job, offset in targets:
                 self._write(job, offset, plain)
+
+    def _hand_over(self, pack_id: bytes, start: int, data: bytes, handed: list) -> list:
+        """Have a writer process write out the blobs ``handed`` (each only to files of that
+        one blob); what is left for this process to write (if the writer process ended)."""
+        from safehold.archive.writeprocs import DAMAGED, METADATA, WriterGone
+
+        rows = [
+            [blob_id, location.offset - start, location.length, location.raw_length,
+             location.blob_type, [_target(job.path, job.entry) for job, _offset in targets]]
+            for blob_id, (location, targets) in handed
+        ]  # fmt: skip
+        try:
+            failures = self._processes.write(pack_id, data, rows)  # type: ignore[union-attr]
+        except WriterGone:
+            return self._take_back(handed)
+        for number, place, kind, message in failures:
+            job = handed[number][1][1][place][0]
+            if kind == METADATA:
+                self.metadata_failed(job.path, message)
+                continue
+            with job.lock:
+                job.failure, job.damaged, job.remaining = message, kind == DAMAGED, 0
+        for _blob_id, (location, targets) in handed:
+            for job, _offset in targets:
+                if job.failure is None:
+                    job.written, job.remaining = location.raw_length, 0
+                    self.finished(job)
+        return []
+
+    def _take_back(self, handed: list) -> list:
+        """A writer process ended before it answered: a file it completed is counted, one it
+        left IN_PROGRESS is removed; the blobs of every file not complete are returned, to be
+        written here."""
+        left = []
+        for blob_id, (location, targets) in handed:
+            again = []
+            for job, offset in targets:
+                try:
+                    status = os.lstat(job.path)
+                except FileNotFoundError:
+                    again.append((job, offset))
+                    continue
+                except OSError as error:
+                    job.failure = error.strerror or str(error)
+                    continue
+                mode, entry = stat.S_IMODE(status.st_mode), job.entry
+                if stat.S_ISREG(status.st_mode) and mode == IN_PROGRESS:
+                    os.unlink(job.path)  # created by the process: O_EXCL on a path planned empty
+                    again.append((job, offset))
+                elif (status.st_size, status.st_mtime_ns) == (entry["size"], entry["mtime"]):
+                    job.written, job.remaining = entry["size"], 0
+                    self.finished(job)
+                else:
+                    job.failure = "not written: its writer process ended"
+            if again:
+                left.append((blob_id, (location, again)))
+        return left
 
     def _write(self, job: FileJob, offset: int, data: bytes) -> None:
         with job.lock:
@@ -272,31 +431,26 @@ class ContentWriter:
 
     def _write_locked(self, job: FileJob, offset: int, data: bytes) -> None:
         if job.fd is None:
-            flags = os.O_WRONLY | os.O_NOFOLLOW | (os.O_CREAT | os.O_EXCL if not job.written else 0)
-            job.fd = os.open(job.path, flags, IN_PROGRESS)
+            if job.written:
+                job.fd = os.open(job.path, os.O_WRONLY | os.O_NOFOLLOW)
+            else:
+                job.fd = create(job.path)
             job.created = True
             with self._open_lock:
                 self._open += 1
-        holes = job.entry.get("holes")
-        view = memoryview(data)
-        segments = data_segments(offset, len(data), holes) if holes else [(offset, len(data))]
-        for start, length in segments:
-            part, position = view[start - offset : start - offset + length], start
-            while part:
-                count = os.pwrite(job.fd, part, position)
-                part, position = part[count:], position + count
+        put(job.fd, offset, data, job.entry.get("holes"))
         job.written += len(data)
         if job.remaining == 1:
-            if job.written != job.entry["size"]:
-                raise OSError(0, f"content has {job.written} bytes, expected {job.entry['size']}")
-            if holes:  # a trailing hole; without holes the file was written up to its size
-                os.ftruncate(job.fd, job.entry["size"])
-            if job.entry["size"] >= DURABLE_FILE:
-                os.fdatasync(job.fd)
-                os.posix_fadvise(job.fd, 0, 0, os.POSIX_FADV_DONTNEED)
-            self.settle(job.fd, job)
+            complete(job.fd, job.entry, job.written)
+            self._settle(job.fd, job)
         elif self._open > MAX_OPEN_FILES:
             self._close(job)
+
+    def _settle(self, fd: int, job: FileJob) -> None:
+        try:
+            settle(fd, job.entry, as_root=self.as_root, no_special=self.no_special)
+        except OSError as error:  # the file is complete; only its metadata is not
+            self.metadata_failed(job.path, error.strerror or str(error))
 
     def _close(self, job: FileJob) -> None:
         if job.fd is not None:
@@ -321,12 +475,11 @@ class ContentWriter:
 
     def _create_empty(self, job: FileJob) -> None:
         try:
-            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
-            fd = os.open(job.path, flags, IN_PROGRESS)
+            fd = create(job.path)
             job.created = True
             try:
                 os.ftruncate(fd, job.entry["size"])  # a file that is all hole
-                self.settle(fd, job)
+                self._settle(fd, job)
             finally:
                 os.close(fd)
         except OSError as error:

@@ -43,7 +43,6 @@ from __future__ import annotations
 import contextlib
 import mmap
 import os
-import struct
 import subprocess
 import sys
 import threading
@@ -54,6 +53,7 @@ from typing import Any, NamedTuple
 
 import msgpack
 
+from safehold.archive.frames import process_count, read_frame, widen, write_frame
 from safehold.crypto import OVERHEAD, Cipher, MasterKey
 from safehold.errors import IntegrityError
 from safehold.repo.cache import TreeCache
@@ -65,7 +65,6 @@ from safehold.secrecy import child_env
 START_AFTER = 2000  # files in directories archived by the main process before readers start
 IN_FLIGHT = 4  # directories sent to one reader process and not answered yet, at most
 SETTLE_EVERY = 64  # answered directories that wait for the reader's pack, before it is sent
-FRAME = struct.Struct("<I")
 PACK, DONE, SETTLED, DECLINED = 0, 1, 2, 3  # reader -> main
 REQUEST, FREE, FLUSH, LIST = 0, 1, 2, 3  # main -> reader
 BUFFERS = 2  # pack buffers shared with each reader process: one filling, one being stored
@@ -104,13 +103,7 @@ def stat_fields(st: os.stat_result) -> tuple[int, ...]:
 
 def reader_count() -> int:
     """``SAFEHOLD_READ_PROCESSES`` if set (0: none), else one per core this process may use."""
-    configured = os.environ.get("SAFEHOLD_READ_PROCESSES", "").strip()
-    if configured.isdigit():
-        return int(configured)
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)
+    return process_count("SAFEHOLD_READ_PROCESSES")
 
 
 # ------------------------------------------------------------------ the reader process side
@@ -134,7 +127,7 @@ class _Channel:
     def _pump(self) -> None:
         while True:
             try:
-                body = _read_frame(self.source)
+                body = read_frame(self.source)
                 message = None if body is None else msgpack.unpackb(body)
             except (OSError, ValueError):
                 message = None
@@ -215,7 +208,7 @@ class _PackFiller:
         """Announce the pack being filled; if there is none, say that all is announced."""
         with self.lock:
             if self.settled():
-                _write_frame(self.sink, msgpack.packb([SETTLED, None]))
+                write_frame(self.sink, msgpack.packb([SETTLED, None]))
             else:
                 self._ship()
 
@@ -230,7 +223,7 @@ class _PackFiller:
         size = len(data)
         data.release()
         rows = [[e.blob_type, e.blob_id, e.offset, e.length, e.raw_length] for e in builder.entries]
-        _write_frame(self.sink, msgpack.packb([PACK, [self.number, pack_id, size, rows]]))
+        write_frame(self.sink, msgpack.packb([PACK, [self.number, pack_id, size, rows]]))
         self.builder = None
 
 
@@ -258,38 +251,11 @@ class _KeyOnly:
             return None
 
 
-PIPE_SIZE = 1024 * 1024
-
-
-def _widen(pipe) -> None:  # type: ignore[no-untyped-def]
-    """Give a pipe 1 MiB of buffer (Linux; 64 KiB by default): fewer switches per frame."""
-    with contextlib.suppress(OSError, AttributeError, ValueError):
-        import fcntl
-
-        fcntl.fcntl(pipe.fileno(), fcntl.F_SETPIPE_SZ, PIPE_SIZE)
-
-
-def _read_frame(stream) -> bytes | None:  # type: ignore[no-untyped-def]
-    head = stream.read(FRAME.size)
-    if len(head) < FRAME.size:
-        return None
-    (length,) = FRAME.unpack(head)
-    body = stream.read(length)
-    if len(body) < length:
-        return None
-    return body
-
-
-def _write_frame(stream, body: bytes) -> None:  # type: ignore[no-untyped-def]
-    stream.write(FRAME.pack(len(body)) + body)
-    stream.flush()
-
-
 def serve(source, sink) -> None:  # type: ignore[no-untyped-def]
     """The reader process's loop: archive directories until the main process closes the pipe."""
     from safehold.archive.archiver import Archiver, child_path  # after the set-up frame arrived
 
-    setup = _read_frame(source)
+    setup = read_frame(source)
     if setup is None:
         return
     settings = msgpack.unpackb(setup)
@@ -322,7 +288,7 @@ def serve(source, sink) -> None:  # type: ignore[no-untyped-def]
                 result = archiver.archive_names(path, names, parent_id, known)
                 if result is None:  # the main process lists it again, errors and all
                     archiver.take_stats()
-                    _write_frame(sink, msgpack.packb([DECLINED, None]))
+                    write_frame(sink, msgpack.packb([DECLINED, None]))
                     continue
             else:
                 path, parent_id, parent_plain, listing = request
@@ -330,9 +296,9 @@ def serve(source, sink) -> None:  # type: ignore[no-untyped-def]
                 tree, count = archiver.archive_leaf(path, children, parent_id, parent_plain)
                 result = {"tree": tree, "count": count}
             result.update(archiver.take_stats())
-            _write_frame(sink, msgpack.packb([DONE, result]))
+            write_frame(sink, msgpack.packb([DONE, result]))
             if filler.settled():  # nothing of it waits in the pack being filled
-                _write_frame(sink, msgpack.packb([SETTLED, None]))
+                write_frame(sink, msgpack.packb([SETTLED, None]))
     filler.ship()
 
 
@@ -378,7 +344,7 @@ class _Reader:
 
     def send(self, body: bytes) -> None:
         with self.write_lock, contextlib.suppress(OSError, ValueError):
-            _write_frame(self.process.stdin, body)  # if it ended, its receiving thread redoes
+            write_frame(self.process.stdin, body)  # if it ended, its receiving thread redoes
 
 
 class ReaderProcesses:
@@ -430,7 +396,7 @@ class ReaderProcesses:
                 os.close(fd)
         reader = _Reader(process, number, buffers)
         for pipe in (process.stdin, process.stdout):
-            _widen(pipe)
+            widen(pipe)
         setup = {**settings, "known": list(settings["known"].items())}
         reader.send(msgpack.packb({"key": cipher.master_key.to_bytes(), "buffers": fds, **setup}))
         reader.thread = threading.Thread(
@@ -493,7 +459,7 @@ class ReaderProcesses:
                         continue
                     reader.outstanding.append(job)
                 with contextlib.suppress(OSError, ValueError):
-                    _write_frame(reader.process.stdin, job.request)
+                    write_frame(reader.process.stdin, job.request)
                 job.request = b""
             return
 
@@ -507,7 +473,7 @@ class ReaderProcesses:
         stdout = reader.process.stdout
         while True:
             try:
-                body = _read_frame(stdout)
+                body = read_frame(stdout)
                 message = None if body is None else msgpack.unpackb(body)
             except (OSError, ValueError):
                 message = None

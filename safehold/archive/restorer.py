@@ -15,10 +15,17 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from safehold.archive.contentwriter import IN_PROGRESS, ContentWriter, FileJob
+from safehold.archive.contentwriter import (
+    CAPABILITY,
+    IN_PROGRESS,
+    SET_ID_BITS,
+    ContentWriter,
+    FileJob,
+)
 from safehold.archive.entries import BLOCKDEV, CHARDEV, DIR, FIFO, FILE, SYMLINK
 from safehold.archive.excludes import Excludes
 from safehold.archive.tree import TreeLoader
+from safehold.archive.writeprocs import writer_count
 from safehold.errors import IntegrityError, TargetNotWritable
 from safehold.repo.repository import Repository
 
@@ -43,6 +50,9 @@ class RestoreStats:
     present: int = 0
     # Incomplete files an interrupted restore left (IN_PROGRESS mode), written again.
     resumed: int = 0
+    # Writer processes that ended early (killed, out of memory): their files were written by
+    # the main process instead, nothing is missing.
+    processes_lost: int = 0
 
     def skip(self, path: bytes) -> None:
         self.skipped += 1
@@ -56,13 +66,9 @@ class RestoreStats:
 
 
 Progress = Callable[[str, int, int], None]
-SET_ID_BITS = stat.S_ISUID | stat.S_ISGID
 # A directory's mode from its creation until its own is applied at the end of the restore: a
 # rerun after an interruption gives the directories it finds so marked their metadata.
 DIR_IN_PROGRESS = stat.S_ISVTX | 0o700
-
-
-CAPABILITY = b"security.capability"
 
 
 def _unfinished(status: os.stat_result, marker: int) -> bool:
@@ -136,17 +142,24 @@ class Restorer:
                 self._file_written,
                 self._file_failed,
                 readers,
-                settle=self._settle,
+                as_root=self.as_root,
+                no_special=self.no_special,
+                metadata_failed=self._metadata_failed,
+                processes=writer_count(),
             )
             try:
-                if entry["type"] == DIR:
-                    self._restore_children(entry, self.target, base, False)
-                else:
-                    self._restore_entry(entry, self.target + b"/" + entry["name"], base, False)
+                try:
+                    if entry["type"] == DIR:
+                        self._restore_children(entry, self.target, base, False)
+                    else:
+                        self._restore_entry(entry, self.target + b"/" + entry["name"], base, False)
+                finally:
+                    self._trees.close()
+                    self._content.wait()  # never leave a batch writing after an error
+                self._content.run()
             finally:
-                self._trees.close()
-                self._content.wait()  # never leave a batch writing after an error
-            self._content.run()
+                self._content.close()
+            self.stats.processes_lost = self._content.processes_lost
         self._make_links()
         for path, directory in reversed(self._directories):
             self._apply_metadata(path, directory)
@@ -358,9 +371,9 @@ class Restorer:
         self.stats.other += 1
         self._apply_metadata(path, entry)
 
-    def _settle(self, fd: int, job: FileJob) -> None:
-        """A complete file's metadata, through its still open descriptor."""
-        self._apply_metadata(job.path, job.entry, fd)
+    def _metadata_failed(self, path: bytes, message: str) -> None:
+        with self._lock:
+            self.stats.errors.append({"path": os.fsdecode(path), "message": message})
 
     def _file_written(self, job: FileJob) -> None:
         with self._lock:
@@ -388,22 +401,14 @@ class Restorer:
 
     # ---------------------------------------------------------------- metadata
 
-    def _apply_metadata(self, path: bytes, entry: dict, fd: int | None = None) -> None:
-        """Owner, mode, xattrs and times of ``path``; through ``fd`` if it is open (a regular
-        file just written: no path lookups). Owner before mode: chown clears setuid bits."""
+    def _apply_metadata(self, path: bytes, entry: dict) -> None:
+        """Owner, mode, xattrs and times of ``path`` (a regular file gets them through its
+        descriptor as it is completed: contentwriter.settle). Owner before mode: chown clears
+        setuid bits."""
         is_link = entry["type"] == SYMLINK
         mode = entry["mode"] & ~SET_ID_BITS if self.no_special else entry["mode"]
         times = (entry["mtime"], entry["mtime"])
         try:
-            if fd is not None:
-                if self.as_root:
-                    os.chown(fd, entry["uid"], entry["gid"])
-                os.chmod(fd, mode)
-                for name, value in (entry.get("xattrs") or {}).items():
-                    if not (self.no_special and name == CAPABILITY):
-                        os.setxattr(fd, name, value)
-                os.utime(fd, ns=times)
-                return
             if self.as_root:
                 os.lchown(path, entry["uid"], entry["gid"])
             if not is_link:

@@ -272,6 +272,7 @@ def restore(args: argparse.Namespace) -> int:
                 "skipped_paths": stats.skipped_paths,
                 "present": stats.present,
                 "resumed": stats.resumed,
+                "processes_lost": stats.processes_lost,
                 "errors": stats.errors,
                 "damaged": stats.damaged,
             }
@@ -289,6 +290,12 @@ def restore(args: argparse.Namespace) -> int:
         rerun.append(f"{stats.resumed} left incomplete by an interrupted restore: written again")
     if rerun:
         _say(args, "; ".join(rerun))
+    if stats.processes_lost:
+        print(
+            f"safehold: warning: {stats.processes_lost} writer process(es) ended early "
+            "(killed, out of memory?); this process wrote their files instead",
+            file=sys.stderr,
+        )
     if stats.damaged:
         raise IntegrityError(
             f"{len(stats.damaged)} file(s) were damaged in the repository and "

@@ -69,6 +69,22 @@ def pack_name(pack_id: bytes) -> str:
     return "data/" + pack_id.hex()
 
 
+def open_blob(
+    cipher: Cipher, blob_id: bytes, location: Location, sealed: bytes | memoryview
+) -> bytes:
+    """Decrypt, decompress and verify one blob; IntegrityError on any mismatch."""
+    try:
+        body = cipher.open(sealed, blob_aad(location.blob_type, blob_id))
+        data = decode_body(body, location.raw_length)
+    except (AuthenticationFailed, ValueError) as error:
+        raise IntegrityError(
+            f"blob {blob_id.hex()[:16]} in pack {location.pack_id.hex()[:16]} is damaged ({error})"
+        ) from error
+    if len(data) != location.raw_length or cipher.blob_id(data) != blob_id:
+        raise IntegrityError(f"blob {blob_id.hex()[:16]} does not match its id")
+    return data
+
+
 class Repository:
     """An opened repository. Create with ``Repository.init`` or ``Repository.open``."""
 
@@ -497,17 +513,7 @@ class Repository:
 
     def open_blob(self, blob_id: bytes, location: Location, sealed: bytes | memoryview) -> bytes:
         """Decrypt, decompress and verify one blob; IntegrityError on any mismatch."""
-        try:
-            body = self.cipher.open(sealed, blob_aad(location.blob_type, blob_id))
-            data = decode_body(body, location.raw_length)
-        except (AuthenticationFailed, ValueError) as error:
-            raise IntegrityError(
-                f"blob {blob_id.hex()[:16]} in pack {location.pack_id.hex()[:16]} "
-                f"is damaged ({error})"
-            ) from error
-        if len(data) != location.raw_length or self.cipher.blob_id(data) != blob_id:
-            raise IntegrityError(f"blob {blob_id.hex()[:16]} does not match its id")
-        return data
+        return open_blob(self.cipher, blob_id, location, sealed)
 
     @property
     def tree_cache(self) -> TreeCache | None:

@@ -1,0 +1,49 @@
+"""Frames on the pipes between safehold and its own worker processes (readprocs.py,
+writeprocs.py): a 4-byte little-endian length, then a msgpack body. Private to one run: both
+ends are the same safehold."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import struct
+
+FRAME = struct.Struct("<I")
+PIPE_SIZE = 1024 * 1024
+
+
+def widen(pipe) -> None:  # type: ignore[no-untyped-def]
+    """Give a pipe 1 MiB of buffer (Linux; 64 KiB by default): fewer switches per frame."""
+    with contextlib.suppress(OSError, AttributeError, ValueError):
+        import fcntl
+
+        fcntl.fcntl(pipe.fileno(), fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+
+
+def read_frame(stream) -> bytes | None:  # type: ignore[no-untyped-def]
+    """The next frame's body, or None at the end of the stream (or a frame cut short)."""
+    head = stream.read(FRAME.size)
+    if len(head) < FRAME.size:
+        return None
+    (length,) = FRAME.unpack(head)
+    body = stream.read(length)
+    if len(body) < length:
+        return None
+    return body
+
+
+def write_frame(stream, body: bytes) -> None:  # type: ignore[no-untyped-def]
+    stream.write(FRAME.pack(len(body)) + body)
+    stream.flush()
+
+
+def process_count(variable: str) -> int:
+    """The number of worker processes: ``variable`` from the environment if it is set to a
+    number (0: none), else one per core this process may use."""
+    configured = os.environ.get(variable, "").strip()
+    if configured.isdigit():
+        return int(configured)
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
