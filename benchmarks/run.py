@@ -778,8 +778,12 @@ def report(
     print(
         "Warm page cache: nothing is dropped from the page cache; `sync`, then a wait for "
         f"idle CPUs (at most {args.quiet_threshold:.0%} busy) before each timed command; "
-        "both restores are deleted only after both are done. "
-        "Restic with its defaults, repository format 2 (zstd auto).\n"
+        + (
+            "each restore into a new ext4 file system of its own (--fresh-fs). "
+            if args.fresh_fs
+            else "both restores are deleted only after both are done. "
+        )
+        + "Restic with its defaults, repository format 2 (zstd auto).\n"
     )
     print(markdown_table(rows))
     print("\nratio = restic / safehold: above 1 means safehold is faster, smaller or leaner.\n")

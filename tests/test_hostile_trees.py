@@ -111,20 +111,27 @@ def test_a_name_listed_twice_never_writes_through_or_over_the_first(tmp_path: Pa
     repo = init_repository(tmp_path / "repo")
     outside = tmp_path / "outside"
     outside.write_bytes(b"not yours")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
 
     def build(add, blob_id):  # type: ignore[no-untyped-def]
         link = synthetic_entry(b"a", SYMLINK, target=os.fsencode(outside))
         entries = [link, _file(b"a", blob_id), _file(b"b", blob_id), _file(b"b", blob_id)]
+        # A link to a directory outside, then a directory of the same name with a file in it.
+        entries.append(synthetic_entry(b"d", SYMLINK, target=os.fsencode(elsewhere)))
+        entries.append(_dir(b"d", add([_file(b"f", blob_id)])))
         return add([_dir(b"x", add(entries))])
 
     _snapshot(repo, build)
     target = tmp_path / "target"
     result = run_cli("restore", "--repo", repo, "latest", "--target", target)
     assert "Traceback" not in result.err and "internal error" not in result.err, result.err
-    assert result.code == 3, (result.code, result.err)  # the second "a" and "b" reported
+    assert result.code == 3, (result.code, result.err)  # the second "a", "b" and "d" reported
     assert outside.read_bytes() == b"not yours"
     assert os.readlink(target / "x" / "a") == os.fspath(outside)
     assert (target / "x" / "b").read_bytes() == CONTENT
+    assert os.listdir(elsewhere) == []
+    assert os.readlink(target / "x" / "d") == os.fspath(elsewhere)
 
 
 def test_a_tree_nested_1500_levels_restores(tmp_path: Path) -> None:

@@ -228,6 +228,7 @@ class ContentWriter:
         self.no_special = no_special
         self.metadata_failed = metadata_failed
         self._readers = readers
+        self._index = repository.index
         # pack id -> {blob id: (location, [(job, file offset), ...])}
         self._packs: dict[bytes, dict[bytes, tuple]] = {}
         self._jobs: list[FileJob] = []
@@ -251,7 +252,7 @@ class ContentWriter:
             return
         self._single += job.remaining == 1
         offset = 0
-        index = self.repository.index
+        index = self._index
         for blob_id in entry["content"]:
             location = index.lookup(blob_id)
             if location is None:

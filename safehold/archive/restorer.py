@@ -233,12 +233,13 @@ class Restorer:
             # those parents are made first (as for a file).
             if selected and not parent_selected and not self._make_parents(path):
                 return
-            created = self._make_dir(path, entry) if selected else False
+            created = self._make_dir(path, entry, fresh) if selected else False
             if created is None:
                 return
             self._restore_children(entry, path, snapshot_path, bool(selected), created)
             return
-        if not selected or not self._make_parents(path):
+        # Below a selected directory its parents are there: _make_dir made or checked them.
+        if not selected or (not parent_selected and not self._make_parents(path)):
             return
         if kind == FILE:
             key = tuple(entry["hardlink"]) if entry.get("hardlink") else None
@@ -278,10 +279,23 @@ class Restorer:
 
     # ---------------------------------------------------------------- kinds
 
-    def _make_dir(self, path: bytes, entry: dict) -> bool | None:
+    def _make_dir(self, path: bytes, entry: dict, fresh: bool = False) -> bool | None:
         """Create a directory: True if this restore created it, False if it was there; None if
         something else is in the way (then nothing is written below it). A symlink in the way
-        is never followed: without --overwrite it is kept."""
+        is never followed: without --overwrite it is kept. ``fresh``: the parent was just
+        created by this restore, so nothing is looked for before mkdir (if a crafted tree
+        names it twice, mkdir fails and the checks are made)."""
+        if fresh:
+            try:
+                os.mkdir(path, DIR_IN_PROGRESS)
+            except FileExistsError:
+                return self._make_dir(path, entry)
+            except OSError as error:
+                self._error(path, error)
+                return None
+            self._directories.append((path, entry))
+            self.stats.dirs += 1
+            return True
         if os.path.islink(path) or (os.path.lexists(path) and not os.path.isdir(path)):
             if not self.overwrite:
                 self._skip(path)
