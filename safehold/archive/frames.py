@@ -32,8 +32,13 @@ def read_frame(stream) -> bytes | None:  # type: ignore[no-untyped-def]
     return body
 
 
-def write_frame(stream, body: bytes) -> None:  # type: ignore[no-untyped-def]
-    stream.write(FRAME.pack(len(body)) + body)
+def write_frame(stream, body: bytes, *raw: bytes | memoryview) -> None:  # type: ignore[no-untyped-def]
+    """One frame, then ``raw`` bytes as they are (their lengths in the body, for the reader);
+    nothing is joined into a copy first."""
+    stream.write(FRAME.pack(len(body)))
+    stream.write(body)
+    for part in raw:
+        stream.write(part)
     stream.flush()
 
 

@@ -3,9 +3,10 @@
 Restoring many small files is mostly per-file work: decrypt, decompress and check a blob, then
 create the file, write it, give it its owner, mode, xattrs and times and close it. In one
 process that work runs under one GIL, and every system call of a writer thread hands the GIL
-over (the million-file restore kept 1.2 of 2 cores busy). So once a batch of the restore holds
-``PROCESSES_AFTER`` files of a single blob, the ContentWriter (contentwriter.py) starts one writer
-process per core (``SAFEHOLD_WRITE_PROCESSES=N``, 0: none) and hands them those files.
+over (the million-file restore kept 1.2 of 2 cores busy). So once a batch of the restore
+holds ``PROCESSES_AFTER`` files of a single blob, the ContentWriter (contentwriter.py) starts
+one writer process per core (``SAFEHOLD_WRITE_PROCESSES=N``, 0: none) and hands them those
+files.
 
 The main process keeps everything that decides what is written where: the walk of the
 snapshot's trees, the checks of the target (symlinks, existing files, --overwrite), the plan,
@@ -24,8 +25,10 @@ completed (no longer IN_PROGRESS) is counted, one it left IN_PROGRESS is removed
 file not complete is written by the main process; the restore goes on with the processes left.
 
 Wire format (frames.py): main -> writer, a set-up frame ``{"key", "as_root", "no_special"}``,
-then per piece ``[pack id, sealed bytes, [[blob id, offset, length, plaintext length, type,
-[[path, size, mode, uid, gid, mtime, xattrs or nil, holes or nil], ...]], ...]]``; writer ->
+then per piece ``[pack id, n, [[blob id, offset, length, plaintext length, type, [[path,
+size, mode, uid, gid, mtime, xattrs or nil, holes or nil], ...]], ...]]`` followed by the n
+sealed bytes of the piece as read, outside msgpack (a piece of large files is not copied
+twice more on its way); writer ->
 main, per piece in order ``[[blob number, path number, kind, message], ...]`` for the files
 that failed (kind DAMAGED: the blob, the file was not created; FAILED: the file could not be
 written and was removed; METADATA: written, but its metadata could not be given).
@@ -121,7 +124,10 @@ def serve(source, sink) -> None:  # type: ignore[no-untyped-def]
     cipher = Cipher(MasterKey.from_bytes(settings.pop("key")))
     options = {"as_root": settings["as_root"], "no_special": settings["no_special"]}
     while (body := read_frame(source)) is not None:
-        pack_id, data, blobs = msgpack.unpackb(body)
+        pack_id, length, blobs = msgpack.unpackb(body)
+        data = source.read(length)
+        if len(data) < length:
+            return
         write_frame(sink, msgpack.packb(write_piece(cipher, options, pack_id, data, blobs)))
 
 
@@ -201,14 +207,14 @@ class WriterProcesses:
         if not alive:
             raise WriterGone
         writer = min(alive, key=lambda writer: len(writer.waiting))
-        body = msgpack.packb([pack_id, data, blobs])
+        body = msgpack.packb([pack_id, len(data), blobs])
         with writer.send_lock:
             with writer.lock:
                 if not writer.alive:
                     raise WriterGone
                 writer.waiting.append(future)
             with contextlib.suppress(OSError, ValueError):  # it ended: the future fails
-                write_frame(writer.process.stdin, body)
+                write_frame(writer.process.stdin, body, data)
         return future.result()
 
     def _receive(self, writer: _Writer) -> None:
