@@ -7,6 +7,9 @@ from __future__ import annotations
 import contextlib
 import os
 import struct
+import subprocess
+from collections.abc import Iterable
+from typing import Any
 
 FRAME = struct.Struct("<I")
 PIPE_SIZE = 1024 * 1024
@@ -32,6 +35,18 @@ def read_frame(stream) -> bytes | None:  # type: ignore[no-untyped-def]
     return body
 
 
+def read_message(stream) -> Any:  # type: ignore[no-untyped-def]
+    """The next frame's body unpacked; None at the end of the stream or if it is unreadable
+    (the other side ended: whoever reads treats both alike)."""
+    import msgpack
+
+    try:
+        body = read_frame(stream)
+        return None if body is None else msgpack.unpackb(body)
+    except (OSError, ValueError):
+        return None
+
+
 def write_frame(stream, body: bytes, *raw: bytes | memoryview) -> None:  # type: ignore[no-untyped-def]
     """One frame, then ``raw`` bytes as they are (their lengths in the body, for the reader);
     nothing is joined into a copy first."""
@@ -52,3 +67,23 @@ def process_count(variable: str) -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except (AttributeError, OSError):
         return max(1, os.cpu_count() or 1)
+
+
+def end_processes(workers: Iterable[Any]) -> None:
+    """End worker processes that stop at the end of their stdin: close each one's stdin (under
+    its ``write_lock``), then join its receiving ``thread`` and wait for its ``process`` (killed
+    after 10 s)."""
+    workers = list(workers)
+    for worker in workers:
+        with worker.write_lock, contextlib.suppress(OSError):
+            worker.process.stdin.close()
+    for worker in workers:
+        if worker.thread is not None:
+            worker.thread.join()
+        try:
+            worker.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            worker.process.kill()
+            worker.process.wait()
+        with contextlib.suppress(OSError):
+            worker.process.stdout.close()

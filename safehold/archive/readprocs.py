@@ -53,7 +53,14 @@ from typing import Any, NamedTuple
 
 import msgpack
 
-from safehold.archive.frames import process_count, read_frame, widen, write_frame
+from safehold.archive.frames import (
+    end_processes,
+    process_count,
+    read_frame,
+    read_message,
+    widen,
+    write_frame,
+)
 from safehold.crypto import OVERHEAD, Cipher, MasterKey
 from safehold.errors import IntegrityError
 from safehold.repo.cache import TreeCache
@@ -126,11 +133,7 @@ class _Channel:
 
     def _pump(self) -> None:
         while True:
-            try:
-                body = read_frame(self.source)
-                message = None if body is None else msgpack.unpackb(body)
-            except (OSError, ValueError):
-                message = None
+            message = read_message(self.source)
             with self.changed:
                 if message is None:
                     self.closed = True
@@ -470,15 +473,7 @@ class ReaderProcesses:
             reader.send(msgpack.packb([FLUSH, None]))
 
     def _receive(self, reader: _Reader) -> None:
-        stdout = reader.process.stdout
-        while True:
-            try:
-                body = read_frame(stdout)
-                message = None if body is None else msgpack.unpackb(body)
-            except (OSError, ValueError):
-                message = None
-            if message is None:
-                break
+        while (message := read_message(reader.process.stdout)) is not None:
             if message[0] == PACK:
                 self._stored(reader, *message[1])
                 continue
@@ -539,19 +534,7 @@ class ReaderProcesses:
 
     def close(self) -> None:
         """End the reader processes (after their last answers and packs) and wait for them."""
-        for reader in self._readers:
-            with reader.write_lock, contextlib.suppress(OSError):
-                reader.process.stdin.close()
-        for reader in self._readers:
-            if reader.thread is not None:
-                reader.thread.join()
-            try:
-                reader.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                reader.process.kill()
-                reader.process.wait()
-            with contextlib.suppress(OSError):
-                reader.process.stdout.close()
+        end_processes(self._readers)
         self._readers = []
 
 

@@ -47,7 +47,14 @@ from concurrent.futures import Future
 import msgpack
 
 from safehold.archive.contentwriter import complete, create, put, settle
-from safehold.archive.frames import process_count, read_frame, widen, write_frame
+from safehold.archive.frames import (
+    end_processes,
+    process_count,
+    read_frame,
+    read_message,
+    widen,
+    write_frame,
+)
 from safehold.crypto import Cipher, MasterKey
 from safehold.errors import IntegrityError
 from safehold.repo.index import Location
@@ -152,7 +159,7 @@ class _Writer:
         self.number = number
         self.waiting: deque[Future] = deque()  # sent, not answered, in order
         self.lock = threading.Lock()  # waiting, alive
-        self.send_lock = threading.Lock()  # held while a piece is written (taken before lock)
+        self.write_lock = threading.Lock()  # held while a piece is written (taken before lock)
         self.alive = True
         self.thread: threading.Thread | None = None
 
@@ -208,7 +215,7 @@ class WriterProcesses:
             raise WriterGone
         writer = min(alive, key=lambda writer: len(writer.waiting))
         body = msgpack.packb([pack_id, len(data), blobs])
-        with writer.send_lock:
+        with writer.write_lock:
             with writer.lock:
                 if not writer.alive:
                     raise WriterGone
@@ -218,15 +225,7 @@ class WriterProcesses:
         return future.result()
 
     def _receive(self, writer: _Writer) -> None:
-        stdout = writer.process.stdout
-        while True:
-            try:
-                body = read_frame(stdout)
-                answer = None if body is None else msgpack.unpackb(body)
-            except (OSError, ValueError):
-                answer = None
-            if answer is None:
-                break
+        while (answer := read_message(writer.process.stdout)) is not None:
             with writer.lock:
                 future = writer.waiting.popleft()
             future.set_result(answer)
@@ -240,19 +239,7 @@ class WriterProcesses:
 
     def close(self) -> None:
         """End the writer processes (after their last answers) and wait for them."""
-        for writer in self._writers:
-            with writer.send_lock, contextlib.suppress(OSError):
-                writer.process.stdin.close()
-        for writer in self._writers:
-            if writer.thread is not None:
-                writer.thread.join()
-            try:
-                writer.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                writer.process.kill()
-                writer.process.wait()
-            with contextlib.suppress(OSError):
-                writer.process.stdout.close()
+        end_processes(self._writers)
         self._writers = []
 
 
