@@ -131,16 +131,19 @@ def complete(fd: int, entry: dict, written: int) -> None:
 
 
 def settle(fd: int, entry: dict, *, as_root: bool, no_special: bool) -> None:
-    """A complete file's owner (as root), mode (which replaces IN_PROGRESS), xattrs and times,
-    through its still open descriptor: no path lookups. Owner before mode: chown clears setuid
-    bits. ``no_special``: no setuid/setgid bits, no file capabilities. OSError on failure."""
+    """A complete file's owner (as root), xattrs, times and mode, through its still open
+    descriptor: no path lookups. Owner first (chown clears setuid bits and capabilities), the
+    mode last: until it replaces IN_PROGRESS the file counts as unfinished, so a restore
+    killed before then has the file written again by the next run, never kept with the
+    wrong times. ``no_special``: no setuid/setgid bits, no file capabilities. OSError on
+    failure."""
     if as_root:
         os.chown(fd, entry["uid"], entry["gid"])
-    os.chmod(fd, entry["mode"] & ~SET_ID_BITS if no_special else entry["mode"])
     for name, value in (entry.get("xattrs") or {}).items():
         if not (no_special and name == CAPABILITY):
             os.setxattr(fd, name, value)
     os.utime(fd, ns=(entry["mtime"], entry["mtime"]))
+    os.chmod(fd, entry["mode"] & ~SET_ID_BITS if no_special else entry["mode"])
 
 
 BLOB_COST = 64 * 1024  # what writing out one blob (a small file) costs, in bytes read

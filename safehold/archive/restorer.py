@@ -416,17 +416,15 @@ class Restorer:
     # ---------------------------------------------------------------- metadata
 
     def _apply_metadata(self, path: bytes, entry: dict) -> None:
-        """Owner, mode, xattrs and times of ``path`` (a regular file gets them through its
-        descriptor as it is completed: contentwriter.settle). Owner before mode: chown clears
-        setuid bits."""
+        """Owner, xattrs, times and mode of ``path``, in that order (as contentwriter.settle
+        gives a regular file through its descriptor): chown clears setuid bits, and the mode
+        replaces a directory's in-progress marker only once the rest is there."""
         is_link = entry["type"] == SYMLINK
         mode = entry["mode"] & ~SET_ID_BITS if self.no_special else entry["mode"]
         times = (entry["mtime"], entry["mtime"])
         try:
             if self.as_root:
                 os.lchown(path, entry["uid"], entry["gid"])
-            if not is_link:
-                os.chmod(path, mode)
             for name, value in (entry.get("xattrs") or {}).items():
                 if self.no_special and name == CAPABILITY:
                     continue
@@ -436,6 +434,8 @@ class Restorer:
                     if not is_link:
                         raise
             os.utime(path, ns=times, follow_symlinks=False)
+            if not is_link:  # last: a directory's marker mode goes once all else is there
+                os.chmod(path, mode)
         except OSError as error:
             self._error(path, error)
 
