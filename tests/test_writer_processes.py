@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import signal
 import stat
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ from conftest import (
     blob_place,
     compare_trees,
     flip_byte,
+    init_repository,
     needs_root,
     open_repository,
     resolve,
@@ -203,3 +205,25 @@ def test_writer_processes_can_be_turned_off(
     _restore(repo, tmp_path / "restored")
     assert writers.pieces == 0
     assert compare_trees(source, tmp_path / "restored" / source.relative_to("/")) == []
+
+
+@pytest.mark.parametrize("backend", ["sftp", "s3"])
+def test_writer_processes_restore_from_remote_repositories(
+    backend: str,
+    tmp_path: Path,
+    remote_location: Callable[[str, str], str],
+    monkeypatch: pytest.MonkeyPatch,
+    writers: Spy,
+) -> None:
+    """The pieces come from a real sshd / S3 server over several connections and are
+    written by the writer processes; the restore equals the source."""
+    url = remote_location(backend, "repo")
+    init_repository(url, pack_size=64 * 1024)  # type: ignore[arg-type]  # many small packs
+    source = _small_files(tmp_path / "src", 120)
+    backup_json(url, source)  # type: ignore[arg-type]
+    monkeypatch.setattr(contentwriter, "BATCH_FILES", 50)
+    target = tmp_path / "restored"
+    result = run_cli("restore", "--repo", url, f"latest:{source}", "--target", target)
+    assert result.code == 0, result.err
+    assert compare_trees(source, target, include_root=False) == []
+    assert writers.files == 120
