@@ -134,6 +134,36 @@ def test_a_name_listed_twice_never_writes_through_or_over_the_first(tmp_path: Pa
     assert os.readlink(target / "x" / "d") == os.fspath(elsewhere)
 
 
+def test_metadata_a_target_cannot_take_does_not_keep_the_rest_back(tmp_path: Path) -> None:
+    """An xattr the target refuses (here a name in no namespace, which every file system
+    refuses; a target without xattr support does the same for all) is reported, and the file
+    and the directory still get their times and modes: none keeps the in-progress marker
+    (mode 01600 / 01700) that would have a rerun write it again. Before: the file stayed
+    01600 with the restore's own time."""
+    repo = init_repository(tmp_path / "repo")
+    when = 1_600_000_000 * 10**9
+    refused = {b"bogus.name": b"v"}
+
+    def build(add, blob_id):  # type: ignore[no-untyped-def]
+        file = _file(b"f", blob_id, mode=0o640, mtime_ns=when, xattrs=refused)
+        folder = synthetic_entry(b"d", DIR, subtree=add([file]), mtime_ns=when, xattrs=refused)
+        folder["mode"] = 0o750
+        return add([folder])
+
+    _snapshot(repo, build)
+    target = tmp_path / "target"
+    result = run_cli("restore", "--repo", repo, "latest", "--target", target)
+    assert result.code == 3, (result.code, result.err)
+    assert f"{target}/d/f" in result.err and f"{target}/d:" in result.err, result.err
+    for path, mode in ((target / "d" / "f", 0o640), (target / "d", 0o750)):
+        status = os.lstat(path)
+        assert (stat.S_IMODE(status.st_mode), status.st_mtime_ns) == (mode, when), path
+    assert (target / "d" / "f").read_bytes() == CONTENT
+    # The summary names the snapshot's path, not the last path that could not be restored.
+    summary = [line for line in result.out.splitlines() if line.startswith("restored snapshot")]
+    assert summary and ":" not in summary[0].split(" to ")[0], summary
+
+
 def test_a_tree_nested_1500_levels_restores(tmp_path: Path) -> None:
     repo = init_repository(tmp_path / "repo")
     depth = 1500

@@ -134,16 +134,29 @@ def settle(fd: int, entry: dict, *, as_root: bool, no_special: bool) -> None:
     """A complete file's owner (as root), xattrs, times and mode, through its still open
     descriptor: no path lookups. Owner first (chown clears setuid bits and capabilities), the
     mode last: until it replaces IN_PROGRESS the file counts as unfinished, so a restore
-    killed before then has the file written again by the next run, never kept with the
-    wrong times. ``no_special``: no setuid/setgid bits, no file capabilities. OSError on
-    failure."""
+    killed before then has the file written again by the next run. Each part is tried even
+    if one before failed (a target without xattr support still gets times and mode); the
+    first failure is raised at the end. ``no_special``: no setuid/setgid bits, no file
+    capabilities."""
+    problem: OSError | None = None
     if as_root:
-        os.chown(fd, entry["uid"], entry["gid"])
+        try:
+            os.chown(fd, entry["uid"], entry["gid"])
+        except OSError as error:
+            problem = error
     for name, value in (entry.get("xattrs") or {}).items():
         if not (no_special and name == CAPABILITY):
-            os.setxattr(fd, name, value)
-    os.utime(fd, ns=(entry["mtime"], entry["mtime"]))
+            try:
+                os.setxattr(fd, name, value)
+            except OSError as error:
+                problem = problem or error
+    try:
+        os.utime(fd, ns=(entry["mtime"], entry["mtime"]))
+    except OSError as error:
+        problem = problem or error
     os.chmod(fd, entry["mode"] & ~SET_ID_BITS if no_special else entry["mode"])
+    if problem is not None:
+        raise problem
 
 
 BLOB_COST = 64 * 1024  # what writing out one blob (a small file) costs, in bytes read

@@ -418,26 +418,34 @@ class Restorer:
     def _apply_metadata(self, path: bytes, entry: dict) -> None:
         """Owner, xattrs, times and mode of ``path``, in that order (as contentwriter.settle
         gives a regular file through its descriptor): chown clears setuid bits, and the mode
-        replaces a directory's in-progress marker only once the rest is there."""
+        replaces a directory's in-progress marker once the rest is there. Each part is tried
+        even if one before failed; the first failure is reported."""
         is_link = entry["type"] == SYMLINK
-        mode = entry["mode"] & ~SET_ID_BITS if self.no_special else entry["mode"]
-        times = (entry["mtime"], entry["mtime"])
-        try:
-            if self.as_root:
+        problem: OSError | None = None
+        if self.as_root:
+            try:
                 os.lchown(path, entry["uid"], entry["gid"])
-            for name, value in (entry.get("xattrs") or {}).items():
-                if self.no_special and name == CAPABILITY:
-                    continue
-                try:
-                    os.setxattr(path, name, value, follow_symlinks=False)
-                except OSError:
-                    if not is_link:
-                        raise
-            os.utime(path, ns=times, follow_symlinks=False)
-            if not is_link:  # last: a directory's marker mode goes once all else is there
-                os.chmod(path, mode)
+            except OSError as error:
+                problem = error
+        for name, value in (entry.get("xattrs") or {}).items():
+            if self.no_special and name == CAPABILITY:
+                continue
+            try:
+                os.setxattr(path, name, value, follow_symlinks=False)
+            except OSError as error:
+                if not is_link:  # (many file systems have no xattrs on symlinks)
+                    problem = problem or error
+        try:
+            os.utime(path, ns=(entry["mtime"], entry["mtime"]), follow_symlinks=False)
         except OSError as error:
-            self._error(path, error)
+            problem = problem or error
+        if not is_link:
+            try:
+                os.chmod(path, entry["mode"] & ~SET_ID_BITS if self.no_special else entry["mode"])
+            except OSError as error:
+                problem = problem or error
+        if problem is not None:
+            self._error(path, problem)
 
     def _error(self, path: bytes, error: OSError) -> None:
         with self._lock:

@@ -247,8 +247,8 @@ def restore(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     for error in stats.errors:
-        path = render.printable(error["path"])
-        print(f"safehold: could not restore {path}: {error['message']}", file=sys.stderr)
+        shown = render.printable(error["path"])
+        print(f"safehold: could not restore {shown}: {error['message']}", file=sys.stderr)
     if stats.special_skipped:
         print(
             f"safehold: note: {stats.special_skipped} device node(s) not created (--no-special)",
