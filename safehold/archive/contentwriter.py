@@ -252,6 +252,10 @@ class ContentWriter:
         self._single = 0  # files of one blob in the batch: what writer processes would take
         self._open = 0
         self._open_lock = threading.Lock()
+        # Pieces are read into buffers kept for the whole restore, one per piece being read
+        # (a larger piece replaces a buffer): the C heap does not keep the freed 16 MiB
+        # buffer of every piece read (glibc's growing mmap threshold).
+        self._buffers: list[bytearray] = []
         self._running: Future | None = None
         self._connections = readers.size
         self._process_count = processes
@@ -353,10 +357,24 @@ class ContentWriter:
     def _pack(self, pack_id: bytes, ordered: list) -> None:
         start, end = _span(ordered)
         try:
+            buffer = self._buffers.pop()
+        except IndexError:  # (list.pop and append are atomic)
+            buffer = bytearray(end - start)
+        if len(buffer) < end - start:
+            buffer = bytearray(end - start)
+        try:
+            self._piece(pack_id, ordered, start, end, buffer)
+        finally:
+            self._buffers.append(buffer)
+
+    def _piece(
+        self, pack_id: bytes, ordered: list, start: int, end: int, buffer: bytearray
+    ) -> None:
+        try:
             with self._readers.store() as store:
-                data = store.load(pack_name(pack_id), start, end - start)
+                data = store.load_into(pack_name(pack_id), start, end - start, buffer)
         except ObjectMissing:
-            data = b""
+            data = memoryview(b"")
         if self._processes is not None and self._processes.alive:
             handed = [item for item in ordered if _single(item[1][1])]
             if handed:
@@ -376,7 +394,7 @@ class ContentWriter:
             for job, offset in targets:
                 self._write(job, offset, plain)
 
-    def _hand_over(self, pack_id: bytes, start: int, data: bytes, handed: list) -> list:
+    def _hand_over(self, pack_id: bytes, start: int, data: memoryview, handed: list) -> list:
         """Have a writer process write out the blobs ``handed`` (each only to files of that
         one blob); what is left for this process to write (if the writer process ended)."""
         from safehold.archive.writeprocs import DAMAGED, METADATA, WriterGone

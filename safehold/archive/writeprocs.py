@@ -206,7 +206,7 @@ class WriterProcesses:
     def alive(self) -> bool:
         return any(writer.alive for writer in self._writers)
 
-    def write(self, pack_id: bytes, data: bytes, blobs: list) -> list:
+    def write(self, pack_id: bytes, data: bytes | memoryview, blobs: list) -> list:
         """Have a writer process write one piece (see the module's wire format) and wait for
         its failures. WriterGone if no process took it or the one that did ended first."""
         future: Future = Future()

@@ -187,6 +187,18 @@ class Store:
         check_name(name)
         return self._call(self._impl.load, name, offset=offset, size=size, name_for_errors=name)
 
+    def load_into(self, name: str, offset: int, size: int, buffer: bytearray) -> memoryview:
+        """``size`` bytes from ``offset`` of the object as a view: read into ``buffer`` (at
+        least ``size`` long) where the backend can (local), else a view of ``load``'s bytes.
+        ObjectMissing if absent."""
+        reader = getattr(self._impl.backend, "load_into", None)
+        if reader is None:
+            return memoryview(self.load(name, offset, size))
+        check_name(name)
+        return self._call(  # type: ignore[no-any-return]
+            lambda: reader(self._impl.find(name), offset, size, buffer), name_for_errors=name
+        )
+
     def save(self, name: str, data: bytes | bytearray | memoryview | Spooled) -> None:
         """Write the object atomically and durably under ``name`` (replacing an existing one).
         ``data`` may be ``Spooled`` (in a temporary file): remote backends read it from there,

@@ -67,6 +67,9 @@ class StoreWrapper(Store):
     def load(self, name: str, offset: int = 0, size: int | None = None) -> bytes:
         return self.inner.load(name, offset, size)
 
+    def load_into(self, name: str, offset: int, size: int, buffer: bytearray) -> memoryview:
+        return memoryview(self.load(name, offset, size))  # through what the wrapper adds
+
     def save(self, name: str, data: bytes | bytearray | memoryview | Spooled) -> None:
         self.inner.save(name, data)
 
