@@ -35,6 +35,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
+from safehold.archive.entries import SYMLINK
 from safehold.errors import IntegrityError
 from safehold.repo.repository import Repository, StorePool, pack_name
 from safehold.store import ObjectMissing
@@ -130,31 +131,43 @@ def complete(fd: int, entry: dict, written: int) -> None:
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
 
 
-def settle(fd: int, entry: dict, *, as_root: bool, no_special: bool) -> None:
-    """A complete file's owner (as root), xattrs, times and mode, through its still open
-    descriptor: no path lookups. Owner first (chown clears setuid bits and capabilities), the
-    mode last: until it replaces IN_PROGRESS the file counts as unfinished, so a restore
-    killed before then has the file written again by the next run. Each part is tried even
-    if one before failed (a target without xattr support still gets times and mode); the
-    first failure is raised at the end. ``no_special``: no setuid/setgid bits, no file
-    capabilities."""
+_NO_FOLLOW = {"follow_symlinks": False}
+
+
+def settle(target: int | bytes, entry: dict, *, as_root: bool, no_special: bool) -> None:
+    """Owner (as root), xattrs, times and mode of ``target``: a complete file's still open
+    descriptor (no path lookups), or a path, never followed if it is a symlink (which gets
+    no mode, and whose xattrs may be refused: many file systems have none on symlinks).
+    Owner first (chown clears setuid bits and capabilities), the mode last: until it replaces
+    the in-progress marker (IN_PROGRESS, restorer.DIR_IN_PROGRESS) the file or directory
+    counts as unfinished, so a restore killed before then has it done again by the next run.
+    Each part is tried even if one before failed (a target without xattr support still gets
+    times and mode); the first failure is raised at the end. ``no_special``: no
+    setuid/setgid bits, no file capabilities."""
+    where = {} if isinstance(target, int) else _NO_FOLLOW
+    link = entry.get("type") == SYMLINK
     problem: OSError | None = None
     if as_root:
         try:
-            os.chown(fd, entry["uid"], entry["gid"])
+            os.chown(target, entry["uid"], entry["gid"], **where)
         except OSError as error:
             problem = error
     for name, value in (entry.get("xattrs") or {}).items():
         if not (no_special and name == CAPABILITY):
             try:
-                os.setxattr(fd, name, value)
+                os.setxattr(target, name, value, **where)
             except OSError as error:
-                problem = problem or error
+                if not link:
+                    problem = problem or error
     try:
-        os.utime(fd, ns=(entry["mtime"], entry["mtime"]))
+        os.utime(target, ns=(entry["mtime"], entry["mtime"]), **where)
     except OSError as error:
         problem = problem or error
-    os.chmod(fd, entry["mode"] & ~SET_ID_BITS if no_special else entry["mode"])
+    if not link:
+        try:
+            os.chmod(target, entry["mode"] & ~SET_ID_BITS if no_special else entry["mode"])
+        except OSError as error:
+            problem = problem or error
     if problem is not None:
         raise problem
 

@@ -16,11 +16,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from safehold.archive.contentwriter import (
-    CAPABILITY,
     IN_PROGRESS,
-    SET_ID_BITS,
     ContentWriter,
     FileJob,
+    settle,
 )
 from safehold.archive.entries import BLOCKDEV, CHARDEV, DIR, FIFO, FILE, SYMLINK
 from safehold.archive.excludes import Excludes
@@ -416,36 +415,12 @@ class Restorer:
     # ---------------------------------------------------------------- metadata
 
     def _apply_metadata(self, path: bytes, entry: dict) -> None:
-        """Owner, xattrs, times and mode of ``path``, in that order (as contentwriter.settle
-        gives a regular file through its descriptor): chown clears setuid bits, and the mode
-        replaces a directory's in-progress marker once the rest is there. Each part is tried
-        even if one before failed; the first failure is reported."""
-        is_link = entry["type"] == SYMLINK
-        problem: OSError | None = None
-        if self.as_root:
-            try:
-                os.lchown(path, entry["uid"], entry["gid"])
-            except OSError as error:
-                problem = error
-        for name, value in (entry.get("xattrs") or {}).items():
-            if self.no_special and name == CAPABILITY:
-                continue
-            try:
-                os.setxattr(path, name, value, follow_symlinks=False)
-            except OSError as error:
-                if not is_link:  # (many file systems have no xattrs on symlinks)
-                    problem = problem or error
+        """Owner, xattrs, times and mode of ``path`` (contentwriter.settle, by path: a regular
+        file gets them through its descriptor as it is completed); a failure is reported."""
         try:
-            os.utime(path, ns=(entry["mtime"], entry["mtime"]), follow_symlinks=False)
+            settle(path, entry, as_root=self.as_root, no_special=self.no_special)
         except OSError as error:
-            problem = problem or error
-        if not is_link:
-            try:
-                os.chmod(path, entry["mode"] & ~SET_ID_BITS if self.no_special else entry["mode"])
-            except OSError as error:
-                problem = problem or error
-        if problem is not None:
-            self._error(path, problem)
+            self._error(path, error)
 
     def _error(self, path: bytes, error: OSError) -> None:
         with self._lock:
