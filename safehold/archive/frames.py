@@ -8,6 +8,7 @@ import contextlib
 import os
 import struct
 import subprocess
+import sys
 from collections.abc import Iterable
 from typing import Any
 
@@ -87,3 +88,23 @@ def end_processes(workers: Iterable[Any]) -> None:
             worker.process.wait()
         with contextlib.suppress(OSError):
             worker.process.stdout.close()
+
+
+def start_process(module: str, pass_fds: tuple[int, ...] = ()) -> subprocess.Popen:
+    """``python -m module`` of this safehold as a worker process: stdin and stdout pipes
+    (widened), stderr discarded, and a minimal environment (``secrecy.child_env``: no
+    passphrase, no password) that finds this package."""
+    from safehold.secrecy import child_env
+
+    package_root = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
+    process = subprocess.Popen(
+        [sys.executable, "-m", module],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        env=child_env({"PYTHONPATH": package_root}),
+        pass_fds=pass_fds,
+    )
+    for pipe in (process.stdin, process.stdout):
+        widen(pipe)
+    return process

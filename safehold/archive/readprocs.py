@@ -58,7 +58,7 @@ from safehold.archive.frames import (
     process_count,
     read_frame,
     read_message,
-    widen,
+    start_process,
     write_frame,
 )
 from safehold.crypto import OVERHEAD, Cipher, MasterKey
@@ -67,7 +67,6 @@ from safehold.repo.cache import TreeCache
 from safehold.repo.format import PACK_RECORD, blob_aad, encode_body_scratch
 from safehold.repo.pack import MAX_BLOBS, PackBuilder, PackEntry
 from safehold.repo.repository import open_cached_tree
-from safehold.secrecy import child_env
 
 START_AFTER = 2000  # files in directories archived by the main process before readers start
 IN_FLIGHT = 4  # directories sent to one reader process and not answered yet, at most
@@ -370,36 +369,25 @@ class ReaderProcesses:
         self._fail = fail  # an error storing a pack: the backup fails (the archiver raises it)
         self._readers: list[_Reader] = []
         self._slots = threading.BoundedSemaphore(IN_FLIGHT * count)
-        package_root = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
-        environment = child_env({"PYTHONPATH": package_root})
         try:
             for number in range(count):
-                self._start(number, cipher, settings, environment)
+                self._start(number, cipher, settings)
         except BaseException:
             self.close()  # the ones started, if any
             raise
 
-    def _start(self, number: int, cipher: Cipher, settings: dict, environment: dict) -> None:
+    def _start(self, number: int, cipher: Cipher, settings: dict) -> None:
         capacity = settings["capacity"]
         fds = [os.memfd_create(f"safehold-pack-{number}-{k}") for k in range(BUFFERS)]
         try:
             for fd in fds:
                 os.ftruncate(fd, capacity)
             buffers = [mmap.mmap(fd, capacity) for fd in fds]
-            process = subprocess.Popen(
-                [sys.executable, "-m", "safehold.archive.readprocs"],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.DEVNULL,
-                env=environment,
-                pass_fds=fds,
-            )
+            process = start_process("safehold.archive.readprocs", tuple(fds))
         finally:
             for fd in fds:
                 os.close(fd)
         reader = _Reader(process, number, buffers)
-        for pipe in (process.stdin, process.stdout):
-            widen(pipe)
         setup = {**settings, "known": list(settings["known"].items())}
         reader.send(msgpack.packb({"key": cipher.master_key.to_bytes(), "buffers": fds, **setup}))
         reader.thread = threading.Thread(

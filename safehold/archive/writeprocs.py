@@ -52,14 +52,13 @@ from safehold.archive.frames import (
     process_count,
     read_frame,
     read_message,
-    widen,
+    start_process,
     write_frame,
 )
 from safehold.crypto import Cipher, MasterKey
 from safehold.errors import IntegrityError
 from safehold.repo.index import Location
 from safehold.repo.repository import open_blob
-from safehold.secrecy import child_env
 
 DAMAGED, FAILED, METADATA = 0, 1, 2
 
@@ -170,27 +169,17 @@ class WriterProcesses:
     def __init__(self, cipher: Cipher, *, as_root: bool, no_special: bool, count: int) -> None:
         self._writers: list[_Writer] = []
         self.lost = 0  # writer processes that ended before they were told to
-        package_root = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
-        environment = child_env({"PYTHONPATH": package_root})
         setup = {"key": cipher.master_key.to_bytes(), "as_root": as_root, "no_special": no_special}
         try:
             for number in range(count):
-                self._start(number, msgpack.packb(setup), environment)
+                self._start(number, msgpack.packb(setup))
         except BaseException:
             self.close()
             raise
 
-    def _start(self, number: int, setup: bytes, environment: dict) -> None:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "safehold.archive.writeprocs"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            env=environment,
-        )
+    def _start(self, number: int, setup: bytes) -> None:
+        process = start_process("safehold.archive.writeprocs")
         writer = _Writer(process, number)
-        for pipe in (process.stdin, process.stdout):
-            widen(pipe)
         write_frame(process.stdin, setup)
         writer.thread = threading.Thread(
             target=self._receive, args=(writer,), name=f"writer-process-{number}", daemon=True
