@@ -18,7 +18,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
-from safehold.archive import readprocs
+from safehold.archive import readprocs, treetable
 from safehold.archive.entries import (
     DIR,
     FILE,
@@ -296,18 +296,39 @@ class Archiver:
         children: list[tuple[bytes, bytes, os.stat_result]],
         parent_tree: bytes | None,
         parent_plain: bytes | None,
+        parent_table: list[list] | None = None,
     ) -> tuple[bytes, int]:
         """Archive a directory with no subdirectory from its listing ``children`` (as
         ``_scan`` makes it) and the plaintext of its tree in the parent snapshot; returns
-        (its tree id, number of entries). What a reader process runs (readprocs.py)."""
-        previous = (
-            {entry["name"]: entry for entry in decode_tree(parent_plain)}
-            if parent_plain is not None
-            else {}
-        )
+        (its tree id, number of entries). What a reader process runs (readprocs.py). With the
+        parent tree's table (safehold/archive/treetable.py) the parent is not decoded: the
+        entries of unchanged files are its bytes, spliced into the new tree. The new tree's
+        table goes into the local tree cache with it."""
+        if parent_plain is not None and parent_table is not None:
+            previous = treetable.stand_ins(parent_table)
+        elif parent_plain is not None:
+            previous = {entry["name"]: entry for entry in decode_tree(parent_plain)}
+            parent_plain = None  # nothing to splice from
+        else:
+            previous = {}
         entries = self._resolve(self._list_entries(path, children, previous))
         self._raise_failure()
-        return self._store_tree(entries, parent_tree, previous), len(entries)
+        entries.sort(key=lambda entry: entry["name"])
+        if (
+            parent_tree is not None
+            and len(entries) == len(previous)
+            and all(previous.get(entry["name"]) is entry for entry in entries)
+        ):
+            return parent_tree, len(entries)  # every entry the parent's: the parent's tree
+        if parent_plain is not None:
+            data, rows = treetable.splice(parent_plain, entries)
+        else:
+            data, rows = treetable.encode(entries)
+        tree_id = self.repository.cipher.blob_id(data)
+        if tree_id != parent_tree:
+            table = treetable.seal(self.repository.cipher, tree_id, rows)
+            self.writer.add(BLOB_TREE, tree_id, data, cache_extra=table)
+        return tree_id, len(entries)
 
     def take_stats(self) -> dict:
         """The statistics so far, as a dict; they start again from zero."""
@@ -559,12 +580,13 @@ class Archiver:
         if signature is not None and parent_tree and known.get(signature) == parent_tree:
             self._count_reused(path, children)
             return {"tree": parent_tree, "count": expected, "signature": signature}
-        plain = None
+        plain = table = None
         if parent_tree is not None:
-            plain = self.repository.cached_tree(parent_tree)  # type: ignore[attr-defined]
-            if plain is None:
+            cached = self.repository.cached_tree(parent_tree)  # type: ignore[attr-defined]
+            if cached is None:
                 return None
-        tree, count = self.archive_leaf(path, children, parent_tree, plain)
+            plain, table = cached
+        tree, count = self.archive_leaf(path, children, parent_tree, plain, table)
         return {"tree": tree, "count": count, "signature": signature if count == expected else None}
 
     def _fail(self, error: BaseException) -> None:

@@ -10,8 +10,9 @@ turns them off) and hands them whole leaf directories: the main process lists a 
 reader process by its names and the parent snapshot's tree id. The reader process lstat's them,
 makes the listing signature and either finds it in the parent's directory table (sent at start:
 the leaf directories' signatures and trees) or archives the directory with the parent's tree
-from the local tree cache; when a subdirectory or hard-linked file turns up, or the tree is not
-cached, it gives the directory back (DECLINED) and the main process lists it itself
+from the local tree cache (spliced from the parent's bytes when the cache holds the tree's
+table: safehold/archive/treetable.py); when a subdirectory or hard-linked file turns up, or
+the tree is not cached, it gives the directory back (DECLINED) and the main process lists it itself
 (``Archiver._scan``) and archives it, or sends the reader that listing with the parent's tree.
 The reader process runs the very same archiver code on it (``Archiver.archive_leaf``) and seals
 every blob, the directory's tree included, straight into a pack buffer in memory shared with
@@ -43,6 +44,7 @@ from __future__ import annotations
 import contextlib
 import mmap
 import os
+import queue
 import subprocess
 import sys
 import threading
@@ -53,6 +55,7 @@ from typing import Any, NamedTuple
 
 import msgpack
 
+from safehold.archive import treetable
 from safehold.archive.frames import (
     end_processes,
     process_count,
@@ -64,7 +67,7 @@ from safehold.archive.frames import (
 from safehold.crypto import OVERHEAD, Cipher, MasterKey
 from safehold.errors import IntegrityError
 from safehold.repo.cache import TreeCache
-from safehold.repo.format import PACK_RECORD, blob_aad, encode_body_scratch
+from safehold.repo.format import BLOB_TREE, PACK_RECORD, blob_aad, encode_body_scratch
 from safehold.repo.pack import MAX_BLOBS, PackBuilder, PackEntry
 from safehold.repo.repository import open_cached_tree
 
@@ -73,6 +76,7 @@ IN_FLIGHT = 4  # directories sent to one reader process and not answered yet, at
 SETTLE_EVERY = 64  # answered directories that wait for the reader's pack, before it is sent
 PACK, DONE, SETTLED, DECLINED = 0, 1, 2, 3  # reader -> main
 REQUEST, FREE, FLUSH, LIST = 0, 1, 2, 3  # main -> reader
+CACHE_PUTS = 256  # trees sealed and waiting to be put into the local tree cache, at most
 BUFFERS = 2  # pack buffers shared with each reader process: one filling, one being stored
 
 
@@ -170,9 +174,22 @@ class _PackFiller:
     in buffers shared with the main process; a full pack is announced, not copied."""
 
     def __init__(  # type: ignore[no-untyped-def]
-        self, cipher: Cipher, level: int, pack_size: int, buffers: list, channel: _Channel, sink
+        self,
+        cipher: Cipher,
+        level: int,
+        pack_size: int,
+        buffers: list,
+        channel: _Channel,
+        sink,
+        tree_cache: TreeCache | None,
     ) -> None:
         self.cipher = cipher
+        self.tree_cache = tree_cache  # this process puts its own trees there (with tables)
+        # Puts wait on the file system's journal while packs are synced: a thread of their own.
+        self._puts: queue.Queue = queue.Queue(CACHE_PUTS)
+        self._putter = threading.Thread(target=self._put_trees, name="tree-cache", daemon=True)
+        if tree_cache is not None:
+            self._putter.start()
         self.level = level
         self.pack_size = pack_size
         # The header must fit the buffer's room beyond the pack size (see BlobWriter).
@@ -184,8 +201,16 @@ class _PackFiller:
         self.number = -1
         self.lock = threading.Lock()  # the archiver's reader threads add too
 
-    def add(self, blob_type: int, blob_id: bytes, data: bytes | memoryview) -> bool:
+    def add(
+        self,
+        blob_type: int,
+        blob_id: bytes,
+        data: bytes | memoryview,
+        *,
+        cache_extra: bytes | None = None,
+    ) -> bool:
         plain = encode_body_scratch(data, self.level)
+        cached = None
         try:
             with self.lock:
                 builder = self.builder
@@ -200,11 +225,25 @@ class _PackFiller:
                 builder = self.builder
                 with builder.reserve(blob_type, blob_id, length, len(data)) as view:
                     self.cipher.seal_into(plain, blob_aad(blob_type, blob_id), view)
+                    if blob_type == BLOB_TREE and self.tree_cache is not None:
+                        cached = bytes(view)
                 if len(builder) >= self.pack_size or len(builder.entries) >= self.max_entries:
                     self._ship()
         finally:
             plain.release()
+        if cached is not None:
+            self._puts.put((blob_id, cached, cache_extra))
         return True
+
+    def _put_trees(self) -> None:
+        while (item := self._puts.get()) is not None:
+            self.tree_cache.put(*item)  # type: ignore[union-attr]
+
+    def close(self) -> None:
+        """Wait for the trees still to be put into the cache."""
+        if self._putter.is_alive():
+            self._puts.put(None)
+            self._putter.join()
 
     def ship(self) -> None:
         """Announce the pack being filled; if there is none, say that all is announced."""
@@ -231,7 +270,8 @@ class _PackFiller:
 
 class _KeyOnly:
     """What the archiver needs of a repository in a reader process: the key, the settings
-    and the local tree cache (read only: the main process writes it)."""
+    and the local tree cache (parent trees read from it; this process's own trees, with their
+    tables, put into it by ``_PackFiller``)."""
 
     object_cache = None
 
@@ -240,17 +280,23 @@ class _KeyOnly:
         self.config = {"chunker": chunker, "compression_level": level}
         self.tree_cache = TreeCache(Path(os.fsdecode(tree_cache))) if tree_cache else None
 
-    def cached_tree(self, tree_id: bytes) -> bytes | None:
-        """A tree's checked plaintext from the local tree cache, or None if it is not there
+    def cached_tree(self, tree_id: bytes) -> tuple[bytes, list[list] | None] | None:
+        """A tree's checked plaintext from the local tree cache and its table's rows (None
+        if it has no valid one: safehold/archive/treetable.py), or None if it is not there
         (or damaged there: dropped, the main process reads it from the repository)."""
-        sealed = self.tree_cache.get(tree_id) if self.tree_cache is not None else None
+        if self.tree_cache is None:
+            return None
+        sealed, table = self.tree_cache.get_with_table(tree_id)
         if sealed is None:
             return None
         try:
-            return open_cached_tree(self.cipher, tree_id, sealed)
+            plain = open_cached_tree(self.cipher, tree_id, sealed)
         except IntegrityError:
-            self.tree_cache.discard(tree_id)  # type: ignore[union-attr]
+            self.tree_cache.discard(tree_id)
             return None
+        if table is None:
+            return plain, None
+        return plain, treetable.load(self.cipher, tree_id, plain, table)
 
 
 def serve(source, sink) -> None:  # type: ignore[no-untyped-def]
@@ -268,8 +314,16 @@ def serve(source, sink) -> None:  # type: ignore[no-untyped-def]
     for fd in settings["buffers"]:
         os.close(fd)
     channel = _Channel(source, len(buffers))
-    filler = _PackFiller(cipher, settings["level"], settings["pack_size"], buffers, channel, sink)
     repository = _KeyOnly(cipher, settings["chunker"], settings["level"], settings["tree_cache"])
+    filler = _PackFiller(
+        cipher,
+        settings["level"],
+        settings["pack_size"],
+        buffers,
+        channel,
+        sink,
+        repository.tree_cache,
+    )
     with Archiver(
         repository,  # type: ignore[arg-type]
         filler,  # type: ignore[arg-type]
@@ -302,6 +356,7 @@ def serve(source, sink) -> None:  # type: ignore[no-untyped-def]
             if filler.settled():  # nothing of it waits in the pack being filled
                 write_frame(sink, msgpack.packb([SETTLED, None]))
     filler.ship()
+    filler.close()
 
 
 def main() -> None:
@@ -356,7 +411,7 @@ class ReaderProcesses:
         self,
         cipher: Cipher,
         settings: dict,
-        add_pack: Callable[[bytes, memoryview, list[PackEntry], Callable[[], None]], Any],
+        add_pack: Callable[..., Any],
         warn: Callable[[str], None],
         fail: Callable[[BaseException], None],
         count: int,
@@ -365,6 +420,7 @@ class ReaderProcesses:
         (its directory, or None), signing, one_file_system and known (listing signature ->
         tree id of the parent's leaf directories)."""
         self._add_pack = add_pack
+        self._trees_cached = settings["tree_cache"] is not None  # each reader puts its own
         self._warn = warn
         self._fail = fail  # an error storing a pack: the backup fails (the archiver raises it)
         self._readers: list[_Reader] = []
@@ -501,7 +557,13 @@ class ReaderProcesses:
         entries = [PackEntry(*row) for row in rows]
         data = memoryview(reader.buffers[number])[:size]
         try:
-            self._add_pack(pack_id, data, entries, lambda: self._free(reader, number))
+            self._add_pack(
+                pack_id,
+                data,
+                entries,
+                lambda: self._free(reader, number),
+                trees_cached=self._trees_cached,
+            )
         except BaseException as error:
             self._fail(error)
         self._settled(reader)

@@ -10,6 +10,9 @@
   the tree read from the repository again. Blob ids are keyed hashes of the content, so a
   cached tree never goes stale; a prune that removes a tree from the repository leaves its
   cached copy correct (and unused).
+  A tree written by a reader process may carry its table (safehold/archive/treetable.py:
+  where each entry lies, sealed too) after the blob: ``<sealed tree><sealed table><table
+  length, 4 bytes little-endian><"SHTABLE1">``; ``get`` returns the tree alone.
 - The object cache (``ObjectCache``): sealed index files and snapshots by name, authenticated
   on use, dropped when the repository's listing no longer has them.
 - Key derivation hints (``kdf_hint``): the salt of the key that last opened a remote location.
@@ -47,6 +50,9 @@ def cache_root() -> Path:
     return Path(base) / "safehold"
 
 
+TABLE_MARK = b"SHTABLE1"  # ends a cached tree followed by its table
+
+
 class TreeCache:
     """Sealed tree blobs by id, in one directory. Failures to write are ignored (a cache)."""
 
@@ -67,13 +73,29 @@ class TreeCache:
 
     def get(self, blob_id: bytes) -> bytes | None:
         """The sealed blob, or None if it is not cached (or cannot be read)."""
+        return self.get_with_table(blob_id)[0]
+
+    def get_with_table(self, blob_id: bytes) -> tuple[bytes | None, bytes | None]:
+        """The sealed blob and its sealed table (None if it has none), or (None, None)."""
         try:
             with open(self._path(blob_id), "rb") as handle:
-                return handle.read()
+                data = handle.read()
         except OSError:
-            return None
+            return None, None
+        if not data.endswith(TABLE_MARK) or len(data) < len(TABLE_MARK) + 4:
+            return data, None
+        end = len(data) - len(TABLE_MARK) - 4
+        length = int.from_bytes(data[end : end + 4], "little")
+        if length > end:
+            return data, None  # not a table after all: the blob fails its checks, or passes
+        return data[: end - length], data[end - length : end]
 
-    def put(self, blob_id: bytes, sealed: bytes | bytearray | memoryview) -> None:
+    def put(
+        self,
+        blob_id: bytes,
+        sealed: bytes | bytearray | memoryview,
+        table: bytes | None = None,
+    ) -> None:
         """Keep a sealed tree blob. A backup puts thousands, so a put is one exclusive create
         and a write, each of the 256 subdirectories made once: no temporary name, no rename.
         A file seen half-written (a crash, a reader at the same moment) fails authentication
@@ -86,6 +108,8 @@ class TreeCache:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         except OSError:
             return  # kept already (FileExistsError), or a read-only disk: work on without
+        if table is not None:
+            sealed = b"".join((sealed, table, len(table).to_bytes(4, "little"), TABLE_MARK))
         try:
             view = memoryview(sealed)
             while view:

@@ -143,8 +143,16 @@ class BlobWriter:
         self._relied.add(location.pack_id)
         return True
 
-    def add(self, blob_type: int, blob_id: bytes, data: bytes | memoryview) -> bool:
-        """Store a blob unless already known; returns True if it was new.
+    def add(
+        self,
+        blob_type: int,
+        blob_id: bytes,
+        data: bytes | memoryview,
+        *,
+        cache_extra: bytes | None = None,
+    ) -> bool:
+        """Store a blob unless already known; returns True if it was new. A tree goes into
+        the local tree cache too, with ``cache_extra`` (its sealed table) if given.
 
         Compresses into a per-thread scratch buffer, reserves the blob's place in the pack
         being filled (under the lock) and seals straight into it (outside the lock, so
@@ -163,6 +171,7 @@ class BlobWriter:
                 lambda view: self.repository.cipher.seal_into(
                     plain, blob_aad(blob_type, blob_id), view
                 ),
+                cache_extra,
             )
         finally:
             plain.release()
@@ -185,10 +194,13 @@ class BlobWriter:
         data: memoryview,
         entries: list[PackEntry],
         release: Callable[[], None],
+        *,
+        trees_cached: bool = False,
     ) -> None:
         """Store a whole pack built elsewhere (a reader process's, in shared memory:
         safehold/archive/readprocs.py), ``data`` its bytes and ``entries`` its blobs;
-        ``release`` is called once the bytes are no longer needed. If any of its blobs is
+        ``release`` is called once the bytes are no longer needed. ``trees_cached``: its
+        builder put its trees in the local tree cache already. If any of its blobs is
         known already, its new blobs go into this writer's own packs instead (one copy of
         each blob in the repository, as ``add`` keeps it)."""
         ids = {entry.blob_id for entry in entries}
@@ -210,7 +222,7 @@ class BlobWriter:
                 data.release()
                 release()
             return
-        if self._tree_cache is not None:
+        if self._tree_cache is not None and not trees_cached:
             for entry in entries:
                 if entry.blob_type == BLOB_TREE:
                     sealed = bytes(data[entry.offset : entry.offset + entry.length])
@@ -240,6 +252,7 @@ class BlobWriter:
         length: int,
         raw_length: int,
         fill: Callable[[memoryview], None],
+        cache_extra: bytes | None = None,
     ) -> bool:
         """Reserve ``length`` bytes for a new blob in the pack being filled (under the lock),
         ``fill`` them (outside it) and ship the pack when it is full."""
@@ -264,7 +277,8 @@ class BlobWriter:
             fill(view)
             builder.filled(entry, view)
             if blob_type == BLOB_TREE and self._tree_cache is not None:
-                self._tree_cache.put(blob_id, bytes(view))  # the next backup's parent trees
+                # the next backup's parent trees
+                self._tree_cache.put(blob_id, bytes(view), cache_extra)
         except BaseException as error:
             with self._lock:
                 builder.poisoned = True  # never stored: its bytes are not all sealed blobs
