@@ -302,6 +302,7 @@ def test_directories_waiting_for_a_readers_pack_stay_few(
         for instance in range(5):
             (leaf / f"{instance}.dcm").write_bytes(os.urandom(2000))
     monkeypatch.setattr(readprocs, "SETTLE_EVERY", 1)
+    monkeypatch.setattr(readprocs, "IN_FLIGHT", 4)  # 40 directories: the bound must bite
     waiting: list[int] = []
     real = readprocs.ReaderProcesses._settled
 

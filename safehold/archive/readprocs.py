@@ -72,7 +72,7 @@ from safehold.repo.pack import MAX_BLOBS, PackBuilder, PackEntry
 from safehold.repo.repository import open_cached_tree
 
 START_AFTER = 2000  # files in directories archived by the main process before readers start
-IN_FLIGHT = 4  # directories sent to one reader process and not answered yet, at most
+IN_FLIGHT = 16  # directories sent to one reader process and not answered yet, at most
 SETTLE_EVERY = 64  # answered directories that wait for the reader's pack, before it is sent
 PACK, DONE, SETTLED, DECLINED = 0, 1, 2, 3  # reader -> main
 REQUEST, FREE, FLUSH, LIST = 0, 1, 2, 3  # main -> reader
