@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
 from pathlib import Path
@@ -17,6 +18,7 @@ from conftest import (
     write_file,
 )
 
+from safehold.archive import restorer
 from safehold.crypto import NONCE_SIZE
 
 
@@ -92,6 +94,35 @@ def test_restore_refuses_the_damaged_file_and_restores_the_rest(
     assert not (target / "victim.bin").exists()
     assert (target / "healthy.bin").read_bytes() == (source / "healthy.bin").read_bytes()
     assert (target / "sub" / "note.txt").read_bytes() == b"fine\n"
+
+
+def test_a_restore_names_the_first_problems_and_counts_the_rest(
+    repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A million files a restore cannot write must not be a million paths in its memory:
+    it keeps the first PROBLEMS_NAMED with their paths (5 here) and counts the others."""
+    monkeypatch.setattr(restorer, "PROBLEMS_NAMED", 5)
+    source = tmp_path / "many"
+    rnd = random.Random(5)
+    for number in range(30):
+        write_file(source / f"file_{number:02}.bin", rnd.randbytes(3000))
+    backup_json(repo, source)
+    for pack in (repo / "data").rglob("*"):
+        if pack.is_file() and pack.stat().st_size > 60_000:  # the pack of the files' data
+            pack.unlink()
+    target = tmp_path / "restored"
+    result = run_cli("restore", "--repo", repo, "--json", f"latest:{source}", "--target", target)
+    assert result.code == 13, result.err
+    assert result.err.count("NOT restored, damaged in the repository") == 5
+    assert "... and 25 more files damaged in the repository" in result.err
+    assert "30 file(s) were damaged in the repository" in result.err
+    report = json.loads(result.out)
+    assert len(report["damaged"]) == 5 and report["damaged_more"] == 25
+    assert report["errors"] == [] and report["errors_more"] == 0
+    problems = restorer.Problems()
+    for number in range(8):
+        problems.append({"path": str(number), "message": "refused"})
+    assert [p["path"] for p in problems] == ["0", "1", "2", "3", "4"] and problems.total == 8
 
 
 def test_deleted_index_file_is_reported(repo: Path, snapshot_id: str) -> None:

@@ -29,6 +29,27 @@ from safehold.errors import IntegrityError, TargetNotWritable
 from safehold.repo.repository import Repository
 
 SKIPPED_NAMED = 20  # existing paths a restore names; the others are only counted
+PROBLEMS_NAMED = 1000  # files a restore could not write (or found damaged) that it names
+
+
+class Problems(list):
+    """The first PROBLEMS_NAMED problems of a restore ({"path", "message"}); the others are
+    only counted (``more``): a restore of a million files onto a target that refuses them all
+    must not keep a million paths in memory."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.more = 0
+
+    def append(self, problem: dict) -> None:  # type: ignore[override]
+        if len(self) < PROBLEMS_NAMED:
+            super().append(problem)
+        else:
+            self.more += 1
+
+    @property
+    def total(self) -> int:
+        return len(self) + self.more
 
 
 @dataclass
@@ -41,8 +62,8 @@ class RestoreStats:
     # of them (a restore over a whole existing tree must not keep a path per file).
     skipped: int = 0
     skipped_paths: list[str] = field(default_factory=list)
-    errors: list[dict] = field(default_factory=list)
-    damaged: list[dict] = field(default_factory=list)
+    errors: Problems = field(default_factory=Problems)  # could not be written here
+    damaged: Problems = field(default_factory=Problems)  # damaged in the repository
     special_skipped: int = 0  # device nodes left out (no_special)
     # Without --overwrite, files (and symlinks) already there as the snapshot has them (same
     # size and modification time; same target; the same inode for a hard link): a rerun.

@@ -246,9 +246,19 @@ def restore(args: argparse.Namespace) -> int:
             f"{render.printable(damaged['path'])}: {render.printable(damaged['message'])}",
             file=sys.stderr,
         )
+    if stats.damaged.more:
+        print(
+            f"safehold: ... and {stats.damaged.more} more files damaged in the repository",
+            file=sys.stderr,
+        )
     for error in stats.errors:
         shown = render.printable(error["path"])
         print(f"safehold: could not restore {shown}: {error['message']}", file=sys.stderr)
+    if stats.errors.more:
+        print(
+            f"safehold: ... and {stats.errors.more} more that could not be restored",
+            file=sys.stderr,
+        )
     if stats.special_skipped:
         print(
             f"safehold: note: {stats.special_skipped} device node(s) not created (--no-special)",
@@ -273,8 +283,10 @@ def restore(args: argparse.Namespace) -> int:
                 "present": stats.present,
                 "resumed": stats.resumed,
                 "processes_lost": stats.processes_lost,
-                "errors": stats.errors,
+                "errors": stats.errors,  # the first 1,000; then only counted:
+                "errors_more": stats.errors.more,
                 "damaged": stats.damaged,
+                "damaged_more": stats.damaged.more,
             }
         )
     _say(
@@ -298,7 +310,7 @@ def restore(args: argparse.Namespace) -> int:
         )
     if stats.damaged:
         raise IntegrityError(
-            f"{len(stats.damaged)} file(s) were damaged in the repository and "
+            f"{stats.damaged.total} file(s) were damaged in the repository and "
             "were not restored (listed above)"
         )
     if stats.errors or stats.skipped:

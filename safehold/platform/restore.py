@@ -298,6 +298,10 @@ class PlatformRestore:
     def _collect(self, name: str, stats, outcome: RestoreOutcome) -> None:  # type: ignore[no-untyped-def]
         for problem in stats.damaged + stats.errors:
             outcome.problems.append(f"{name}: {problem['path']}: {problem['message']}")
+        if stats.damaged.more or stats.errors.more:
+            outcome.problems.append(
+                f"{name}: ... and {stats.damaged.more + stats.errors.more} more files not restored"
+            )
         outcome.problems += [f"{name}: exists, not replaced: {p}" for p in stats.skipped_paths]
         if stats.skipped_unnamed:
             outcome.problems.append(
