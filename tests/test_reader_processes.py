@@ -103,6 +103,15 @@ def _restores_as_source(
     assert compare_trees(source, target / str(source).lstrip("/")) == []
 
 
+def change_series(series: Path) -> None:
+    """One file rewritten, one gone, one new, one chmod'ed (ctime only: its content is
+    reused): two changed files."""
+    (series / "instance_004.dcm").write_bytes(b"rewritten")
+    (series / "instance_005.dcm").unlink()
+    (series / "new.dcm").write_bytes(b"new instance")
+    os.chmod(series / "instance_006.dcm", 0o600)
+
+
 def _same_counts(left: BackupResult, right: BackupResult) -> None:
     for name in ("files_new", "files_changed", "files_unchanged", "dirs", "bytes_total"):
         assert left.snapshot["summary"][name] == right.snapshot["summary"][name], name
@@ -131,11 +140,7 @@ def test_reader_processes_compare_with_the_parent_as_the_main_process_does(
     source = _archive_tree(tmp_path / "src")
     with open_repository(repo) as repository:
         first = _backup(repository, source, "0", monkeypatch)
-        series = source / "archive" / "study_1" / "series_2"
-        (series / "instance_004.dcm").write_bytes(b"rewritten")
-        (series / "instance_005.dcm").unlink()
-        (series / "new.dcm").write_bytes(b"new instance")
-        os.chmod(series / "instance_006.dcm", 0o600)  # ctime only: the content is reused
+        change_series(source / "archive" / "study_1" / "series_2")
         parent = dict(first.snapshot)
         alone = _backup(repository, source, "0", monkeypatch, parent=parent)
         spread = _backup(repository, source, "2", monkeypatch, parent=parent)

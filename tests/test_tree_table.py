@@ -11,12 +11,14 @@ from pathlib import Path
 import msgpack
 import pytest
 from conftest import open_repository, set_times, snapshot_entry
+from test_hostile_trees import _FILE_ENTRY
 from test_reader_processes import (  # noqa: F401  (offloads: a fixture)
     _archive_tree,
     _backup,
     _restores_as_source,
     _same_counts,
     _source_tree,
+    change_series,
     offloads,
 )
 
@@ -29,19 +31,13 @@ from safehold.repo.writer import BlobWriter
 
 
 def _entry(number: int) -> dict:
+    """A file entry as the archiver makes them (fields in ``base_entry``'s order)."""
     return {
+        **_FILE_ENTRY,
         "name": b"instance_%06d.dcm" % number,
-        "type": "file",
-        "mode": 0o644,
-        "uid": 0,
-        "gid": 0,
-        "user": "root",
-        "group": "root",
         "mtime": 1_700_000_000_000_000_000 + number,
         "ctime": 1_700_000_000_000_000_000 + number,
         "inode": 1000 + number,
-        "dev": 2049,
-        "nlink": 1,
         "size": number,
         "content": [bytes([number % 256]) * 32],
     }
@@ -186,10 +182,7 @@ def test_reader_processes_splice_a_changed_archive_into_the_same_snapshot(
     with open_repository(repo) as repository:
         first = _backup(repository, source, "2", monkeypatch)
         series = source / "archive" / "study_1" / "series_2"
-        (series / "instance_004.dcm").write_bytes(b"rewritten")
-        (series / "instance_005.dcm").unlink()
-        (series / "new.dcm").write_bytes(b"new instance")
-        os.chmod(series / "instance_006.dcm", 0o600)
+        change_series(series)
         (source / "archive" / "study_0" / "series_0" / "instance_007.dcm").write_bytes(b"x")
         parent = dict(first.snapshot)
         spread = _backup(repository, source, "2", monkeypatch, parent=parent)
