@@ -18,7 +18,9 @@ from conftest import (
     write_file,
 )
 
-from safehold.archive import restorer
+from safehold.archive import problems as problems_module
+from safehold.archive.archiver import ArchiveStats
+from safehold.archive.reader import FileReader
 from safehold.crypto import NONCE_SIZE
 
 
@@ -101,7 +103,7 @@ def test_a_restore_names_the_first_problems_and_counts_the_rest(
 ) -> None:
     """A million files a restore cannot write must not be a million paths in its memory:
     it keeps the first PROBLEMS_NAMED with their paths (5 here) and counts the others."""
-    monkeypatch.setattr(restorer, "PROBLEMS_NAMED", 5)
+    monkeypatch.setattr(problems_module, "PROBLEMS_NAMED", 5)
     source = tmp_path / "many"
     rnd = random.Random(5)
     for number in range(30):
@@ -119,10 +121,42 @@ def test_a_restore_names_the_first_problems_and_counts_the_rest(
     report = json.loads(result.out)
     assert len(report["damaged"]) == 5 and report["damaged_more"] == 25
     assert report["errors"] == [] and report["errors_more"] == 0
-    problems = restorer.Problems()
+    problems = problems_module.Problems()
     for number in range(8):
         problems.append({"path": str(number), "message": "refused"})
     assert [p["path"] for p in problems] == ["0", "1", "2", "3", "4"] and problems.total == 8
+
+
+def test_a_backup_names_the_first_unreadable_files_and_counts_the_rest(
+    repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The snapshot's summary is bounded as the restore's lists are: the first files that
+    could not be read are named (3 here), the others counted, in the snapshot and on screen."""
+    monkeypatch.setattr(problems_module, "PROBLEMS_NAMED", 3)
+    source = tmp_path / "unreadable"
+    for number in range(10):
+        write_file(source / f"file_{number:02}.bin", b"x" * 100)
+
+    def refused(self, path, entry):  # type: ignore[no-untyped-def]
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(FileReader, "read_file", refused)
+    result = run_cli("backup", "--repo", repo, "--json", source)
+    assert result.code == 3, result.err
+    assert result.err.count("could not read") == 3
+    assert "... and 7 more not read" in result.err
+    assert "10 file(s) could not be read" in result.err
+    summary = json.loads(result.out)
+    assert len(summary["errors"]) == 3 and summary["errors_more"] == 7
+    with open_repository(repo) as repository:
+        stored = repository.load_snapshot(summary["snapshot_id"])["summary"]
+    assert len(stored["errors"]) == 3 and stored["errors_more"] == 7
+    # What reader processes send per directory is merged under the same bound.
+    stats = ArchiveStats()
+    stats.add({"files_new": 2, "errors": [{"path": "a"}, {"path": "b"}], "errors_more": 4})
+    stats.add({"files_new": 1, "errors": [{"path": "c"}, {"path": "d"}], "errors_more": 0})
+    assert [e["path"] for e in stats.errors] == ["a", "b", "c"] and stats.errors.total == 8
+    assert stats.files_new == 3 and stats.as_dict()["errors_more"] == 5
 
 
 def test_deleted_index_file_is_reported(repo: Path, snapshot_id: str) -> None:

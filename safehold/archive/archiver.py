@@ -32,6 +32,7 @@ from safehold.archive.entries import (
     unchanged,
 )
 from safehold.archive.excludes import CACHEDIR_TAG, Excludes
+from safehold.archive.problems import Problems
 from safehold.archive.reader import FileChanged, FileReader
 from safehold.errors import SourceNotFound
 from safehold.repo.format import BLOB_TREE
@@ -125,17 +126,24 @@ class ArchiveStats:
     other: int = 0
     bytes_read: int = 0
     bytes_total: int = 0
-    errors: list[dict] = field(default_factory=list)
-    warnings: list[dict] = field(default_factory=list)
+    errors: Problems = field(default_factory=Problems)  # could not be read (bounded)
+    warnings: Problems = field(default_factory=Problems)  # changed while read, ...
 
     def as_dict(self) -> dict:
-        """The statistics as a dict (no deep copy: a reader process sends one per directory)."""
-        return {name: getattr(self, name) for name in self.__dataclass_fields__}
+        """The statistics as a dict (no deep copy: a reader process sends one per directory);
+        errors and warnings as the ones kept and ``errors_more``/``warnings_more``."""
+        counts = {name: getattr(self, name) for name in self.__dataclass_fields__}
+        for name in ("errors", "warnings"):
+            problems = counts.pop(name)
+            counts[name], counts[name + "_more"] = list(problems), problems.more
+        return counts
 
     def add(self, other: dict) -> None:
         """Add the counts, errors and warnings of ``other`` (an ``as_dict``) to these."""
+        for name in ("errors", "warnings"):
+            getattr(self, name).add(other.get(name, []), other.get(name + "_more", 0))
         for name, value in other.items():
-            if name in self.__dataclass_fields__:
+            if name in self.__dataclass_fields__ and name not in ("errors", "warnings"):
                 setattr(self, name, getattr(self, name) + value)
 
 

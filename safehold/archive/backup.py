@@ -88,8 +88,10 @@ def backup_paths(
                 "blobs_new": writer.stats.blobs_new,
                 "bytes_added_raw": writer.stats.bytes_new_raw,
                 "bytes_added_stored": writer.stats.bytes_new_stored,
-                "errors": stats.errors,
-                "warnings": stats.warnings,
+                "errors": list(stats.errors),  # the first 1,000; then only counted
+                "errors_more": stats.errors.more,
+                "warnings": list(stats.warnings),
+                "warnings_more": stats.warnings.more,
             },
         }
         snapshot_id = repository.save_snapshot(snapshot)  # verifies the lock first

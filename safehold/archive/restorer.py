@@ -23,33 +23,13 @@ from safehold.archive.contentwriter import (
 )
 from safehold.archive.entries import BLOCKDEV, CHARDEV, DIR, FIFO, FILE, SYMLINK
 from safehold.archive.excludes import Excludes
+from safehold.archive.problems import Problems
 from safehold.archive.tree import TreeLoader
 from safehold.archive.writeprocs import writer_count
 from safehold.errors import IntegrityError, TargetNotWritable
 from safehold.repo.repository import Repository
 
 SKIPPED_NAMED = 20  # existing paths a restore names; the others are only counted
-PROBLEMS_NAMED = 1000  # files a restore could not write (or found damaged) that it names
-
-
-class Problems(list):
-    """The first PROBLEMS_NAMED problems of a restore ({"path", "message"}); the others are
-    only counted (``more``): a restore of a million files onto a target that refuses them all
-    must not keep a million paths in memory."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.more = 0
-
-    def append(self, problem: dict) -> None:  # type: ignore[override]
-        if len(self) < PROBLEMS_NAMED:
-            super().append(problem)
-        else:
-            self.more += 1
-
-    @property
-    def total(self) -> int:
-        return len(self) + self.more
 
 
 @dataclass

@@ -86,9 +86,13 @@ def backup(args: argparse.Namespace) -> int:
     for error in summary["errors"]:
         path = render.printable(error["path"])
         print(f"safehold: could not read {path}: {error['message']}", file=sys.stderr)
+    if summary.get("errors_more"):
+        print(f"safehold: ... and {summary['errors_more']} more not read", file=sys.stderr)
     for warning in summary["warnings"]:
         path = render.printable(warning["path"])
         print(f"safehold: warning: {path} {warning['message']}", file=sys.stderr)
+    if summary.get("warnings_more"):
+        print(f"safehold: ... and {summary['warnings_more']} more warnings", file=sys.stderr)
     if args.json:
         render.print_json({"snapshot_id": result.snapshot_id, **summary})
     else:
@@ -107,7 +111,8 @@ def backup(args: argparse.Namespace) -> int:
         )
     if summary["errors"]:
         print(
-            f"safehold: backup saved, but {len(summary['errors'])} file(s) could not be read "
+            f"safehold: backup saved, but {len(summary['errors']) + summary.get('errors_more', 0)}"
+            " file(s) could not be read "
             "(listed above)",
             file=sys.stderr,
         )

@@ -82,7 +82,12 @@ def backup_platform(args: argparse.Namespace) -> int:
                 c.status,
                 render.size(c.bytes),
                 f"{c.duration:.1f} s",
-                c.error or (f"{len(c.errors)} unreadable" if c.errors else ""),
+                c.error
+                or (
+                    f"{len(c.errors) + c.errors_more} unreadable"
+                    if c.errors or c.errors_more
+                    else ""
+                ),
             ]
             for c in result.components
         ]

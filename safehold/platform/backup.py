@@ -48,7 +48,8 @@ class ComponentResult:
     critical: bool = True
     databases: dict = field(default_factory=dict)
     server_version: str | None = None
-    errors: list = field(default_factory=list)
+    errors: list = field(default_factory=list)  # the first ones named (archive/problems.py)
+    errors_more: int = 0  # the others, counted
     paths: list = field(default_factory=list)
     details: dict = field(default_factory=dict)  # kind-specific counts (bucket: per bucket)
 
@@ -64,7 +65,7 @@ class PlatformBackupResult:
         failed = [c for c in self.components if c.status == "failed"]
         if any(c.critical for c in failed):
             return "failed"
-        if failed or any(c.errors for c in self.components):
+        if failed or any(c.errors or c.errors_more for c in self.components):
             return "partial"
         return "ok"
 
@@ -216,7 +217,7 @@ class PlatformBackup:
         began = time.monotonic()
         self.log(f"{component.name}: {component.type} ({phase})")
         before = archiver.stats.bytes_total
-        errors_before = len(archiver.stats.errors)
+        named_before, errors_before = len(archiver.stats.errors), archiver.stats.errors.total
         try:
             entry = sources_bridge.kind(component).backup(
                 archiver,
@@ -235,7 +236,8 @@ class PlatformBackup:
             result.duration = time.monotonic() - began
         self.entries[component.name] = entry
         result.bytes = archiver.stats.bytes_total - before
-        result.errors = archiver.stats.errors[errors_before:]
+        result.errors = archiver.stats.errors[named_before:]
+        result.errors_more = archiver.stats.errors.total - errors_before - len(result.errors)
         result.status = "ok"
 
     # ---------------------------------------------------------------- snapshot
@@ -279,6 +281,7 @@ class PlatformBackup:
                 "bytes_added_raw": writer.stats.bytes_new_raw,
                 "bytes_added_stored": writer.stats.bytes_new_stored,
                 "errors": [e for c in results for e in c.errors],
+                "errors_more": sum(c.errors_more for c in results),
                 "warnings": [],
             },
         }
