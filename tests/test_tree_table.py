@@ -6,6 +6,7 @@ not describe its tree exactly is never used."""
 from __future__ import annotations
 
 import os
+import random
 from pathlib import Path
 
 import msgpack
@@ -132,6 +133,47 @@ def test_a_changed_leaf_is_spliced_into_the_tree_the_full_path_writes(
         assert names == sorted(names) and b"instance_005.dcm" not in names
         assert [row[0] for row in new_rows] == names  # type: ignore[union-attr]
         assert _archive_leaf(repository, leaf, spliced, new_plain, new_rows) == spliced
+
+
+def test_random_changes_splice_as_the_full_path_encodes(
+    repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Forty rounds of random changes to one leaf (rewritten, chmod'ed, touched, removed,
+    added, relinked files): each time the spliced tree is the decoded path's, and the next
+    round splices from it."""
+    rnd = random.Random(40)
+    leaf = _leaf(tmp_path / "src")
+    with open_repository(repo) as repository:
+        tree_id = _archive_leaf(repository, leaf, None, None, None)
+        for _round in range(40):
+            names = sorted(p.name for p in leaf.iterdir() if p.is_file() and not p.is_symlink())
+            for name in rnd.sample(names, k=min(len(names), rnd.randint(1, 4))):
+                action = rnd.choice(("rewrite", "chmod", "touch", "remove"))
+                path = leaf / name
+                if action == "rewrite":
+                    path.write_bytes(os.urandom(rnd.randint(0, 5000)))
+                elif action == "chmod":
+                    os.chmod(path, rnd.choice((0o600, 0o640, 0o644)))
+                elif action == "touch":
+                    os.utime(path, ns=(rnd.randint(1, 10**18), rnd.randint(1, 10**18)))
+                else:
+                    path.unlink()
+            for _new in range(rnd.randint(0, 3)):
+                (leaf / f"added_{rnd.randint(0, 999):03}.dcm").write_bytes(os.urandom(64))
+            if rnd.random() < 0.3:
+                (leaf / "link").unlink()
+                (leaf / "link").symlink_to(f"target_{rnd.randint(0, 9)}")
+            plain, rows = _table(repository, tree_id)
+            assert rows is not None
+            monkeypatch.setattr(archiver_module, "decode_tree", _no_decode)
+            spliced = _archive_leaf(repository, leaf, tree_id, plain, rows)
+            monkeypatch.undo()
+            assert spliced == _archive_leaf(repository, leaf, tree_id, plain, None)
+            tree_id = spliced
+
+
+def _no_decode(data: bytes) -> list[dict]:
+    raise AssertionError("the parent tree was decoded: no splice")
 
 
 def _sealed_rows(repository: Repository, tree_id: bytes, rows: list) -> bytes:
