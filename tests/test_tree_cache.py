@@ -154,3 +154,48 @@ def test_check_reads_trees_from_the_repository_not_the_cache(make_repo, source: 
     result = run_cli("check", "--repo", repo)
     assert result.code != 0
     assert tree_id.hex()[:16] in result.out + result.err
+
+
+def snapshot_tree_ids(repo: Path) -> set[str]:
+    """The ids (hex) of every tree of every snapshot, read from the repository."""
+    ids: set[str] = set()
+    with open_repository(repo) as repository:
+        repository.use_tree_cache = False
+        for name in repository.snapshot_names():
+            pending = [repository.load_snapshot(name.split("/")[1])["tree"]]
+            while pending:
+                tree_id = pending.pop()
+                ids.add(tree_id.hex())
+                entries = load_tree(repository, tree_id)
+                pending += [e["subtree"] for e in entries if e["type"] == DIR]
+    return ids
+
+
+def test_prune_trims_the_cache_to_the_trees_snapshots_need(make_repo, source: Path) -> None:
+    """Each backup after a change leaves its changed directories' old trees in the cache:
+    prune removes those no snapshot needs any more (a dry run, none), the rest stay used."""
+    repo = make_repo()
+    backup_json(repo, source)
+    write_file(source / "d0" / "sub0" / "f0", b"changed")
+    backup_json(repo, source)
+    both = snapshot_tree_ids(repo)
+    assert {p.name for p in cache_files(repo)} == both  # the old trees of d0/sub0, d0, ... too
+
+    assert run_cli("prune", "--repo", repo, "--dry-run").code == 0
+    result = run_cli("prune", "--repo", repo, "--json", "--keep-young", "0")
+    assert result.code == 0, result.err
+    assert result.json()["done"]["cached_trees_removed"] == 0  # both snapshots need them all
+    assert {p.name for p in cache_files(repo)} == both
+
+    result = run_cli("forget", "--repo", repo, "--keep-last", "1")
+    assert result.code == 0, result.err
+    latest = snapshot_tree_ids(repo)
+    assert len(latest) < len(both)
+    result = run_cli("prune", "--repo", repo, "--keep-young", "0")
+    assert result.code == 0, result.err
+    assert f"removed {len(both - latest)} tree(s) no snapshot needs" in result.out
+    assert {p.name for p in cache_files(repo)} == latest
+
+    backup_json(repo, source)  # the next backup finds its parent's trees in the cache
+    trees, loads = walk_all_trees(repo)
+    assert loads == 0 and trees == len(latest)

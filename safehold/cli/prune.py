@@ -108,9 +108,15 @@ def summary(plan: PrunePlan) -> str:
     if plan.dry_run:
         freed = plan.bytes_delete + plan.bytes_repack - plan.bytes_repack_used
         return f"dry run: about {size(freed)} would be freed; nothing was changed"
-    if not plan.changes:
-        return "nothing to prune; nothing was changed"
     done = plan.done
+    trimmed = (
+        f"; removed {done['cached_trees_removed']} tree(s) no snapshot needs "
+        f"({size(done['cached_tree_bytes_removed'])}) from the local cache"
+        if done.get("cached_trees_removed")
+        else ""
+    )
+    if not plan.changes:
+        return "nothing to prune; nothing was changed in the repository" + trimmed
     freed = done["bytes_deleted"] - done["bytes_written"]
     return (
         f"deleted {done['packs_deleted']} pack(s), wrote {done['packs_written']} "
@@ -122,4 +128,5 @@ def summary(plan: PrunePlan) -> str:
             if done.get("temporaries_deleted")
             else ""
         )
+        + trimmed
     )

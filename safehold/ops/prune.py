@@ -9,6 +9,10 @@ bytes. In this order, each step durable before the next (docs/format.md, "Prune"
 3. delete the old index files;
 4. delete the packs nothing needs any more (empty, repacked, or never indexed).
 
+Then the local tree cache (repo/cache.py) gives up the trees no snapshot needs: each backup
+after a change leaves the old trees of its changed directories there, and without this the
+cache of a repository backed up daily would grow without bound.
+
 A crash between any two writes leaves a repository whose index covers every snapshot: at
 worst duplicate index entries or packs no index lists, which check reports as notes and the
 next prune removes.
@@ -149,6 +153,11 @@ def prune(
             before_changes(plan)
         if plan.changes:
             _carry_out(repository, lock, plan, table, keep, report)
+        cache = repository.tree_cache
+        if cache is not None:
+            report("trimming the local tree cache")
+            removed, removed_bytes = cache.trim(table.marked)
+            plan.done.update(cached_trees_removed=removed, cached_tree_bytes_removed=removed_bytes)
     return plan
 
 

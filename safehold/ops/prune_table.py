@@ -94,6 +94,18 @@ class BlobTable:
                 self.used[start:end] = True
         return [blob_ids[i] for i in np.flatnonzero(~found)]
 
+    def marked(self, blob_ids: list[bytes]) -> list[bool]:
+        """For each id: True if it is indexed and marked as needed (``mark``)."""
+        if not blob_ids:
+            return []
+        keys = np.array(blob_ids, dtype="S32")
+        starts = np.searchsorted(self.ids, keys, "left")
+        found = starts < len(self.ids)
+        found[found] = self.ids[starts[found]] == keys[found]
+        needed = np.zeros(len(keys), dtype=bool)
+        needed[found] = self.used[starts[found]]
+        return needed.tolist()
+
     def location(self, position: int) -> Location:
         return Location(
             self.packs[int(self.pack[position])],

@@ -8,8 +8,8 @@
   not. A cached tree is trusted no more than one read from a pack: it is decrypted,
   authenticated and checked against its id on every use; a file that fails is removed and
   the tree read from the repository again. Blob ids are keyed hashes of the content, so a
-  cached tree never goes stale; a prune that removes a tree from the repository leaves its
-  cached copy correct (and unused).
+  cached tree never goes stale; ``trim`` (at the end of a prune) removes the trees no
+  snapshot needs any more, which every backup after a change leaves behind.
   A tree written by a reader process may carry its table (safehold/archive/treetable.py:
   where each entry lies, sealed too) after the blob: ``<sealed tree><sealed table><table
   length, 4 bytes little-endian><"SHTABLE1">``; ``get`` returns the tree alone.
@@ -31,6 +31,7 @@ import contextlib
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from safehold.localfile import write_atomically
@@ -126,6 +127,40 @@ class TreeCache:
             self._path(blob_id).unlink()
         except OSError:
             pass
+
+    def trim(self, used: Callable[[list[bytes]], list[bool]]) -> tuple[int, int]:
+        """Remove the cached trees ``used`` says no snapshot needs (called by prune, which has
+        just marked every tree reachable from a snapshot): otherwise every backup's changed
+        directories leave their old trees here for good, and the cache outgrows what the
+        repository holds. Goes one subdirectory at a time (nothing per tree of the whole cache
+        in memory). Returns (trees removed, their bytes). Failures are ignored (a cache)."""
+        removed = removed_bytes = 0
+        try:
+            subdirectories = sorted(os.listdir(self.directory))
+        except OSError:
+            return 0, 0
+        for subdirectory in subdirectories:
+            folder = self.directory / subdirectory
+            try:
+                names = os.listdir(folder)
+            except OSError:
+                continue
+            ids = {}
+            for name in names:
+                with contextlib.suppress(ValueError):
+                    blob_id = bytes.fromhex(name)
+                    if len(blob_id) == 32 and name == blob_id.hex():
+                        ids[blob_id] = name
+            keys = list(ids)
+            for blob_id, needed in zip(keys, used(keys), strict=True):
+                if needed:
+                    continue
+                path = folder / ids[blob_id]
+                with contextlib.suppress(OSError):
+                    size = path.stat().st_size
+                    path.unlink()
+                    removed, removed_bytes = removed + 1, removed_bytes + size
+        return removed, removed_bytes
 
 
 class ObjectCache:
