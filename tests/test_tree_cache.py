@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import random
+import time
 from pathlib import Path
 
 import pytest
@@ -199,3 +200,38 @@ def test_prune_trims_the_cache_to_the_trees_snapshots_need(make_repo, source: Pa
     backup_json(repo, source)  # the next backup finds its parent's trees in the cache
     trees, loads = walk_all_trees(repo)
     assert loads == 0 and trees == len(latest)
+
+
+def test_cache_lists_the_repositories_caches_and_cleanup_removes_the_old_ones(
+    make_repo, source: Path
+) -> None:
+    """`safehold cache`: each repository's cache with its size and last use (a mark its
+    commands touch); --cleanup removes those not used for --max-age days, nothing else."""
+    used, gone = make_repo("used"), make_repo("gone")
+    backup_json(used, source)
+    backup_json(gone, source)
+    root = Path(os.environ["XDG_CACHE_HOME"]) / "safehold"
+    with open_repository(gone) as repository:
+        old = root / repository.config["id"]
+    with open_repository(used) as repository:
+        kept = root / repository.config["id"]
+    forty_days_ago = time.time() - 40 * 86400
+    os.utime(old / "last-used", (forty_days_ago, forty_days_ago))
+    (root / "dashboard-token").write_text("not a repository's cache")
+
+    listed = run_cli("cache", "--json")
+    assert listed.code == 0, listed.err
+    caches = {row["repository_id"]: row for row in listed.json()["caches"]}
+    assert set(caches) == {old.name, kept.name}
+    assert caches[old.name]["old"] and not caches[kept.name]["old"]
+    assert caches[old.name]["bytes"] > 0 and not caches[old.name]["removed"]
+    assert old.is_dir()  # listing removes nothing
+
+    result = run_cli("cache", "--cleanup")
+    assert result.code == 0, result.err
+    assert "removed 1 of 2 cache(s)" in result.out
+    assert not old.exists() and kept.is_dir() and (root / "dashboard-token").exists()
+    assert run_cli("cache", "--cleanup", "--max-age", "-1").code == 2
+
+    trees, loads = walk_all_trees(gone)  # a cache removed costs only time: filled again
+    assert loads >= trees > 0 and (old / "last-used").exists()

@@ -181,6 +181,20 @@ def build_parser() -> argparse.ArgumentParser:
     _common(command)
     command.set_defaults(run="unlock:unlock_command")
 
+    # cache (safehold/cli/cache.py, safehold/repo/cache.py)
+    command = sub.add_parser(
+        "cache", help="list this machine's caches of repositories; --cleanup removes old ones"
+    )
+    command.add_argument(
+        "--cleanup", action="store_true", help="remove the caches not used for --max-age days"
+    )
+    command.add_argument(
+        "--max-age", type=float, default=30.0, metavar="DAYS", help="default 30 (days)"
+    )
+    command.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    command.add_argument("--quiet", "-q", action="store_true", help="print only errors")
+    command.set_defaults(run="cache:cache_command")
+
     # find, dump, stats, tag, mount (safehold/cli/history.py, mount.py; docs/operations.md)
     add_history_commands(sub, _common)
 

@@ -31,6 +31,7 @@ import contextlib
 import hashlib
 import json
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -52,6 +53,52 @@ def cache_root() -> Path:
 
 
 TABLE_MARK = b"SHTABLE1"  # ends a cached tree followed by its table
+USED_MARK = "last-used"  # in a repository's cache directory: touched when a command uses it
+DAY = 86400.0
+
+
+def mark_used(directory: Path) -> None:
+    """Note that a repository's cache ``directory`` is in use (``safehold cache`` tells caches
+    of repositories no longer used by it): the mark's time, written at most once a day."""
+    mark = directory / USED_MARK
+    try:
+        if mark.stat().st_mtime > time.time() - DAY:
+            return
+    except FileNotFoundError:
+        pass
+    except OSError:
+        return
+    with contextlib.suppress(OSError):
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        mark.touch(mode=0o600)
+        os.utime(mark)
+
+
+def repository_caches() -> list[tuple[Path, float]]:
+    """(directory, last used) of each repository's cache under ``cache_root()``: the time of
+    its ``USED_MARK``, or for a cache without one (made before it existed) the newest
+    modification time of the directory and the folders in it."""
+    root = cache_root()
+    try:
+        names = sorted(os.listdir(root))
+    except OSError:
+        return []
+    caches = []
+    for name in names:
+        directory = root / name
+        if len(name) != 32 or not all(c in "0123456789abcdef" for c in name):
+            continue  # not a repository id: the schedule's and dashboard's state
+        if not directory.is_dir() or directory.is_symlink():
+            continue
+        try:
+            used = (directory / USED_MARK).stat().st_mtime
+        except OSError:
+            times = [directory.stat().st_mtime]
+            with contextlib.suppress(OSError), os.scandir(directory) as entries:
+                times += [e.stat(follow_symlinks=False).st_mtime for e in entries]
+            used = max(times)
+        caches.append((directory, used))
+    return caches
 
 
 class TreeCache:
@@ -66,6 +113,7 @@ class TreeCache:
         """The cache of one repository, or None when turned off."""
         if cache_off():
             return None
+        mark_used(cache_root() / repository_id)
         return cls(cache_root() / repository_id / "trees")
 
     def _path(self, blob_id: bytes) -> Path:
@@ -183,6 +231,7 @@ class ObjectCache:
         """The object cache of one repository, or None when the cache is off."""
         if cache_off():
             return None
+        mark_used(cache_root() / repository_id)
         return cls(cache_root() / repository_id)
 
     def _path(self, name: str) -> Path | None:
